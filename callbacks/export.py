@@ -1,0 +1,38 @@
+"""ExportPretrained: write the trained model in the Hugging Face format when fitting ends.
+
+Works with any LightningModule that has ``export_pretrained(path)`` (the score-model trainers do), on every
+strategy: the module gathers sharded parameters on all ranks and rank 0 writes config, safetensors and tokenizer.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from lightning.pytorch import Callback, LightningModule, Trainer
+from lightning.pytorch.utilities import rank_zero_info
+
+
+class ExportPretrained(Callback):
+    """Export the model at the end of ``fit``.
+
+    Args:
+        dirpath: output directory; ``None`` puts it under the logger's run directory as ``hf_model``.
+    """
+
+    def __init__(self, dirpath: str | None = None) -> None:
+        self.dirpath = dirpath
+        self.exported: Path | None = None
+
+    def _target(self, trainer: Trainer) -> Path:
+        if self.dirpath is not None:
+            return Path(self.dirpath)
+        base = trainer.log_dir or trainer.default_root_dir
+        return Path(base) / "hf_model"
+
+    def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if not hasattr(pl_module, "export_pretrained"):
+            raise TypeError(f"{type(pl_module).__name__} has no export_pretrained(path); remove ExportPretrained")
+        target = self._target(trainer)
+        pl_module.export_pretrained(target)
+        self.exported = target
+        rank_zero_info(f"Exported the trained model (Hugging Face format) to {target}")

@@ -1,0 +1,394 @@
+"""PKU-SafeRLHF as a LightningDataModule: validate -> tokenise -> litdata chunks -> length-grouped streaming.
+
+Reads the 2024 dual-preference release (16 fields) and the 2023 ``v0`` release (its 7-field subset) from the hub
+(pinned ``revision`` and config), from local JSON/JSONL/parquet files or directories of split files, from an
+already prepared litdata directory (local or an object-store URL such as ``s3://bucket/prepared``), or from the
+project's synthetic generator (the embedded default, no network). See ``../shared/docs/DATA.md``.
+
+Views turn a validated row into training items:
+
+- ``preference``: (better, worse) by ``better_response_id``: the helpfulness reward model (Safe RLHF).
+
+Preparation validates every row before anything is written: a missing field, a wrong type or an out-of-range label
+is an error naming the file, row and field (or, with ``on_bad_row: skip``, a counted drop); rows a view cannot use
+(identical responses) are dropped and counted; label disagreements the real data has in a few rows are counted as
+notes. The report (rows read, kept, dropped by reason) is printed and saved as ``report.json``.
+Splits are the dataset's own, or carved from the training split by a seeded hash of the *prompt*, so that
+held-out pairs never share a prompt with training pairs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+from lightning.pytorch import LightningDataModule
+from litdata import StreamingDataset
+
+from lit_safe.data_modules import sources
+from lit_safe.data_modules.preparation import (
+    META_FILE,
+    REPORT_FILE,
+    SPLITS,
+    PrepareReport,
+    SplitReport,
+    fingerprint,
+    is_prepared,
+    publish,
+    staging_dir,
+    write_split,
+)
+from lit_safe.data_modules.schemas import check_pku_saferlhf_row, pku_label_notes
+from lit_safe.data_modules.sources import DataValidationError
+from lit_safe.data_modules.streaming import LengthGroupedLoader, pad_right
+from lit_safe.data_modules.text import SAFE_RLHF_TEMPLATE, encode_with_eos, format_prompt
+from lit_safe.models.tokenizer import load_tokenizer, tokenizer_fingerprint
+
+FORMAT_VERSION = 1
+MAX_LISTED_PROBLEMS = 10
+Row = tuple[str, dict[str, Any]]  # (location, row)
+
+
+class PreferenceView:
+    """(better, worse) response pairs by ``better_response_id``, for the helpfulness reward model.
+
+    Items: ``{"chosen": int32 (Lc,), "rejected": int32 (Lr,), "row": int}``; batches: ``input_ids`` and
+    ``attention_mask`` of shape ``(2B, L)`` with the B chosen sequences first, then the B rejected ones (one
+    forward pass scores both), and ``row (B,)``.
+    """
+
+    name = "preference"
+
+    def encode(self, rows: list[Row], tokenizer: Any, template: str, max_length: int, report: SplitReport):
+        kept: list[tuple[int, str, str]] = []
+        for index, (_, row) in enumerate(rows):
+            if row["response_0"] == row["response_1"]:
+                report.dropped["identical_responses"] += 1
+                continue
+            better = row["better_response_id"]
+            prompt = format_prompt(row["prompt"], template)
+            kept.append((index, prompt + row[f"response_{better}"], prompt + row[f"response_{1 - better}"]))
+        chosen, cut_c = encode_with_eos(tokenizer, [k[1] for k in kept], max_length)
+        rejected, cut_r = encode_with_eos(tokenizer, [k[2] for k in kept], max_length)
+        report.notes["truncated_sequences"] += cut_c + cut_r
+        for (index, _, _), c, r in zip(kept, chosen, rejected):
+            if np.array_equal(c, r):
+                report.dropped["identical_after_truncation"] += 1
+                continue
+            report.kept += 1
+            yield {"chosen": c, "rejected": r, "row": index}
+
+    @staticmethod
+    def length(item: dict[str, Any]) -> int:
+        return max(len(item["chosen"]), len(item["rejected"]))
+
+    @staticmethod
+    def collate(items: list[dict[str, Any]], pad_id: int, multiple_of: int = 1) -> dict[str, Any]:
+        import torch
+
+        ids, mask = pad_right([i["chosen"] for i in items] + [i["rejected"] for i in items], pad_id, multiple_of)
+        return {"input_ids": ids, "attention_mask": mask, "row": torch.as_tensor([int(i["row"]) for i in items])}
+
+
+VIEWS = {"preference": PreferenceView}
+
+
+def prompt_bucket(prompt: str, seed: int) -> float:
+    """A deterministic number in [0, 1) per prompt: rows with the same prompt always land in the same split."""
+    digest = hashlib.sha256(f"{seed}:{prompt}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64
+
+
+class PKUSafeRLHFDataModule(LightningDataModule):
+    """PKU-SafeRLHF (or any file in its schema), prepared once with litdata and streamed.
+
+    Args:
+        tokenizer: tokenizer preset, hub id or path; must be the model's (use the same value as ``backbone``).
+        source: ``synthetic`` (the embedded default), a hub id (``PKU-Alignment/PKU-SafeRLHF``), a local
+            JSON/JSONL/parquet file, a directory of split files (``train.jsonl``, ``test.jsonl``) or a local clone
+            of the hub repository, or an already prepared directory / object-store URL.
+        view: which items to build from a row (``preference``).
+        subset: the hub config name (``default``, ``alpaca-7b``, ``alpaca2-7b``, ``alpaca3-8b``); ``None`` for
+            the 2023 release.
+        revision: the hub revision to pin (``v0`` is the 2023 release of the Safe RLHF paper).
+        train_split: the source split to train on.
+        val_split: the source split to validate on; ``None`` carves ``val_fraction`` of the training prompts.
+        test_split: the source split to test on; when the source has no such split, ``test_fraction`` of the
+            training prompts is carved instead.
+        val_fraction: share of training prompts held out for validation when ``val_split`` is ``None``.
+        test_fraction: share of training prompts held out for testing when the source has no test split.
+        synthetic_rows: training rows of the synthetic source (its test split has one eighth as many).
+        prompt_template: conversation template with a ``{prompt}`` placeholder.
+        max_length: longest tokenised sequence (prompt + response + EOS); longer responses are cut before EOS.
+        batch_size: pairs per training batch (per device).
+        eval_batch_size: pairs per validation/test batch; defaults to ``batch_size``.
+        num_workers: litdata loader workers.
+        group_size: batches per length-grouping pool (1 turns grouping off).
+        pad_to_multiple_of: round padded lengths up (8 helps tensor cores on GPUs).
+        on_bad_row: ``error`` stops at invalid rows and names them; ``skip`` drops and counts them.
+        prepared_dir: where prepared datasets are written (default ``$LIT_SAFE_CACHE/prepared`` or
+            ``~/.cache/lit_safe/prepared``).
+        seed: seeds the split carving, the synthetic data and the shuffling.
+    """
+
+    def __init__(
+        self,
+        tokenizer: str = "tiny",
+        source: str = "synthetic",
+        view: Literal["preference"] = "preference",
+        subset: str | None = "default",
+        revision: str | None = None,
+        train_split: str = "train",
+        val_split: str | None = None,
+        test_split: str | None = "test",
+        val_fraction: float = 0.05,
+        test_fraction: float = 0.05,
+        synthetic_rows: int = 4000,
+        prompt_template: str = SAFE_RLHF_TEMPLATE,
+        max_length: int = 512,
+        batch_size: int = 16,
+        eval_batch_size: int | None = None,
+        num_workers: int = 2,
+        group_size: int = 64,
+        pad_to_multiple_of: int = 1,
+        on_bad_row: Literal["error", "skip"] = "error",
+        prepared_dir: str | None = None,
+        seed: int = 42,
+    ) -> None:
+        super().__init__()
+        if view not in VIEWS:
+            raise ValueError(f"unknown view {view!r}; views: {sorted(VIEWS)}")
+        if on_bad_row not in ("error", "skip"):
+            raise ValueError(f"on_bad_row must be 'error' or 'skip', got {on_bad_row!r}")
+        if not 0 <= val_fraction < 1 or not 0 <= test_fraction < 1 or val_fraction + test_fraction >= 1:
+            raise ValueError(f"val_fraction {val_fraction} and test_fraction {test_fraction} must leave training rows")
+        format_prompt("", prompt_template)  # fails early on a template without {prompt}
+        self.save_hyperparameters()
+        self.view = VIEWS[view]()
+        self.tokenizer = load_tokenizer(tokenizer)
+        self.eval_batch_size = eval_batch_size or batch_size
+        root = prepared_dir or Path(__import__("os").environ.get("LIT_SAFE_CACHE", "~/.cache/lit_safe")) / "prepared"
+        self.prepared_root = Path(root).expanduser()
+        self.datasets: dict[str, StreamingDataset] = {}
+        self.report: PrepareReport | None = None
+
+    # --------------------------------------------------------------------------------------------- where data is
+    def _source_kind(self) -> str:
+        source = self.hparams.source
+        if source == "synthetic":
+            return "synthetic"
+        if "://" in source:
+            return "prepared"
+        path = Path(source).expanduser()
+        if path.is_dir():
+            if is_prepared(path):
+                return "prepared"
+            return "dir" if sources.local_splits(path) else "hub"
+        if path.is_file():
+            return "file"
+        if path.suffix or source.startswith((".", "/", "~")):
+            raise FileNotFoundError(f"data source not found: {source}")
+        return "hub"
+
+    def _source_splits(self) -> list[str]:
+        kind, hp = self._source_kind(), self.hparams
+        if kind == "synthetic":
+            return ["train", "test"]
+        if kind == "file":
+            return ["train"]
+        if kind == "dir":
+            return list(sources.local_splits(Path(hp.source).expanduser()))
+        return sources.hub_split_names(hp.source, hp.subset, hp.revision)
+
+    def _read(self, split: str) -> Iterator[Row]:
+        kind, hp = self._source_kind(), self.hparams
+        if kind == "synthetic":
+            from lit_safe.data_modules.synthetic import generate_pku_saferlhf_rows
+
+            n, seed = (hp.synthetic_rows, hp.seed) if split == "train" else (max(hp.synthetic_rows // 8, 1), hp.seed + 1)
+            for index, row in enumerate(generate_pku_saferlhf_rows(n, seed=seed)):
+                yield f"synthetic(seed={seed})/{split} row {index}", row
+        elif kind == "file":
+            yield from sources.read_file(Path(hp.source).expanduser())
+        elif kind == "dir":
+            yield from sources.read_file(sources.local_splits(Path(hp.source).expanduser())[split])
+        else:
+            yield from sources.read_hub(hp.source, split, hp.subset, hp.revision)
+
+    def _settings(self) -> dict[str, Any]:
+        hp = self.hparams
+        source: Any = hp.source
+        kind = self._source_kind()
+        if kind in ("file", "dir"):
+            path = Path(hp.source).expanduser().resolve()
+            files = [path] if path.is_file() else sorted(sources.local_splits(path).values())
+            source = [[str(f), f.stat().st_size, f.stat().st_mtime_ns] for f in files]
+        return {
+            "dataset": "pku_saferlhf",
+            "format_version": FORMAT_VERSION,
+            "view": hp.view,
+            "source": source,
+            "subset": hp.subset if kind == "hub" else None,
+            "revision": hp.revision if kind == "hub" else None,
+            "splits": [hp.train_split, hp.val_split, hp.test_split, hp.val_fraction, hp.test_fraction],
+            "synthetic_rows": hp.synthetic_rows if kind == "synthetic" else None,
+            "template": hp.prompt_template,
+            "max_length": hp.max_length,
+            "tokenizer": tokenizer_fingerprint(self.tokenizer),
+            "on_bad_row": hp.on_bad_row,
+            "seed": hp.seed,
+        }
+
+    def prepared_location(self) -> str:
+        """The prepared dataset this configuration streams from (a local directory or a URL)."""
+        if self._source_kind() == "prepared":
+            return self.hparams.source
+        return str(self.prepared_root / f"pku_saferlhf-{self.hparams.view}-{fingerprint(self._settings())}")
+
+    # ------------------------------------------------------------------------------------------------- preparing
+    def _validated(self, rows: Iterator[Row], report_for: dict[str, SplitReport], assign) -> dict[str, list[Row]]:
+        """Check every row; returns the valid rows per output split, or raises naming the bad rows."""
+        out: dict[str, list[Row]] = {name: [] for name in report_for}
+        problems: list[str] = []
+        n_problems = 0
+        for where, row in rows:
+            split = assign(row)
+            report = report_for[split]
+            report.rows_read += 1
+            found = check_pku_saferlhf_row(row)
+            if found:
+                n_problems += 1
+                if len(problems) < MAX_LISTED_PROBLEMS:
+                    problems.append(f"{where}: field '{found[0][0]}': {found[0][1]}")
+                report.dropped[f"invalid:{found[0][0]}"] += 1
+                continue
+            for note in pku_label_notes(row):
+                report.notes[note] += 1
+            out[split].append((where, row))
+        if problems and self.hparams.on_bad_row == "error":
+            more = f"\n  ... and {n_problems - len(problems)} more" if n_problems > len(problems) else ""
+            raise DataValidationError(
+                f"{n_problems} invalid row(s) in {self.hparams.source}:\n  " + "\n  ".join(problems) + more
+                + "\n(set on_bad_row: skip to drop and count them instead)"
+            )
+        return out
+
+    def prepare(self, force: bool = False) -> PrepareReport:
+        """Validate, tokenise and write every split; reuse an identical earlier preparation unless ``force``.
+
+        Returns:
+            The report (also saved as ``report.json`` in the prepared directory).
+        """
+        location = self.prepared_location()
+        if self._source_kind() == "prepared":
+            self.report = self._load_report(location)
+            return self.report
+        final = Path(location)
+        if is_prepared(final) and not force:
+            self.report = self._load_report(location)
+            return self.report
+        hp = self.hparams
+        available = self._source_splits()
+        if hp.train_split not in available:
+            raise DataValidationError(f"{hp.source} has no split {hp.train_split!r}; splits: {available}")
+        if hp.val_split is not None and hp.val_split not in available:
+            raise DataValidationError(f"{hp.source} has no split {hp.val_split!r}; splits: {available}")
+        carve_test = hp.test_split is not None and hp.test_split not in available
+        val_cut = hp.val_fraction if hp.val_split is None else 0.0
+        test_cut = val_cut + (hp.test_fraction if carve_test else 0.0)
+
+        def assign_train(row: Any) -> str:
+            prompt = row.get("prompt") if isinstance(row, dict) else None
+            if not isinstance(prompt, str):
+                return "train"
+            bucket = prompt_bucket(prompt, hp.seed)
+            return "val" if bucket < val_cut else "test" if bucket < test_cut else "train"
+
+        reports = {name: SplitReport() for name in SPLITS}
+        rows = self._validated(self._read(hp.train_split), reports, assign_train)
+        if hp.val_split is not None:
+            rows["val"] = self._validated(self._read(hp.val_split), {"val": reports["val"]}, lambda _: "val")["val"]
+        if hp.test_split is not None and not carve_test:
+            rows["test"] = self._validated(self._read(hp.test_split), {"test": reports["test"]}, lambda _: "test")[
+                "test"
+            ]
+        tmp = staging_dir(final)
+        report = PrepareReport(source=str(hp.source), view=hp.view, output_dir=str(final))
+        try:
+            for split in SPLITS:
+                if not rows.get(split) and reports[split].rows_read == 0:
+                    continue
+                items = self.view.encode(rows[split], self.tokenizer, hp.prompt_template, hp.max_length, reports[split])
+                write_split(items, tmp / split)
+                report.splits[split] = reports[split]
+            publish(tmp, final, report, {"settings": self._settings(), "hparams": dict(hp)})
+        except BaseException:
+            import shutil
+
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        self.report = report
+        print(report.format())
+        return report
+
+    @staticmethod
+    def _load_report(location: str) -> PrepareReport:
+        if "://" in location:
+            return PrepareReport(source=location, view="prepared", output_dir=location)
+        data = json.loads((Path(location) / REPORT_FILE).read_text())
+        report = PrepareReport(source=data["source"], view=data["view"], output_dir=data["output_dir"])
+        for name, split in data["splits"].items():
+            report.splits[name] = SplitReport(split["rows_read"], split["kept"])
+            report.splits[name].dropped.update(split["dropped"])
+            report.splits[name].notes.update(split["notes"])
+        return report
+
+    # ----------------------------------------------------------------------------------------- Lightning hooks
+    def prepare_data(self) -> None:
+        self.prepare()
+
+    def setup(self, stage: str | None = None) -> None:
+        location = self.prepared_location()
+        if "://" not in location and not is_prepared(location):
+            self.prepare()
+        for split in SPLITS:
+            if split in self.datasets:
+                continue
+            path = f"{location}/{split}"
+            if "://" not in location and not (Path(path) / "index.json").is_file():
+                continue
+            self.datasets[split] = StreamingDataset(path, shuffle=split == "train", seed=self.hparams.seed)
+
+    def _loader(self, split: str, train: bool) -> LengthGroupedLoader:
+        if split not in self.datasets:
+            raise ValueError(f"the prepared dataset {self.prepared_location()} has no {split!r} split")
+        pad_id, multiple = self.tokenizer.pad_token_id, self.hparams.pad_to_multiple_of
+        return LengthGroupedLoader(
+            self.datasets[split],
+            batch_size=self.hparams.batch_size if train else self.eval_batch_size,
+            collate=lambda items: self.view.collate(items, pad_id, multiple),
+            length=self.view.length,
+            group_size=self.hparams.group_size,
+            num_workers=self.hparams.num_workers,
+            seed=self.hparams.seed,
+            shuffle=train,
+        )
+
+    def train_dataloader(self) -> LengthGroupedLoader:
+        return self._loader("train", train=True)
+
+    def val_dataloader(self) -> LengthGroupedLoader:
+        return self._loader("val", train=False)
+
+    def test_dataloader(self) -> LengthGroupedLoader:
+        return self._loader("test", train=False)
+
+    def predict_dataloader(self) -> LengthGroupedLoader:
+        return self._loader("test", train=False)
+
+
+__all__ = ["PKUSafeRLHFDataModule", "PreferenceView", "VIEWS", "META_FILE"]

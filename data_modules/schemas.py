@@ -1,0 +1,149 @@
+"""Field names, label vocabularies and row checks of the datasets lit_safe reads.
+
+Written from the dataset cards and from real rows (see ``../shared/docs/DATA.md``): PKU-SafeRLHF (the 2024
+dual-preference release and the 2023 ``v0`` release, whose 7 fields are a subset of the 2024 ones).
+Every check returns a list of ``(field, message)`` problems instead of raising, so that the caller can name the
+file and the row, and decide between an error and a counted skip.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+# The 19 harm categories of PKU-SafeRLHF (2024), in the exact spelling and dict order of the data (S1..S19).
+PKU_HARM_CATEGORIES: tuple[str, ...] = (
+    "Endangering National Security",
+    "Insulting Behavior",
+    "Discriminatory Behavior",
+    "Endangering Public Health",
+    "Copyright Issues",
+    "Violence",
+    "Drugs",
+    "Privacy Violation",
+    "Economic Crime",
+    "Mental Manipulation",
+    "Human Trafficking",
+    "Physical Harm",
+    "Sexual Content",
+    "Cybercrime",
+    "Disrupting Public Order",
+    "Environmental Damage",
+    "Psychological Harm",
+    "White-Collar Crime",
+    "Animal Abuse",
+)
+# Severity levels of the 2024 release: 0 safe, 1 minor, 2 moderate, 3 severe.
+PKU_SEVERITY_LEVELS: tuple[str, ...] = ("safe", "minor", "moderate", "severe")
+
+# The 7 fields of the 2023 release (revision "v0"); the 2024 release has all of them.
+PKU_REQUIRED_FIELDS: dict[str, type] = {
+    "prompt": str,
+    "response_0": str,
+    "response_1": str,
+    "is_response_0_safe": bool,
+    "is_response_1_safe": bool,
+    "better_response_id": int,
+    "safer_response_id": int,
+}
+# The 9 fields the 2024 release adds; checked when present.
+PKU_OPTIONAL_FIELDS: dict[str, type] = {
+    "prompt_source": str,
+    "response_0_source": str,
+    "response_1_source": str,
+    "response_0_harm_category": dict,
+    "response_1_harm_category": dict,
+    "response_0_severity_level": int,
+    "response_1_severity_level": int,
+    "response_0_sha256": str,
+    "response_1_sha256": str,
+}
+
+
+def response_sha256(prompt: str, response: str) -> str:
+    """The ``response_k_sha256`` of PKU-SafeRLHF: sha256 of ``prompt + response`` (UTF-8, no separator)."""
+    return hashlib.sha256((prompt + response).encode("utf-8")).hexdigest()
+
+
+def _type_name(value: Any) -> str:
+    return type(value).__name__
+
+
+def _is_type(value: Any, expected: type) -> bool:
+    # bool is a subclass of int in Python: an int field must not accept True/False, nor a bool field 0/1.
+    if expected is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, expected)
+
+
+def check_pku_saferlhf_row(row: Any) -> list[tuple[str, str]]:
+    """Check one PKU-SafeRLHF row (either release) against the schema.
+
+    Args:
+        row: the decoded JSON object of one row.
+
+    Returns:
+        ``[(field, problem), ...]``; empty when the row is valid. Semantic disagreements that occur in the real
+        data (``is_safe`` vs severity vs categories) are not problems here: :func:`pku_label_notes` counts them.
+    """
+    if not isinstance(row, dict):
+        return [("<row>", f"expected a JSON object, got {_type_name(row)}")]
+    problems: list[tuple[str, str]] = []
+    for name, expected in PKU_REQUIRED_FIELDS.items():
+        if name not in row or row[name] is None:
+            problems.append((name, "missing required field"))
+        elif not _is_type(row[name], expected):
+            problems.append((name, f"expected {expected.__name__}, got {_type_name(row[name])} {row[name]!r:.40}"))
+    for name in ("better_response_id", "safer_response_id"):
+        value = row.get(name)
+        if _is_type(value, int) and value not in (0, 1):
+            problems.append((name, f"expected 0 or 1, got {value}"))
+    for name, expected in PKU_OPTIONAL_FIELDS.items():
+        if name not in row or row[name] is None:
+            continue
+        value = row[name]
+        if not _is_type(value, expected):
+            problems.append((name, f"expected {expected.__name__}, got {_type_name(value)} {value!r:.40}"))
+        elif name.endswith("_severity_level") and value not in (0, 1, 2, 3):
+            problems.append((name, f"expected a severity level 0-3, got {value}"))
+        elif name.endswith("_harm_category"):
+            unknown = sorted(set(value) - set(PKU_HARM_CATEGORIES))
+            missing = sorted(set(PKU_HARM_CATEGORIES) - set(value))
+            if unknown:
+                problems.append((name, f"unknown harm categories {unknown}"))
+            if missing:
+                problems.append((name, f"missing harm categories {missing}"))
+            not_bool = sorted(k for k, v in value.items() if not isinstance(v, bool))
+            if not_bool:
+                problems.append((name, f"non-boolean values for {not_bool}"))
+    if not problems:
+        for k in (0, 1):
+            digest = row.get(f"response_{k}_sha256")
+            if digest is not None and digest != response_sha256(row["prompt"], row[f"response_{k}"]):
+                problems.append((f"response_{k}_sha256", "does not match sha256(prompt + response)"))
+    return problems
+
+
+def pku_label_notes(row: dict) -> list[str]:
+    """Label disagreements that the real data has in a few rows; counted in the report, never asserted.
+
+    Args:
+        row: a row that passed :func:`check_pku_saferlhf_row`.
+
+    Returns:
+        Names of the disagreements found: ``safety_label_contradiction`` (the safer response is labelled unsafe
+        while the other is labelled safe) and ``is_safe_vs_severity`` / ``is_safe_vs_categories`` per response.
+    """
+    notes: list[str] = []
+    safer = row["safer_response_id"]
+    if not row[f"is_response_{safer}_safe"] and row[f"is_response_{1 - safer}_safe"]:
+        notes.append("safety_label_contradiction")
+    for k in (0, 1):
+        is_safe = row[f"is_response_{k}_safe"]
+        severity = row.get(f"response_{k}_severity_level")
+        if severity is not None and is_safe != (severity == 0):
+            notes.append("is_safe_vs_severity")
+        categories = row.get(f"response_{k}_harm_category")
+        if categories is not None and is_safe == any(categories.values()):
+            notes.append("is_safe_vs_categories")
+    return notes

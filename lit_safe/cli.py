@@ -1,0 +1,83 @@
+"""The one command line of lit_safe: ``lit-safe``.
+
+``lit-safe fit|validate|test|predict --config configs/...yaml`` is a LightningCLI in subclass mode: the YAML's
+``model.class_path`` picks the trainer (``lit_safe.modules.reward.RewardModule``, ...) and ``data.class_path``
+the DataModule, so every algorithm runs through the same entry point, strategies and loggers.
+Project subcommands:
+
+- ``lit-safe prepare --config X.yaml [--force true]``: validate, tokenise and write the ``data`` section's dataset
+  as litdata chunks, and print the report (rows read, kept, dropped by reason). ``fit`` prepares on its own when
+  needed; ``prepare`` is for doing it once, ahead of a multi-GPU job.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Any
+
+from lightning.pytorch import LightningDataModule, LightningModule
+from lightning.pytorch.cli import LightningCLI
+
+USAGE = """usage: lit-safe {fit,validate,test,predict,prepare} --config CONFIG.yaml [options]
+
+  fit, validate, test, predict   the Lightning commands (lit-safe fit --help lists every option)
+  prepare                        validate and prepare the data section's dataset, print the report
+"""
+
+
+class LitSafeCLI(LightningCLI):
+    """LightningCLI with lit_safe's defaults: subclass mode for model and data, configs saved next to the logs."""
+
+    def __init__(self, args: list[str] | None = None, run: bool = True) -> None:
+        super().__init__(
+            LightningModule,
+            LightningDataModule,
+            subclass_mode_model=True,
+            subclass_mode_data=True,
+            auto_configure_optimizers=False,
+            save_config_kwargs={"overwrite": True},
+            seed_everything_default=42,
+            args=args,
+            run=run,
+        )
+
+
+def prepare_main(argv: list[str]) -> Any:
+    """``lit-safe prepare``: build the ``data`` section of a config and prepare its dataset."""
+    from jsonargparse import ActionConfigFile, ArgumentParser
+
+    parser = ArgumentParser(prog="lit-safe prepare", description="Validate and prepare the data of a config.")
+    parser.add_argument("--config", action=ActionConfigFile, help="a fit config (only its data section is used)")
+    parser.add_subclass_arguments(LightningDataModule, "data", required=True)
+    parser.add_argument("--force", type=bool, default=False, help="prepare again even if an identical one exists")
+    for ignored in ("seed_everything", "trainer", "model", "ckpt_path", "optimizer", "lr_scheduler"):
+        parser.add_argument(f"--{ignored}", type=Any, default=None, help="(ignored by prepare)")
+    cfg = parser.parse_args(argv)
+    data = parser.instantiate_classes(cfg).data
+    if not hasattr(data, "prepare"):
+        raise SystemExit(f"{type(data).__name__} has no prepare(); nothing to prepare")
+    report = data.prepare(force=cfg.force)
+    print(report.format())
+    return report
+
+
+def run(args: list[str] | None = None) -> Any:
+    """Run ``lit-safe`` with ``args`` (default ``sys.argv[1:]``); returns the CLI object or the prepare report."""
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    argv = sys.argv[1:] if args is None else list(args)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(USAGE)
+        return None
+    if argv[0] == "prepare":
+        return prepare_main(argv[1:])
+    return LitSafeCLI(args=argv)
+
+
+def main(args: list[str] | None = None) -> None:
+    """Entry point of the ``lit-safe`` console script."""
+    run(args)
+
+
+if __name__ == "__main__":
+    main()

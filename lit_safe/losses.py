@@ -1,0 +1,95 @@
+"""Loss functions of lit_safe, as pure tensor-to-tensor functions (torch only; no Lightning, no transformers).
+
+Each function documents the shapes it takes and follows ``../shared/docs/ALGORITHMS.md``, which was written from
+the papers and the reference implementation (PKU-Alignment/safe-rlhf). Tests check every one of them against
+numbers worked out by hand.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+
+def score_l2(*scores: Tensor) -> Tensor:
+    """Mean of the squared scores over all given tensors (the regulariser that keeps scores near 0)."""
+    return torch.cat([s.flatten() for s in scores]).pow(2).mean()
+
+
+def sequence_preference_loss(chosen: Tensor, rejected: Tensor, l2_coeff: float = 1e-3) -> Tensor:
+    """Bradley-Terry loss on end scores (Safe RLHF reward model, sequence-wise).
+
+    ``L = -mean_i log sigmoid(r_i^w - r_i^l) + l2_coeff * mean([r^w, r^l]^2)``
+
+    Args:
+        chosen: ``(B,)`` end scores of the preferred responses.
+        rejected: ``(B,)`` end scores of the other responses.
+        l2_coeff: weight of the L2 term (eta; 1e-3 in the reference scripts).
+
+    Returns:
+        Scalar loss.
+    """
+    return -F.logsigmoid(chosen - rejected).mean() + l2_coeff * score_l2(chosen, rejected)
+
+
+def divergence_index(chosen_ids: Tensor, rejected_ids: Tensor, chosen_mask: Tensor, rejected_mask: Tensor) -> Tensor:
+    """First position at which two padded sequences differ (their shared prefix is the prompt).
+
+    Args:
+        chosen_ids, rejected_ids: ``(B, L)`` token ids, right padded to the same length.
+        chosen_mask, rejected_mask: ``(B, L)`` attention masks.
+
+    Returns:
+        ``(B,)`` long. Positions where either sequence has ended count as different, so a response that is a
+        prefix of the other diverges where the shorter one ends.
+    """
+    differ = (chosen_ids != rejected_ids) | (chosen_mask == 0) | (rejected_mask == 0)
+    length = differ.size(1)
+    positions = torch.arange(length, device=differ.device).expand_as(differ)
+    return torch.where(differ, positions, length).min(dim=1).values.clamp(max=length - 1)
+
+
+def token_preference_loss(
+    chosen_scores: Tensor,
+    rejected_scores: Tensor,
+    chosen_end: Tensor,
+    rejected_end: Tensor,
+    diverge: Tensor,
+    l2_coeff: float = 1e-3,
+) -> Tensor:
+    """Token-wise Bradley-Terry loss (the reference's ``token-wise`` reward loss).
+
+    For pair ``i`` with divergence index ``d`` and ``e = max(end_w, end_l)``:
+    ``l_i = -mean_{t in [d, e]} log sigmoid(r^w_t - r^l_t) + l2_coeff * mean_{t in [d, e]}([r^w_t, r^l_t]^2)``,
+    and the loss is ``mean_i l_i``. Departure from the reference: past its end, a sequence's score stays its end
+    score (the reference reads the scores of padding tokens there, which depend on how padding is embedded).
+
+    Args:
+        chosen_scores, rejected_scores: ``(B, L)`` per-token scores.
+        chosen_end, rejected_end: ``(B,)`` index of each sequence's last attended token.
+        diverge: ``(B,)`` first differing position (:func:`divergence_index`).
+        l2_coeff: weight of the L2 term.
+
+    Returns:
+        Scalar loss.
+    """
+    length = chosen_scores.size(1)
+    positions = torch.arange(length, device=chosen_scores.device).unsqueeze(0)
+
+    def held(scores: Tensor, end: Tensor) -> Tensor:
+        end_score = scores.gather(1, end.unsqueeze(1))
+        return torch.where(positions > end.unsqueeze(1), end_score, scores)
+
+    chosen_held, rejected_held = held(chosen_scores, chosen_end), held(rejected_scores, rejected_end)
+    last = torch.maximum(chosen_end, rejected_end)
+    window = ((positions >= diverge.unsqueeze(1)) & (positions <= last.unsqueeze(1))).to(chosen_scores.dtype)
+    count = window.sum(dim=1)
+    bt = -(F.logsigmoid(chosen_held - rejected_held) * window).sum(dim=1) / count
+    l2 = ((chosen_held.pow(2) + rejected_held.pow(2)) * window).sum(dim=1) / (2 * count)
+    return (bt + l2_coeff * l2).mean()
+
+
+def preference_accuracy(chosen: Tensor, rejected: Tensor) -> Tensor:
+    """Share of pairs whose preferred response scores strictly higher. ``(B,), (B,) -> ()``."""
+    return (chosen > rejected).float().mean()

@@ -1,0 +1,121 @@
+"""Backbones: any Hugging Face transformer by hub id or local path, or a built-in Llama-style preset.
+
+``tiny`` (about 0.3M parameters) is the embedded default that trains in seconds on a CPU; ``small`` (about 25M)
+is big enough for throughput and MFU measurements. Both are ordinary ``LlamaConfig`` models with the project's
+own offline tokenizer (:mod:`lit_safe.models.tokenizer`), so they save with ``save_pretrained`` and load with
+``AutoModel.from_pretrained`` exactly like a model from the hub.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, LlamaConfig, PreTrainedModel
+from transformers import PreTrainedTokenizerBase
+
+from lit_safe.models.tokenizer import is_preset
+
+# Llama-style architectures of the presets (the vocabulary size comes from the tokenizer).
+PRESETS: dict[str, dict] = {
+    "tiny": dict(
+        hidden_size=64,
+        intermediate_size=192,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=1024,
+    ),
+    "small": dict(
+        hidden_size=640,
+        intermediate_size=1792,
+        num_hidden_layers=4,
+        num_attention_heads=10,
+        num_key_value_heads=10,
+        max_position_embeddings=2048,
+    ),
+}
+
+DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def preset_config(name: str, tokenizer: PreTrainedTokenizerBase) -> LlamaConfig:
+    """The ``LlamaConfig`` of a preset, with vocabulary and special token ids taken from ``tokenizer``."""
+    if name not in PRESETS:
+        raise ValueError(f"unknown backbone preset {name!r}; presets: {sorted(PRESETS)}")
+    return LlamaConfig(
+        vocab_size=len(tokenizer),
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        tie_word_embeddings=False,
+        rms_norm_eps=1e-5,
+        **PRESETS[name],
+    )
+
+
+def load_backbone(
+    name_or_path: str,
+    tokenizer: PreTrainedTokenizerBase,
+    *,
+    causal_lm: bool = False,
+    dtype: str = "float32",
+    revision: str | None = None,
+    attn_implementation: str | None = "sdpa",
+) -> PreTrainedModel:
+    """Build or load a transformer backbone that matches ``tokenizer``.
+
+    Args:
+        name_or_path: a preset (``tiny``, ``small``; randomly initialised, seeded by the caller), a hub id, or a
+            local directory written by ``save_pretrained``.
+        tokenizer: the tokenizer from :func:`lit_safe.models.tokenizer.load_tokenizer`. If it has more tokens
+            than the model's embedding (a pad token was added), the embeddings are resized; the new rows start at
+            the mean of the old ones.
+        causal_lm: ``True`` for a model with its language-model head (policies), ``False`` for the bare
+            transformer that a score head sits on (reward, cost, critics).
+        dtype: parameter dtype, one of ``float32``, ``bfloat16``, ``float16``.
+        revision: the hub revision to pin (ignored for presets and local paths).
+        attn_implementation: passed to transformers (``sdpa``, ``eager``, ``flash_attention_2``).
+
+    Returns:
+        The model, in training mode, with ``config.pad_token_id`` set from the tokenizer.
+    """
+    if dtype not in DTYPES:
+        raise ValueError(f"unknown dtype {dtype!r}; expected one of {sorted(DTYPES)}")
+    auto = AutoModelForCausalLM if causal_lm else AutoModel
+    if is_preset(name_or_path):
+        config = preset_config(name_or_path, tokenizer)
+        model = auto.from_config(config, dtype=DTYPES[dtype], attn_implementation=attn_implementation)
+    else:
+        config = AutoConfig.from_pretrained(name_or_path, revision=revision)
+        model = auto.from_pretrained(
+            name_or_path, revision=revision, dtype=DTYPES[dtype], attn_implementation=attn_implementation
+        )
+    if len(tokenizer) > model.get_input_embeddings().num_embeddings:
+        model.resize_token_embeddings(len(tokenizer), mean_resizing=True)
+    model.config.pad_token_id = tokenizer.pad_token_id
+    model.train()
+    return model
+
+
+def hidden_size(model: PreTrainedModel) -> int:
+    """The width of the last hidden state (``hidden_size``, ``n_embd`` or ``d_model`` depending on the family)."""
+    config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    for key in ("hidden_size", "n_embd", "d_model", "dim"):
+        if getattr(config, key, None):
+            return int(getattr(config, key))
+    raise ValueError(f"cannot find the hidden size in the config of {type(model).__name__}")
+
+
+def transformer_blocks(model: nn.Module) -> list[nn.Module]:
+    """The repeated transformer blocks of a Hugging Face model (the unit FSDP shards and checkpointing wraps).
+
+    Found by the class names the model itself declares unsplittable (``_no_split_modules``, e.g.
+    ``LlamaDecoderLayer``), so it works for any architecture transformers supports.
+    """
+    names: set[str] = set()
+    for module in model.modules():
+        names.update(getattr(module, "_no_split_modules", None) or [])
+    blocks = [m for m in model.modules() if type(m).__name__ in names]
+    if not blocks:
+        raise ValueError(f"{type(model).__name__} declares no _no_split_modules: cannot find its transformer blocks")
+    return blocks

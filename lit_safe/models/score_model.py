@@ -1,0 +1,328 @@
+"""Score models: a transformer backbone with a linear head on every token (reward, cost and critic models).
+
+Follows Safe RLHF (Dai et al., arXiv 2310.12773) and its reference implementation: ``Linear(hidden, 1)`` with the
+bias initialised to 0 on the last hidden state of every token, the sequence's score read at its last attended
+token (the EOS under right padding), and an optional running normaliser of end scores (``reward``: affine
+``(s - mu) / sigma``; ``cost``: scale only ``s / sigma``, so the sign that means safe/unsafe survives; ``critic``:
+none). Departures: the end index comes from the attention mask only (never ``ids != pad``, which breaks for
+tokenizers whose pad token is their EOS), and the normaliser is updated by the caller with gathered scores.
+
+A trained score model saves in the Hugging Face format: ``config.json`` (the backbone's config plus
+``score_type``, ``score_dim``, ``do_normalize``, ``normalizer_type``, ``momentum``, ``mean``, ``var``, ``count``),
+safetensors weights with the backbone under its ``base_model_prefix`` and the head as ``score_head.*`` (the layout
+of the reference's released ``beaver-7b-*-reward``/``-cost`` models, which this loader also reads), and the
+tokenizer.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import torch
+from torch import Tensor, nn
+from transformers import AutoConfig, AutoModel, PreTrainedModel, PreTrainedTokenizerBase
+
+from lit_safe.models.backbone import DTYPES, hidden_size
+
+ScoreType = Literal["reward", "cost", "critic"]
+SCORE_CONFIG_KEYS = ("score_type", "score_dim", "do_normalize", "normalizer_type", "momentum", "mean", "var", "count")
+
+
+def last_attended_index(attention_mask: Tensor) -> Tensor:
+    """Index of the last attended token of each sequence, under left or right padding.
+
+    Args:
+        attention_mask: ``(B, L)``, 1 for real tokens and 0 for padding.
+
+    Returns:
+        ``(B,)`` long tensor. A row with no attended token is an error.
+    """
+    mask = attention_mask.bool()
+    if not bool(mask.any(dim=-1).all()):
+        raise ValueError("a sequence has no attended token (an all-zero attention-mask row)")
+    positions = torch.arange(mask.size(-1), device=mask.device).expand_as(mask)
+    return torch.where(mask, positions, -1).max(dim=-1).values
+
+
+@dataclass
+class ScoreOutput:
+    """What a :class:`ScoreModel` returns.
+
+    Attributes:
+        scores: ``(B, L)`` float32, one score per token.
+        end_scores: ``(B,)`` float32, the score at each sequence's last attended token.
+        end_index: ``(B,)`` long, that token's position.
+    """
+
+    scores: Tensor
+    end_scores: Tensor
+    end_index: Tensor
+
+
+class ScoreNormalizer(nn.Module):
+    """Running statistics of end scores, and the normalisation the score type calls for.
+
+    Args:
+        score_type: ``reward`` (affine), ``cost`` (scale only, keeps the sign) or ``critic`` (identity).
+        momentum: ``None`` for exact running mean/variance over everything seen, or an exponential moving
+            average with this momentum (the reference scripts use 0.9).
+    """
+
+    def __init__(self, score_type: ScoreType = "reward", momentum: float | None = None) -> None:
+        super().__init__()
+        self.score_type = score_type
+        self.momentum = momentum
+        self.register_buffer("mean", torch.zeros((), dtype=torch.float64))
+        self.register_buffer("var", torch.ones((), dtype=torch.float64))
+        self.register_buffer("count", torch.zeros((), dtype=torch.float64))
+
+    @torch.no_grad()
+    def update(self, scores: Tensor) -> None:
+        """Fold a batch of end scores ``(N,)`` (already gathered across ranks) into the statistics."""
+        x = scores.detach().double().flatten()
+        if x.numel() == 0:
+            return
+        batch_mean, batch_var, n = x.mean(), x.var(unbiased=False), float(x.numel())
+        if self.momentum is None or self.count == 0:
+            total = self.count + n
+            delta = batch_mean - self.mean
+            new_mean = self.mean + delta * n / total
+            m2 = self.var * self.count + batch_var * n + delta.pow(2) * self.count * n / total
+            self.mean.copy_(new_mean)
+            self.var.copy_(m2 / total)
+            self.count.copy_(total)
+        else:
+            self.mean.mul_(self.momentum).add_((1 - self.momentum) * batch_mean)
+            self.var.mul_(self.momentum).add_((1 - self.momentum) * batch_var)
+            self.count.add_(n)
+
+    def forward(self, scores: Tensor) -> Tensor:
+        """Normalise scores of any shape with the current statistics."""
+        std = torch.sqrt(self.var.float() + 1e-8).to(scores.dtype)
+        if self.score_type == "reward":
+            return (scores - self.mean.to(scores.dtype)) / std
+        if self.score_type == "cost":
+            return scores / std
+        return scores
+
+
+class ScoreModel(nn.Module):
+    """A backbone plus ``Linear(hidden, 1)`` on every token.
+
+    Args:
+        backbone: a Hugging Face base model (``AutoModel``) returning ``last_hidden_state``.
+        score_type: ``reward``, ``cost`` or ``critic``: selects the normalisation and is saved in the config.
+        do_normalize: apply the running normaliser to the returned scores (the statistics are kept either way).
+        normalizer_momentum: see :class:`ScoreNormalizer`.
+    """
+
+    def __init__(
+        self,
+        backbone: PreTrainedModel,
+        score_type: ScoreType = "reward",
+        do_normalize: bool = False,
+        normalizer_momentum: float | None = None,
+    ) -> None:
+        super().__init__()
+        if score_type not in ("reward", "cost", "critic"):
+            raise ValueError(f"score_type must be reward, cost or critic, got {score_type!r}")
+        self.backbone = backbone
+        self.score_type = score_type
+        self.do_normalize = do_normalize
+        width = hidden_size(backbone)
+        dtype = backbone.get_input_embeddings().weight.dtype
+        self.score_head = nn.Linear(width, 1, bias=True, dtype=dtype)
+        nn.init.normal_(self.score_head.weight, std=1.0 / math.sqrt(width + 1))
+        nn.init.zeros_(self.score_head.bias)
+        self.normalizer = ScoreNormalizer(score_type, normalizer_momentum)
+
+    def forward(self, input_ids: Tensor, attention_mask: Tensor) -> ScoreOutput:
+        """Score a batch.
+
+        Args:
+            input_ids: ``(B, L)`` token ids.
+            attention_mask: ``(B, L)``, 1 for real tokens.
+
+        Returns:
+            :class:`ScoreOutput` with float32 ``scores (B, L)``, ``end_scores (B,)`` and ``end_index (B,)``.
+        """
+        hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
+        scores = self.score_head(hidden.to(self.score_head.weight.dtype)).squeeze(-1).float()
+        end_index = last_attended_index(attention_mask)
+        end_scores = scores.gather(1, end_index.unsqueeze(1)).squeeze(1)
+        if self.do_normalize:
+            scores, end_scores = self.normalizer(scores), self.normalizer(end_scores)
+        return ScoreOutput(scores=scores, end_scores=end_scores, end_index=end_index)
+
+    # ----------------------------------------------------------------------------------------- Hugging Face format
+    def score_config(self) -> dict:
+        """The score-specific entries written into ``config.json`` (names as in the reference implementation)."""
+        n = self.normalizer
+        return {
+            "score_type": self.score_type,
+            "score_dim": 1,
+            "do_normalize": self.do_normalize,
+            "normalizer_type": "RunningMeanStd" if n.momentum is None else "ExponentialMovingAverage",
+            "momentum": n.momentum,
+            "mean": float(n.mean),
+            "var": float(n.var),
+            "count": float(n.count),
+        }
+
+    def save_pretrained(
+        self,
+        path: str | Path,
+        tokenizer: PreTrainedTokenizerBase | None = None,
+        state_dict: dict[str, Tensor] | None = None,
+        max_shard_size: str = "5GB",
+    ) -> Path:
+        """Write config, safetensors weights and (optionally) the tokenizer to ``path``.
+
+        Args:
+            path: output directory (created).
+            tokenizer: saved beside the weights when given.
+            state_dict: this module's full state dict when the live parameters are sharded (FSDP): gather it first.
+            max_shard_size: safetensors shard size for big models.
+        """
+        from huggingface_hub import save_torch_state_dict
+
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        state_dict = self.state_dict() if state_dict is None else state_dict
+        prefix = self.backbone.base_model_prefix or "model"
+        weights = {}
+        for key, value in state_dict.items():
+            if key.startswith("backbone."):
+                weights[f"{prefix}.{key.removeprefix('backbone.')}"] = value.detach().cpu().contiguous()
+            elif key.startswith("score_head."):
+                weights[key] = value.detach().cpu().contiguous()
+        save_torch_state_dict(weights, path, max_shard_size=max_shard_size)
+        config = self.backbone.config.to_dict()
+        config.update(self.score_config())
+        config["architectures"] = [type(self.backbone).__name__.removesuffix("Model") + "ForScore"]
+        (path / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+        if tokenizer is not None:
+            tokenizer.save_pretrained(path)
+        return path
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        path: str | Path,
+        *,
+        dtype: str = "float32",
+        revision: str | None = None,
+        score_type: ScoreType | None = None,
+        attn_implementation: str | None = "sdpa",
+    ) -> ScoreModel:
+        """Load a score model saved by :meth:`save_pretrained` (or a reference ``*ForScore`` checkpoint).
+
+        Args:
+            path: local directory or hub id.
+            dtype: parameter dtype (``float32``, ``bfloat16``, ``float16``).
+            revision: hub revision to pin.
+            score_type: override the saved score type (e.g. ``critic`` when a reward model initialises a critic).
+            attn_implementation: passed to transformers.
+        """
+        config = AutoConfig.from_pretrained(str(path), revision=revision)
+        if getattr(config, "score_type", None) is None:
+            raise ValueError(f"{path} is not a score model: its config.json has no 'score_type'")
+        backbone = AutoModel.from_pretrained(
+            str(path), revision=revision, dtype=DTYPES[dtype], attn_implementation=attn_implementation
+        )
+        model = cls(
+            backbone,
+            score_type=score_type or config.score_type,
+            do_normalize=bool(getattr(config, "do_normalize", False)),
+            normalizer_momentum=getattr(config, "momentum", None),
+        )
+        head = _read_tensors(str(path), ("score_head.weight", "score_head.bias"), revision)
+        if "score_head.weight" not in head:
+            raise ValueError(f"{path}: no 'score_head.weight' in the checkpoint")
+        model.score_head.weight.data.copy_(head["score_head.weight"].reshape(1, -1))
+        if "score_head.bias" in head:
+            model.score_head.bias.data.copy_(head["score_head.bias"].reshape(1))
+        for key in ("mean", "var", "count"):
+            if getattr(config, key, None) is not None:
+                getattr(model.normalizer, key).fill_(float(getattr(config, key)))
+        return model
+
+
+def _read_tensors(path: str, keys: tuple[str, ...], revision: str | None) -> dict[str, Tensor]:
+    """Read a few named tensors from a (possibly sharded) safetensors or ``.bin`` checkpoint."""
+    from safetensors import safe_open
+
+    local = Path(path)
+    if not local.is_dir():
+        from huggingface_hub import snapshot_download
+
+        local = Path(snapshot_download(path, revision=revision, allow_patterns=["*.json", "*.safetensors", "*.bin"]))
+    out: dict[str, Tensor] = {}
+    for index_name, single in (("model.safetensors.index.json", "model.safetensors"),
+                               ("pytorch_model.bin.index.json", "pytorch_model.bin")):
+        if (local / index_name).exists():
+            weight_map = json.loads((local / index_name).read_text())["weight_map"]
+            files = sorted({weight_map[k] for k in keys if k in weight_map})
+        elif (local / single).exists():
+            files = [single]
+        else:
+            continue
+        for name in files:
+            if name.endswith(".safetensors"):
+                with safe_open(str(local / name), framework="pt") as f:
+                    out.update({k: f.get_tensor(k) for k in keys if k in f.keys()})
+            else:
+                state = torch.load(local / name, map_location="cpu", weights_only=True)
+                out.update({k: state[k] for k in keys if k in state})
+        return out
+    raise FileNotFoundError(f"{path}: no model.safetensors(.index.json) or pytorch_model.bin(.index.json) found")
+
+
+def build_score_model(
+    backbone: str,
+    tokenizer: PreTrainedTokenizerBase,
+    score_type: ScoreType,
+    *,
+    dtype: str = "float32",
+    revision: str | None = None,
+    do_normalize: bool = False,
+    normalizer_momentum: float | None = None,
+    gradient_checkpointing: bool = False,
+) -> ScoreModel:
+    """A score model on ``backbone``: a preset, an LM checkpoint (new head), or a saved score model (its head too).
+
+    Args:
+        backbone: preset name, hub id or local path. A path whose config has ``score_type`` is loaded with its
+            trained head and normaliser statistics (to continue training, or to initialise a critic).
+        tokenizer: the matching tokenizer (embeddings are resized if it added tokens).
+        score_type: ``reward``, ``cost`` or ``critic``.
+        dtype: parameter dtype.
+        revision: hub revision to pin.
+        do_normalize: normalise returned scores with the running statistics.
+        normalizer_momentum: ``None`` (exact running statistics) or an EMA momentum.
+        gradient_checkpointing: recompute activations in the backward pass (saves memory on big models).
+    """
+    from lit_safe.models.backbone import load_backbone
+    from lit_safe.models.tokenizer import is_preset
+
+    config = None if is_preset(backbone) else AutoConfig.from_pretrained(backbone, revision=revision)
+    if config is not None and getattr(config, "score_type", None) is not None:
+        model = ScoreModel.from_pretrained(backbone, dtype=dtype, revision=revision, score_type=score_type)
+        model.do_normalize = do_normalize
+        model.normalizer.momentum = normalizer_momentum
+        if len(tokenizer) > model.backbone.get_input_embeddings().num_embeddings:
+            model.backbone.resize_token_embeddings(len(tokenizer), mean_resizing=True)
+    else:
+        model = ScoreModel(
+            load_backbone(backbone, tokenizer, dtype=dtype, revision=revision),
+            score_type=score_type,
+            do_normalize=do_normalize,
+            normalizer_momentum=normalizer_momentum,
+        )
+    if gradient_checkpointing:
+        model.backbone.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    return model

@@ -1,0 +1,120 @@
+"""Sharding a transformer across GPUs: FSDP2 (``fully_shard`` per block) and an FSDP1 auto-wrap policy.
+
+FSDP2 runs through Lightning's ``ModelParallelStrategy``: a module's ``configure_model`` calls
+:func:`apply_fsdp2`, which shards every transformer block (found from the model's own ``_no_split_modules``)
+and then the root, with bf16 compute and fp32 gradient reduction when the trainer runs in bf16. FSDP1 runs
+through Lightning's ``FSDPStrategy`` with :class:`TransformerBlockPolicy` as its ``auto_wrap_policy`` (set from
+YAML; it needs no class import in the config).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from lit_safe.models.backbone import transformer_blocks
+
+
+def apply_fsdp2(model: nn.Module, mesh, param_dtype: torch.dtype | None = None, reshard_after_forward: bool = True):
+    """Shard ``model`` in place with FSDP2: each transformer block, then the root module.
+
+    Args:
+        model: a module containing one or more Hugging Face transformers.
+        mesh: the data-parallel device mesh (``strategy.device_mesh["data_parallel"]``).
+        param_dtype: compute dtype of the gathered parameters (``torch.bfloat16`` for bf16 training); the sharded
+            parameters stay in their own dtype (fp32 master weights) and gradients are reduced in fp32.
+        reshard_after_forward: free gathered parameters after each block's forward (ZeRO-3 style).
+
+    Returns:
+        The same module, now made of ``FSDPModule`` s.
+    """
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+    policy = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=torch.float32) if param_dtype else None
+    kwargs = {"mesh": mesh, "reshard_after_forward": reshard_after_forward}
+    if policy is not None:
+        kwargs["mp_policy"] = policy
+    for block in transformer_blocks(model):
+        fully_shard(block, **kwargs)
+    fully_shard(model, **kwargs)
+    return model
+
+
+class TransformerBlockPolicy:
+    """FSDP1 auto-wrap policy: wrap every module whose class a Hugging Face model declares unsplittable.
+
+    Use in YAML as ``strategy.init_args.auto_wrap_policy: {class_path: lit_safe.models.sharding.TransformerBlockPolicy}``.
+    The same policy serves ``activation_checkpointing_policy``.
+
+    Args:
+        class_names: block class names to wrap; ``None`` reads ``_no_split_modules`` from the model at wrap time.
+    """
+
+    def __init__(self, class_names: list[str] | None = None) -> None:
+        self.class_names = set(class_names) if class_names else None
+
+    def _names(self, module: nn.Module) -> set[str]:
+        if self.class_names is None:
+            self.class_names = {type(b).__name__ for b in transformer_blocks(module)}
+        return self.class_names
+
+    def __call__(self, module: nn.Module, recurse: bool, nonwrapped_numel: int) -> bool:
+        if recurse:
+            if self.class_names is None and getattr(module, "_no_split_modules", None):
+                self._names(module)
+            return True
+        return self.class_names is not None and type(module).__name__ in self.class_names
+
+
+def is_fsdp1(module: nn.Module) -> bool:
+    """Whether ``module`` is wrapped by FSDP1 (``FullyShardedDataParallel``)."""
+    from torch.distributed.fsdp import FullyShardedDataParallel
+
+    return isinstance(module, FullyShardedDataParallel)
+
+
+def clip_grad_norm(root: nn.Module, parameters, max_norm: float | None) -> torch.Tensor:
+    """Clip gradients by their global norm and return that norm (before clipping), for plain, DDP, FSDP1 and
+    FSDP2 models alike (FSDP1 needs its own method; FSDP2's DTensor norm is made a plain tensor).
+
+    Args:
+        root: the module the strategy wrapped (``trainer.model``).
+        parameters: the parameters to clip.
+        max_norm: the largest allowed norm; ``None`` or ``inf`` only measures.
+    """
+    limit = float("inf") if max_norm is None else float(max_norm)
+    if is_fsdp1(root):
+        norm = root.clip_grad_norm_(limit)
+    else:
+        norm = torch.nn.utils.clip_grad_norm_([p for p in parameters if p.grad is not None], limit)
+    if hasattr(norm, "full_tensor"):
+        norm = norm.full_tensor()
+    return norm.detach()
+
+
+def full_state_dict(module: nn.Module, root: nn.Module, prefix: str) -> dict[str, torch.Tensor]:
+    """Gather the full (unsharded) state dict of ``module`` on CPU; call it on every rank (it is a collective).
+
+    Args:
+        module: the module to export (e.g. the score model inside a LightningModule).
+        root: the module the strategy wrapped (``trainer.model``), to detect FSDP1.
+        prefix: the name of ``module`` inside ``root`` with a trailing dot (``"model."``), for FSDP1, whose full
+            state dict can only be taken from the wrapped root.
+
+    Returns:
+        The state dict; with FSDP it is complete on rank 0 only (other ranks may get an empty dict).
+    """
+    from torch.distributed.fsdp import FSDPModule
+
+    if is_fsdp1(root):
+        from torch.distributed.fsdp import FullStateDictConfig, FullyShardedDataParallel, StateDictType
+
+        config = FullStateDictConfig(offload_to_cpu=True, rank0_only=True)
+        with FullyShardedDataParallel.state_dict_type(root, StateDictType.FULL_STATE_DICT, config):
+            state = root.state_dict()
+        return {k.removeprefix(prefix): v for k, v in state.items() if k.startswith(prefix)}
+    if any(isinstance(m, FSDPModule) for m in module.modules()):
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+        return get_model_state_dict(module, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    return {k: v.detach().cpu() for k, v in module.state_dict().items()}

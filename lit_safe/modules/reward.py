@@ -1,0 +1,215 @@
+"""RewardModule: the helpfulness reward model of Safe RLHF (Dai et al., arXiv 2310.12773), in Lightning.
+
+A :class:`~lit_safe.models.score_model.ScoreModel` trained with the Bradley-Terry loss on (better, worse)
+response pairs (``better_response_id`` of PKU-SafeRLHF), plus an L2 term that keeps scores near 0; sequence-wise
+(end scores, the default) or token-wise (every token from the first differing one). Better and worse sequences
+run in one forward pass of batch 2B. Metrics per stage: ``loss``, ``accuracy``, ``reward_mean``, ``reward_std``
+and ``reward_margin`` (``train/...``, ``val/...``, ``test/...``).
+
+Defaults follow the reference scripts (lr 2e-5, weight decay 0.1, AdamW betas (0.9, 0.95), cosine schedule with
+3% warm-up, gradient clip 1.0, L2 1e-3). Departure: gradients are clipped here rather than by the Trainer, since
+Lightning refuses norm clipping under FSDP1; leave ``trainer.gradient_clip_val`` unset.
+The math is in :mod:`lit_safe.losses`; this file only wires it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import torch
+from lightning.pytorch import LightningModule
+from lightning.pytorch.strategies import ModelParallelStrategy
+from torchmetrics import MeanMetric
+
+from lit_safe.losses import divergence_index, preference_accuracy, sequence_preference_loss, token_preference_loss
+from lit_safe.models.score_model import ScoreModel, build_score_model
+from lit_safe.models.sharding import apply_fsdp2, clip_grad_norm, full_state_dict
+from lit_safe.models.tokenizer import load_tokenizer
+from lit_safe.optim import adamw_with_schedule
+
+class ScoreStats(torch.nn.Module):
+    """Running means of loss, accuracy, scores, squared scores and margins for one stage (sync across ranks)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.loss, self.accuracy = MeanMetric(), MeanMetric()
+        self.score, self.score_sq, self.margin = MeanMetric(), MeanMetric(), MeanMetric()
+
+    def update(self, loss: torch.Tensor, chosen: torch.Tensor, rejected: torch.Tensor) -> None:
+        scores = torch.cat([chosen, rejected]).detach()
+        self.loss.update(loss.detach())
+        self.accuracy.update(preference_accuracy(chosen, rejected), weight=chosen.numel())
+        self.score.update(scores)
+        self.score_sq.update(scores.pow(2))
+        self.margin.update((chosen - rejected).detach())
+
+    def compute(self, name: str) -> dict[str, torch.Tensor]:
+        mean = self.score.compute()
+        std = (self.score_sq.compute() - mean.pow(2)).clamp_min(0).sqrt()
+        return {
+            "loss": self.loss.compute(),
+            "accuracy": self.accuracy.compute(),
+            f"{name}_mean": mean,
+            f"{name}_std": std,
+            f"{name}_margin": self.margin.compute(),
+        }
+
+    def reset(self) -> None:
+        for metric in (self.loss, self.accuracy, self.score, self.score_sq, self.margin):
+            metric.reset()
+
+
+class RewardModule(LightningModule):
+    """Train a reward model on preference pairs.
+
+    Args:
+        backbone: preset (``tiny``, ``small``), hub id or local path of the initial model (usually the SFT model),
+            or a saved score model to continue from.
+        revision: hub revision of the backbone.
+        dtype: parameter dtype (``float32``; use ``bfloat16`` only with ``precision: bf16-true``).
+        loss_type: ``sequence`` (end scores) or ``token`` (every token from the first differing one).
+        l2_coeff: weight of the L2 term on scores (eta).
+        lr: peak learning rate.
+        weight_decay: AdamW weight decay (not applied to biases and norms).
+        betas: AdamW betas.
+        warmup_ratio: share of the optimiser steps spent warming up linearly.
+        lr_schedule: ``cosine`` or ``constant`` after warm-up.
+        max_grad_norm: clip gradients to this global norm (``None``: measure only).
+        normalize_scores: normalise the model's scores with running statistics (kept and exported either way).
+        normalizer_momentum: ``None`` for exact running statistics, or an EMA momentum.
+        gradient_checkpointing: recompute activations in backward (for big models).
+    """
+
+    score_type = "reward"
+
+    def __init__(
+        self,
+        backbone: str = "tiny",
+        revision: str | None = None,
+        dtype: Literal["float32", "bfloat16", "float16"] = "float32",
+        loss_type: Literal["sequence", "token"] = "sequence",
+        l2_coeff: float = 1e-3,
+        lr: float = 2e-5,
+        weight_decay: float = 0.1,
+        betas: tuple[float, float] = (0.9, 0.95),
+        warmup_ratio: float = 0.03,
+        lr_schedule: Literal["cosine", "constant"] = "cosine",
+        max_grad_norm: float | None = 1.0,
+        normalize_scores: bool = False,
+        normalizer_momentum: float | None = None,
+        gradient_checkpointing: bool = False,
+    ) -> None:
+        super().__init__()
+        if loss_type not in ("sequence", "token"):
+            raise ValueError(f"loss_type must be 'sequence' or 'token', got {loss_type!r}")
+        self.save_hyperparameters()
+        self.tokenizer = load_tokenizer(backbone, revision=revision)
+        self.model: ScoreModel | None = None
+        # One metric holder per stage (a ModuleDict cannot have a key named "train": nn.Module.train exists).
+        self.train_stats, self.val_stats, self.test_stats = ScoreStats(), ScoreStats(), ScoreStats()
+
+    # ------------------------------------------------------------------------------------------------- model
+    def configure_model(self) -> None:
+        if self.model is not None:
+            return
+        hp = self.hparams
+        self.model = build_score_model(
+            hp.backbone,
+            self.tokenizer,
+            self.score_type,
+            dtype=hp.dtype,
+            revision=hp.revision,
+            do_normalize=hp.normalize_scores,
+            normalizer_momentum=hp.normalizer_momentum,
+            gradient_checkpointing=hp.gradient_checkpointing,
+        )
+        if self._trainer is not None and isinstance(self.trainer.strategy, ModelParallelStrategy):
+            bf16 = "bf16" in str(self.trainer.precision)
+            apply_fsdp2(self.model, self.trainer.strategy.device_mesh["data_parallel"],
+                        param_dtype=torch.bfloat16 if bf16 else None)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor):
+        return self.model(input_ids, attention_mask)
+
+    # ------------------------------------------------------------------------------------------------- steps
+    def model_step(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Loss and end scores of the chosen and rejected halves of a ``(2B, L)`` preference batch."""
+        ids, mask = batch["input_ids"], batch["attention_mask"]
+        out = self.model(ids, mask)
+        chosen, rejected = out.end_scores.chunk(2)
+        if self.hparams.loss_type == "sequence":
+            loss = sequence_preference_loss(chosen, rejected, self.hparams.l2_coeff)
+        else:
+            c_ids, r_ids = ids.chunk(2)
+            c_mask, r_mask = mask.chunk(2)
+            c_scores, r_scores = out.scores.chunk(2)
+            c_end, r_end = out.end_index.chunk(2)
+            diverge = divergence_index(c_ids, r_ids, c_mask, r_mask)
+            loss = token_preference_loss(c_scores, r_scores, c_end, r_end, diverge, self.hparams.l2_coeff)
+        return loss, chosen, rejected
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        loss, chosen, rejected = self.model_step(batch)
+        self.model.normalizer.update(self.all_gather(torch.cat([chosen, rejected]).detach()))
+        self.train_stats.update(loss, chosen, rejected)
+        self.log("train/loss", loss, prog_bar=True)
+        self.log("train/accuracy", preference_accuracy(chosen, rejected), prog_bar=True)
+        return loss
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        loss, chosen, rejected = self.model_step(batch)
+        self.val_stats.update(loss, chosen, rejected)
+
+    def test_step(self, batch: dict, batch_idx: int) -> None:
+        loss, chosen, rejected = self.model_step(batch)
+        self.test_stats.update(loss, chosen, rejected)
+
+    def predict_step(self, batch: dict, batch_idx: int) -> dict[str, torch.Tensor]:
+        chosen, rejected = self.model(batch["input_ids"], batch["attention_mask"]).end_scores.chunk(2)
+        return {"row": batch["row"], "chosen_score": chosen, "rejected_score": rejected}
+
+    def _log_epoch(self, stage: str) -> None:
+        values = getattr(self, f"{stage}_stats").compute(self.score_type)
+        if stage == "train":  # loss and accuracy are logged per step during training
+            values = {k: v for k, v in values.items() if k not in ("loss", "accuracy")}
+        self.log_dict({f"{stage}/{k}": v for k, v in values.items()}, prog_bar=stage == "val")
+        getattr(self, f"{stage}_stats").reset()
+
+    def on_train_epoch_end(self) -> None:
+        self._log_epoch("train")
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_epoch("val")
+
+    def on_test_epoch_end(self) -> None:
+        self._log_epoch("test")
+
+    # --------------------------------------------------------------------------------------------- optimiser
+    def configure_optimizers(self):
+        hp = self.hparams
+        optimizer, scheduler = adamw_with_schedule(
+            self.model.named_parameters(),
+            lr=hp.lr,
+            weight_decay=hp.weight_decay,
+            betas=tuple(hp.betas),
+            total_steps=max(1, int(self.trainer.estimated_stepping_batches)),
+            warmup_ratio=hp.warmup_ratio,
+            schedule=hp.lr_schedule,
+        )
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def on_before_optimizer_step(self, optimizer) -> None:
+        norm = clip_grad_norm(self.trainer.model, self.model.parameters(), self.hparams.max_grad_norm)
+        self.log("train/grad_norm", norm)
+
+    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
+        """Clipping happens in :meth:`on_before_optimizer_step` (``max_grad_norm``), for every strategy."""
+
+    # ------------------------------------------------------------------------------------------------ export
+    def export_pretrained(self, path: str | Path) -> Path | None:
+        """Write the model in the Hugging Face format (config, safetensors, tokenizer). Call on every rank."""
+        state = full_state_dict(self.model, self.trainer.model if self._trainer else self.model, prefix="model.")
+        if self._trainer is not None and not self.trainer.is_global_zero:
+            return None
+        return self.model.save_pretrained(path, tokenizer=self.tokenizer, state_dict=state)

@@ -1,0 +1,64 @@
+"""Optimisers and learning-rate schedules shared by the trainers (pure torch; no Lightning).
+
+Safe RLHF's recipe: AdamW with betas (0.9, 0.95), no weight decay on biases and normalisation weights, and a
+cosine (or constant) schedule after a linear warm-up over a share of the total optimiser steps.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from typing import Literal
+
+import torch
+from torch import nn
+
+
+def decay_groups(named_parameters: Iterable[tuple[str, nn.Parameter]], weight_decay: float) -> list[dict]:
+    """Split trainable parameters into a decayed group and a group without decay (biases, norms, 1-D tensors)."""
+    decay, no_decay = [], []
+    for name, param in named_parameters:
+        if not param.requires_grad:
+            continue
+        lowered = name.lower()
+        if param.ndim < 2 or lowered.endswith("bias") or "norm" in lowered:
+            no_decay.append(param)
+        else:
+            decay.append(param)
+    return [
+        {"params": decay, "weight_decay": weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+
+
+def warmup_schedule_factor(
+    step: int, total_steps: int, warmup_steps: int, kind: Literal["cosine", "constant"] = "cosine"
+) -> float:
+    """Learning-rate multiplier at optimiser step ``step``: linear warm-up, then cosine decay to 0 or constant."""
+    if warmup_steps > 0 and step < warmup_steps:
+        return (step + 1) / warmup_steps
+    if kind == "constant":
+        return 1.0
+    progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+def adamw_with_schedule(
+    named_parameters: Iterable[tuple[str, nn.Parameter]],
+    *,
+    lr: float,
+    weight_decay: float,
+    betas: tuple[float, float],
+    total_steps: int,
+    warmup_ratio: float,
+    schedule: Literal["cosine", "constant"] = "cosine",
+) -> tuple[torch.optim.AdamW, torch.optim.lr_scheduler.LambdaLR]:
+    """AdamW over decay groups plus a per-step warm-up schedule (for ``configure_optimizers``)."""
+    if schedule not in ("cosine", "constant"):
+        raise ValueError(f"lr schedule must be 'cosine' or 'constant', got {schedule!r}")
+    optimizer = torch.optim.AdamW(decay_groups(named_parameters, weight_decay), lr=lr, betas=betas)
+    warmup = int(round(warmup_ratio * total_steps))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: warmup_schedule_factor(step, total_steps, warmup, schedule)
+    )
+    return optimizer, scheduler
