@@ -27,8 +27,6 @@ from typing import Any, Literal
 
 import numpy as np
 from lightning.pytorch import LightningDataModule
-from litdata import StreamingDataset
-
 from lit_safe.data_modules import sources
 from lit_safe.data_modules.preparation import (
     META_FILE,
@@ -46,6 +44,8 @@ from lit_safe.data_modules.schemas import check_pku_saferlhf_row, pku_label_note
 from lit_safe.data_modules.sources import DataValidationError
 from lit_safe.data_modules.streaming import LengthGroupedLoader, pad_right
 from lit_safe.data_modules.text import SAFE_RLHF_TEMPLATE, encode_with_eos, format_prompt
+from litdata import StreamingDataset
+
 from lit_safe.models.tokenizer import load_tokenizer, tokenizer_fingerprint
 
 FORMAT_VERSION = 1
@@ -325,7 +325,7 @@ class PKUSafeRLHFDataModule(LightningDataModule):
                 items = self.view.encode(rows[split], self.tokenizer, hp.prompt_template, hp.max_length, reports[split])
                 write_split(items, tmp / split)
                 report.splits[split] = reports[split]
-            publish(tmp, final, report, {"settings": self._settings(), "hparams": dict(hp)})
+            publish(tmp, final, report, {"settings": self._settings(), "hparams": dict(hp)}, replace=force)
         except BaseException:
             import shutil
 

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from litdata.streaming.writer import BinaryWriter
+from litdata.utilities.env import _DistributedEnv
 
 REPORT_FILE = "report.json"
 META_FILE = "meta.json"
@@ -93,6 +94,11 @@ SPLITS = ("train", "val", "test")
 def write_split(items: Iterable[dict[str, Any]], directory: str | Path, chunk_bytes: str = "64MB") -> int:
     """Write items as a litdata dataset in ``directory``; returns how many were written."""
     writer = BinaryWriter(str(directory), chunk_bytes=chunk_bytes)
+    # This writer is the only one, even inside a distributed job (Lightning runs prepare_data on rank 0 alone):
+    # without this, litdata reads the world size from the environment and rank 0 waits forever in merge() for
+    # index files of writers that do not exist.
+    writer._distributed_env = _DistributedEnv(world_size=1, global_rank=0, num_nodes=1)
+    writer._rank = 0
     count = 0
     for count, item in enumerate(items, start=1):
         writer[count - 1] = item
@@ -103,11 +109,21 @@ def write_split(items: Iterable[dict[str, Any]], directory: str | Path, chunk_by
     return count
 
 
-def publish(tmp_dir: Path, final_dir: Path, report: PrepareReport, meta: dict[str, Any]) -> None:
-    """Write report and meta into ``tmp_dir`` and move it to ``final_dir`` (atomic on one filesystem)."""
+def publish(
+    tmp_dir: Path, final_dir: Path, report: PrepareReport, meta: dict[str, Any], replace: bool = False
+) -> None:
+    """Write report and meta into ``tmp_dir`` and move it to ``final_dir`` (atomic on one filesystem).
+
+    With ``replace`` (a forced preparation) an existing ``final_dir`` is moved aside and deleted first, so that the
+    new preparation wins; otherwise an existing finished ``final_dir`` is kept.
+    """
     (tmp_dir / REPORT_FILE).write_text(json.dumps(report.to_dict(), indent=2) + "\n")
     (tmp_dir / META_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True, default=str) + "\n")
     final_dir.parent.mkdir(parents=True, exist_ok=True)
+    if replace and final_dir.exists():
+        old = Path(tempfile.mkdtemp(prefix=f".{final_dir.name}-old-", dir=final_dir.parent))
+        os.replace(final_dir, old / final_dir.name)
+        shutil.rmtree(old, ignore_errors=True)
     try:
         os.replace(tmp_dir, final_dir)
     except OSError:

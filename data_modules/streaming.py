@@ -13,6 +13,8 @@ again, grouped the same way, and the consumed batches are skipped, so no sample 
 
 from __future__ import annotations
 
+import copy
+import itertools
 import random
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -83,9 +85,11 @@ class LengthGroupedLoader:
         self.group_size = group_size
         self.seed = seed
         self.shuffle = shuffle
+        # litdata batches at the real batch size (its even split across ranks and workers works in whole batches);
+        # the pool is ``group_size`` of those batches, regrouped by length.
         self.loader = StreamingDataLoader(
             dataset,
-            batch_size=batch_size * group_size,
+            batch_size=batch_size,
             num_workers=num_workers,
             collate_fn=_identity,
             persistent_workers=False,
@@ -95,51 +99,74 @@ class LengthGroupedLoader:
         self._pool_state: dict[str, Any] | None = None
         self._consumed = 0
         self._resume: dict[str, Any] | None = None
+        self._epoch_done = False
 
     def __len__(self) -> int:
-        return -(-len(self.dataset) // self.batch_size)
+        return len(self.loader)
 
-    def _batches_of(self, pool: list[Any], epoch: int, pool_index: int) -> list[list[Any]]:
+    def _batches_of(self, drawn: list[list[Any]], epoch: int, pool_index: int) -> list[list[Any]]:
+        """Regroup the items of the drawn batches by length into as many batches, of the same sizes."""
+        pool = [item for batch in drawn for item in batch]
         order = sorted(range(len(pool)), key=lambda i: self.length(pool[i]))
-        batches = [[pool[i] for i in order[s : s + self.batch_size]] for s in range(0, len(order), self.batch_size)]
+        batches, start = [], 0
+        for size in sorted((len(b) for b in drawn), reverse=True):
+            batches.append([pool[i] for i in order[start : start + size]])
+            start += size
         if self.shuffle:
             random.Random(f"{self.seed}/{epoch}/{pool_index}").shuffle(batches)
         return batches
 
     def __iter__(self) -> Iterator[Any]:
         skip = 0
-        if self._resume is not None:
-            self._epoch = self._resume["epoch"]
-            self._pool_index = self._resume["pool_index"]
-            skip = self._resume["consumed"]
-            if self._resume["loader"] is not None:
-                self.loader.load_state_dict(self._resume["loader"])
-            self._resume = None
+        resume, self._resume = self._resume, None
+        if resume is not None and not resume.get("epoch_done") and resume["loader"] is not None:
+            # Mid-epoch: redraw the saved pool and skip the batches already consumed from it. The saved state is
+            # the pool's own: asking litdata for a state_dict before its iterator has started would overwrite the
+            # restored epoch in the dataset's (shared, mutable) resume state and replay the wrong shuffle.
+            self._epoch = resume["epoch"]
+            self._pool_index = resume["pool_index"]
+            skip = resume["consumed"]
+            pool_state = copy.deepcopy(resume["loader"])
+            self.loader.load_state_dict(copy.deepcopy(pool_state))
         else:
+            if resume is not None:  # saved between epochs (or before the first): go on with the next epoch
+                self._epoch = resume["epoch"]
+                if resume["loader"] is not None:
+                    self.loader.load_state_dict(copy.deepcopy(resume["loader"]))
             self._epoch += 1
             self._pool_index = 0
+            pool_state = copy.deepcopy(self.loader.state_dict())
+        self._consumed = skip
+        self._epoch_done = False
         iterator = iter(self.loader)
         while True:
-            self._pool_state = self.loader.state_dict()
-            try:
-                pool = next(iterator)
-            except StopIteration:
+            self._pool_state = pool_state
+            drawn = list(itertools.islice(iterator, self.group_size))
+            if not drawn:
+                self._epoch_done = True
+                self._consumed = 0
                 return
-            batches = self._batches_of(pool, self._epoch, self._pool_index)
+            batches = self._batches_of(drawn, self._epoch, self._pool_index)
             for self._consumed, batch in enumerate(batches[skip:], start=skip + 1):
                 yield self.collate(batch)
             skip = 0
             self._pool_index += 1
+            self._consumed = 0
+            # litdata returns (and later updates in place) its own resume dict: keep a copy.
+            pool_state = copy.deepcopy(self.loader.state_dict())
 
     def state_dict(self) -> dict[str, Any]:
         """Where the iteration is: litdata's state before the current pool, and batches consumed from it."""
-        return {
-            "epoch": self._epoch,
-            "pool_index": self._pool_index,
-            "consumed": self._consumed,
-            "loader": self._pool_state,
-        }
+        return copy.deepcopy(
+            {
+                "epoch": self._epoch,
+                "pool_index": self._pool_index,
+                "consumed": self._consumed,
+                "loader": self._pool_state,
+                "epoch_done": self._epoch_done,
+            }
+        )
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Resume from :meth:`state_dict` at the next ``iter()``."""
-        self._resume = dict(state)
+        self._resume = copy.deepcopy(state)

@@ -80,6 +80,18 @@ class ScoreNormalizer(nn.Module):
         self.register_buffer("var", torch.ones((), dtype=torch.float64))
         self.register_buffer("count", torch.zeros((), dtype=torch.float64))
 
+    def _apply(self, fn, recurse=True):
+        # Keep the statistics in float64 when the model is cast (``model.to(torch.bfloat16)``, which Lightning's
+        # ``bf16-true`` precision does): in bfloat16 the count stops growing at 256 and the mean drifts. Device
+        # moves still apply.
+        stats = dict(self._buffers)
+        super()._apply(fn, recurse)
+        for name, old in stats.items():
+            new = self._buffers.get(name)
+            if old is not None and new is not None and new.dtype != torch.float64:
+                self._buffers[name] = old.to(device=new.device)
+        return self
+
     @torch.no_grad()
     def update(self, scores: Tensor) -> None:
         """Fold a batch of end scores ``(N,)`` (already gathered across ranks) into the statistics."""
@@ -197,9 +209,9 @@ class ScoreModel(nn.Module):
         weights = {}
         for key, value in state_dict.items():
             if key.startswith("backbone."):
-                weights[f"{prefix}.{key.removeprefix('backbone.')}"] = value.detach().cpu().contiguous()
+                weights[f"{prefix}.{key.removeprefix('backbone.')}"] = _own_storage(value)
             elif key.startswith("score_head."):
-                weights[key] = value.detach().cpu().contiguous()
+                weights[key] = _own_storage(value)
         save_torch_state_dict(weights, path, max_shard_size=max_shard_size)
         config = self.backbone.config.to_dict()
         config.update(self.score_config())
@@ -250,6 +262,15 @@ class ScoreModel(nn.Module):
             if getattr(config, key, None) is not None:
                 getattr(model.normalizer, key).fill_(float(getattr(config, key)))
         return model
+
+
+def _own_storage(tensor: Tensor) -> Tensor:
+    """A CPU tensor that owns its storage (gathered FSDP weights can be views into one flat buffer, which
+    safetensors refuses to save)."""
+    tensor = tensor.detach().cpu().contiguous()
+    if tensor.untyped_storage().nbytes() != tensor.numel() * tensor.element_size():
+        tensor = tensor.clone()
+    return tensor
 
 
 def _read_tensors(path: str, keys: tuple[str, ...], revision: str | None) -> dict[str, Tensor]:

@@ -28,6 +28,7 @@ from lit_safe.models.sharding import apply_fsdp2, clip_grad_norm, full_state_dic
 from lit_safe.models.tokenizer import load_tokenizer
 from lit_safe.optim import adamw_with_schedule
 
+
 class ScoreStats(torch.nn.Module):
     """Running means of loss, accuracy, scores, squared scores and margins for one stage (sync across ranks)."""
 
@@ -173,7 +174,8 @@ class RewardModule(LightningModule):
         values = getattr(self, f"{stage}_stats").compute(self.score_type)
         if stage == "train":  # loss and accuracy are logged per step during training
             values = {k: v for k, v in values.items() if k not in ("loss", "accuracy")}
-        self.log_dict({f"{stage}/{k}": v for k, v in values.items()}, prog_bar=stage == "val")
+        # The metrics are already reduced across ranks by torchmetrics; sync_dist only keeps Lightning consistent.
+        self.log_dict({f"{stage}/{k}": v for k, v in values.items()}, prog_bar=stage == "val", sync_dist=True)
         getattr(self, f"{stage}_stats").reset()
 
     def on_train_epoch_end(self) -> None:

@@ -1,0 +1,38 @@
+# lit_safe: `make demo` (set up and run the main job on the embedded default), `make test` (set up and run the tests).
+VENV ?= .venv
+BIN := $(VENV)/bin
+# One intra-op thread: on small shared CPUs more threads oversubscribe and slow training down by 30-100x
+# (ENVIRONMENT.md). Override with `make demo OMP_NUM_THREADS=4` on a machine of your own.
+export OMP_NUM_THREADS ?= 1
+export TOKENIZERS_PARALLELISM ?= false
+export HF_HUB_OFFLINE ?= 1
+export HF_DATASETS_OFFLINE ?= 1
+QUICK := configs/quickstart
+RUNS := runs/quickstart
+
+.PHONY: setup demo test lint bench clean
+
+setup:
+	@bash scripts/setup_env.sh
+
+demo: setup
+	$(BIN)/lit-safe fit --config $(QUICK)/reward.yaml
+	$(BIN)/lit-safe test --config $(QUICK)/reward.yaml --ckpt_path $(RUNS)/reward/checkpoints/last.ckpt
+	@echo ""
+	@echo "Reward model: held-out preference accuracy is test/accuracy in the table above."
+	@echo "  trained model (Hugging Face format): $(RUNS)/reward_model"
+	@echo "  checkpoints:                         $(RUNS)/reward/checkpoints"
+	@echo "  TensorBoard logs:                    $(RUNS)   (view: $(BIN)/tensorboard --logdir $(RUNS))"
+
+test: setup
+	$(BIN)/python -m pytest -q
+
+lint: setup
+	$(BIN)/ruff check lit_safe data_modules callbacks tests benchmarks scripts
+	$(BIN)/hadolint Dockerfile
+
+bench: setup
+	$(BIN)/python benchmarks/reward_throughput.py
+
+clean:
+	rm -rf runs lightning_logs
