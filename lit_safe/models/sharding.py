@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from torch.distributed.fsdp.wrap import ModuleWrapPolicy
 
 from lit_safe.models.backbone import transformer_blocks
 
@@ -40,30 +41,40 @@ def apply_fsdp2(model: nn.Module, mesh, param_dtype: torch.dtype | None = None, 
     return model
 
 
-class TransformerBlockPolicy:
-    """FSDP1 auto-wrap policy: wrap every module whose class a Hugging Face model declares unsplittable.
+class TransformerBlockPolicy(ModuleWrapPolicy):
+    """FSDP1 auto-wrap (and activation-checkpointing) policy: every transformer block is its own unit.
 
-    Use in YAML as ``strategy.init_args.auto_wrap_policy: {class_path: lit_safe.models.sharding.TransformerBlockPolicy}``.
-    The same policy serves ``activation_checkpointing_policy``.
+    The block classes are found at wrap time from the model's own ``_no_split_modules`` (``LlamaDecoderLayer``,
+    ``Qwen2DecoderLayer``, ...), so one YAML line serves every architecture:
+    ``auto_wrap_policy: {class_path: lit_safe.models.sharding.TransformerBlockPolicy}``.
 
     Args:
-        class_names: block class names to wrap; ``None`` reads ``_no_split_modules`` from the model at wrap time.
+        class_names: block class names to wrap instead of the model's ``_no_split_modules``.
     """
 
     def __init__(self, class_names: list[str] | None = None) -> None:
+        super().__init__(set())
         self.class_names = set(class_names) if class_names else None
 
-    def _names(self, module: nn.Module) -> set[str]:
-        if self.class_names is None:
-            self.class_names = {type(b).__name__ for b in transformer_blocks(module)}
-        return self.class_names
+    def _resolve(self, root: nn.Module) -> None:
+        if self._module_classes:
+            return
+        names = self.class_names or {type(block).__name__ for block in transformer_blocks(root)}
+        self._module_classes = {type(m) for m in root.modules() if type(m).__name__ in names}
+        self._module_classes_str = str(sorted(c.__name__ for c in self._module_classes))
+        if not self._module_classes:
+            raise ValueError(f"no module of the classes {sorted(names)} in {type(root).__name__}")
+
+    def _run_policy(self, root_module, ignored_modules, root_kwargs):
+        self._resolve(root_module)
+        return super()._run_policy(root_module, ignored_modules, root_kwargs)
 
     def __call__(self, module: nn.Module, recurse: bool, nonwrapped_numel: int) -> bool:
         if recurse:
-            if self.class_names is None and getattr(module, "_no_split_modules", None):
-                self._names(module)
+            if not self._module_classes:
+                self._resolve(module)
             return True
-        return self.class_names is not None and type(module).__name__ in self.class_names
+        return isinstance(module, tuple(self._module_classes))
 
 
 def is_fsdp1(module: nn.Module) -> bool:
