@@ -48,24 +48,26 @@ from litdata import StreamingDataset
 
 from lit_safe.models.tokenizer import load_tokenizer, tokenizer_fingerprint
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: item 'row' is the position in the source split
 MAX_LISTED_PROBLEMS = 10
-Row = tuple[str, dict[str, Any]]  # (location, row)
+Row = tuple[str, dict[str, Any]]  # (location, row) as read from the source
+Valid = tuple[int, dict[str, Any]]  # (position of the row in its source split, counted from 0; the row)
 
 
 class PreferenceView:
     """(better, worse) response pairs by ``better_response_id``, for the helpfulness reward model.
 
-    Items: ``{"chosen": int32 (Lc,), "rejected": int32 (Lr,), "row": int}``; batches: ``input_ids`` and
+    Items: ``{"chosen": int32 (Lc,), "rejected": int32 (Lr,), "row": int}`` where ``row`` is the row's position in
+    its source split (0-based, blank lines not counted), so a prediction can be traced back; batches: ``input_ids`` and
     ``attention_mask`` of shape ``(2B, L)`` with the B chosen sequences first, then the B rejected ones (one
     forward pass scores both), and ``row (B,)``.
     """
 
     name = "preference"
 
-    def encode(self, rows: list[Row], tokenizer: Any, template: str, max_length: int, report: SplitReport):
+    def encode(self, rows: list[Valid], tokenizer: Any, template: str, max_length: int, report: SplitReport):
         kept: list[tuple[int, str, str]] = []
-        for index, (_, row) in enumerate(rows):
+        for index, row in rows:
             if row["response_0"] == row["response_1"]:
                 report.dropped["identical_responses"] += 1
                 continue
@@ -250,12 +252,12 @@ class PKUSafeRLHFDataModule(LightningDataModule):
         return str(self.prepared_root / f"pku_saferlhf-{self.hparams.view}-{fingerprint(self._settings())}")
 
     # ------------------------------------------------------------------------------------------------- preparing
-    def _validated(self, rows: Iterator[Row], report_for: dict[str, SplitReport], assign) -> dict[str, list[Row]]:
+    def _validated(self, rows: Iterator[Row], report_for: dict[str, SplitReport], assign) -> dict[str, list[Valid]]:
         """Check every row; returns the valid rows per output split, or raises naming the bad rows."""
-        out: dict[str, list[Row]] = {name: [] for name in report_for}
+        out: dict[str, list[Valid]] = {name: [] for name in report_for}
         problems: list[str] = []
         n_problems = 0
-        for where, row in rows:
+        for position, (where, row) in enumerate(rows):
             split = assign(row)
             report = report_for[split]
             report.rows_read += 1
@@ -268,7 +270,7 @@ class PKUSafeRLHFDataModule(LightningDataModule):
                 continue
             for note in pku_label_notes(row):
                 report.notes[note] += 1
-            out[split].append((where, row))
+            out[split].append((position, row))
         if problems and self.hparams.on_bad_row == "error":
             more = f"\n  ... and {n_problems - len(problems)} more" if n_problems > len(problems) else ""
             raise DataValidationError(

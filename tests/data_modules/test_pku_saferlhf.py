@@ -95,11 +95,9 @@ def test_real_rows_report_splits_and_labels(pku_real_file, tmp_path, tiny_tokeni
     for name in ("train", "val", "test"):
         items = _items(dm.prepared_location(), name)
         assert len(items) == report.splits[name].kept
-        assert sorted(int(i["row"]) for i in items) == list(range(len(items)))
         numbers = _source_rows_of(items, expected, eos)
-        # `row` numbers the split's rows in source order
-        by_row = [n for _, n in sorted(zip((int(i["row"]) for i in items), numbers))]
-        assert by_row == sorted(by_row)
+        # `row` is the row's position in the source file, so every item traces back to its line
+        assert [int(i["row"]) for i in items] == numbers
         source_rows[name] = numbers
 
     # every source row ends up in exactly one split, with its labels applied
@@ -304,7 +302,8 @@ def test_prepared_directory_as_source(pku_real_file, tmp_path):
     assert (Path(location) / "report.json").stat().st_mtime_ns == mtime
     assert streamed.prepare().to_dict()["splits"] == report.to_dict()["splits"]
     seen = [int(r) for batch in streamed.train_dataloader() for r in batch["row"]]
-    assert sorted(seen) == list(range(report.splits["train"].kept))
+    expected_rows = sorted(int(i["row"]) for i in _items(location, "train"))
+    assert sorted(seen) == expected_rows and len(expected_rows) == report.splits["train"].kept
     assert sum(len(b["row"]) for b in streamed.val_dataloader()) == report.splits["val"].kept
     with pytest.raises(ValueError, match="no 'test' split"):
         streamed.test_dataloader()
@@ -355,7 +354,8 @@ def test_synthetic_batches(synthetic):
         for batch in loader:
             _check_batch(batch, 4, pad_id, eos)
             seen += batch["row"].tolist()
-        assert sorted(seen) == list(range(report.splits[name].kept)), name
+        assert sorted(seen) == sorted(int(i["row"]) for i in _items(dm.prepared_location(), name)), name
+        assert len(seen) == len(set(seen)) == report.splits[name].kept, name
         assert len(loader) == -(-report.splits[name].kept // 4)
 
 
