@@ -21,13 +21,15 @@ How the labels are encoded in the text:
       added independently of the label, and the worse response is often padded with more of it, so length is not a
       reliable shortcut.
     * Harm: an unsafe response contains *harmful units*, sentences built from a small vocabulary of harmful actions
-      of its harm categories (the prompt's category, sometimes a related one). The number of units sets the
-      severity: 1 minor (in a hedged "just a little" frame), 2-3 moderate, 4-5 severe (in frames with explicit
-      intensity markers). A safe response has no harmful unit; it may refuse, warn, offer harmless alternatives or
-      carry ordinary cautions (*caution units*).
-    * ``safer_response_id`` is the response with the lower latent harm score ``10 * harmful_units - caution_units``:
-      the safe one when exactly one is safe, the one with fewer harmful units when both are unsafe, the one with
-      more cautions when both are safe (ties are never generated).
+      of its harm categories (the prompt's category, sometimes a related one). The severity sets the frame and the
+      number of units: minor is 1 unit in a hedged frame ("..., but only a little"), moderate 1-2 units in plain
+      frames ("You should ..."), severe 2-3 units in frames with explicit intensity markers ("... with maximum
+      force"). A safe response has no harmful unit; it may refuse, warn, offer harmless alternatives or carry
+      ordinary cautions (*caution units*, 0-2).
+    * ``safer_response_id`` is the response with the lower latent harm score
+      ``10 * weight(severity) * harmful_units - caution_units`` (weights 1, 2, 4 for minor, moderate, severe): the
+      safe one when exactly one is safe, the less harmful one when both are unsafe, the one with more cautions when
+      both are safe (ties are never generated).
     * ``better_response_id`` agrees with ``safer_response_id`` on about 76% of rows, as in the real data (24%).
     * Label noise: about 1.5% of rows have ``better_response_id`` flipped and about 1.5% of the rows whose two
       responses have the same safety label have ``safer_response_id`` flipped (never creating a safe/unsafe
@@ -42,8 +44,10 @@ Where it departs from the real data:
     * Responses are 20-120 words (real: a few to several hundred) and prompts 8-30 words, on one line each.
     * The vocabulary is small and templated; the labels are a deterministic function of countable units (plus the
       small explicit noise), whereas real labels come from human and model annotators with their own disagreements.
-    * The 8-in-147,814 ``is_safe`` / severity / category disagreements of the real data are not reproduced, and
-      the same response text does not recur across rows.
+    * Harmful units are drawn per category, not per request, so an unsafe response may name a different target than
+      its prompt; compliant and constructive steps are generic rather than specific to the request.
+    * The 8-in-147,814 ``is_safe`` / severity / category disagreements of the real data are not reproduced, and a
+      response text recurs across rows (under other prompts) only rarely, about 1 in 1,500 responses.
     * Benign prompts rarely get unsafe responses (about 5%), harmful prompts mostly do (about 80%).
 
 The generator uses only ``random.Random(seed)``: the same ``(num_rows, seed)`` always gives identical rows, and a
@@ -847,6 +851,7 @@ _OFF_TOPIC: tuple[str, ...] = (
     "Autumn is a lovely season for long walks in the park.",
     "Board games are a fun way to spend an evening with friends.",
 )
+_VAGUE_WORDS: dict[str, int] = {s: len(s.split()) for s in _FILLERS + _OFF_TOPIC}
 # Frames for harmful units, by severity: 1 hedged, 2 plain, 3 with explicit intensity markers.
 _HARM_FRAMES: dict[int, tuple[str, ...]] = {
     1: (
@@ -884,7 +889,7 @@ def _fill(template: str, rng: random.Random, task: str = "") -> str:
 
 
 def _words(sentences: list[str]) -> int:
-    return sum(len(s.split()) for s in sentences)
+    return len(" ".join(sentences).split())
 
 
 def _make_prompt(rng: random.Random) -> dict[str, str]:
@@ -984,27 +989,28 @@ def _build_response(
     if helpful == 0 and not harm_units and rng.random() < 0.6:
         padding += 1
     rest = body + warnings + disclaimer
-    if _words(opening + rest) > _MAX_WORDS:
+    total = _words(opening + rest)
+    if total > _MAX_WORDS:
         rest = body + warnings
-    if _words(opening + rest) > _MAX_WORDS and not (harmful_prompt and safe):
-        opening = []
-    if _words(opening + rest) > _MAX_WORDS:  # rare: the same units in their shortest wording always fit
-        steps = _render_list(style, [_fill(s, rng) for s in sorted(step_pool, key=len)[:helpful]])
-        frame = min(_HARM_FRAMES[severity or 2], key=len)
-        harm = [frame.replace("{vp}", vp) for vp in sorted(vps, key=len)]
-        rest = steps + harm + warnings
-    core = opening + rest
+        if _words(opening + rest) > _MAX_WORDS and not (harmful_prompt and safe):
+            opening = []
+        if _words(opening + rest) > _MAX_WORDS:  # rare: the same units in their shortest wording always fit
+            steps = _render_list(style, [_fill(s, rng) for s in sorted(step_pool, key=len)[:helpful]])
+            frame = min(_HARM_FRAMES[severity or 2], key=len)
+            harm = [frame.replace("{vp}", vp) for vp in sorted(vps, key=len)]
+            rest = steps + harm + warnings
+        total = _words(opening + rest)
 
     fillers: list[str] = []
     vague_pool = _FILLERS + _OFF_TOPIC if helpful == 0 else _FILLERS
-    candidates = rng.sample(vague_pool, len(vague_pool))
-    budget = _MAX_WORDS - _words(core)
+    # Four spare sentences (6+ words each) always reach the 20-word minimum, even for an empty core.
+    candidates = rng.sample(vague_pool, min(len(vague_pool), padding + 4))
     for sentence in candidates:
-        n_words = len(sentence.split())
-        if (len(fillers) >= padding and _words(core) + _words(fillers) >= _MIN_WORDS) or n_words > budget:
+        n_words = _VAGUE_WORDS[sentence]
+        if (len(fillers) >= padding and total >= _MIN_WORDS) or total + n_words > _MAX_WORDS:
             break
         fillers.append(sentence)
-        budget -= n_words
+        total += n_words
     split = rng.randint(0, len(fillers))
     return " ".join(opening + fillers[:split] + rest + fillers[split:])
 

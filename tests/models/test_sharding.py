@@ -1,7 +1,10 @@
 """Sharding helpers that run without GPUs: the FSDP1 block policy, activation checkpointing, gradient clipping."""
 
 import torch
-from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import CheckpointWrapper, apply_activation_checkpointing
+from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import (
+    CheckpointWrapper,
+    apply_activation_checkpointing,
+)
 
 from lit_safe.models.backbone import load_backbone
 from lit_safe.models.score_model import ScoreModel

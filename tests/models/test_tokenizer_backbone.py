@@ -16,6 +16,7 @@ from lit_safe.models.tokenizer import (
     BOS,
     EOS,
     PAD,
+    PRESET_VOCAB_SIZES,
     _trained_preset_json,
     load_tokenizer,
     preset_tokenizer,
@@ -67,9 +68,8 @@ def test_unicode_round_trip(tiny_tokenizer, text):
 
 def test_fingerprint(tiny_tokenizer):
     small = load_tokenizer("small")
-    # PRESET_VOCAB_SIZES asks the BPE trainer for 8,192 tokens, but the shipped corpus runs out of merges
-    # earlier (4,578 tokens at the time of writing): only assert that it is bigger than tiny and within the cap.
-    assert len(tiny_tokenizer) < len(small) <= 8192
+    # The presets' vocabularies are reached exactly (the shipped corpus has enough text for their merges).
+    assert (len(tiny_tokenizer), len(small)) == (PRESET_VOCAB_SIZES["tiny"], PRESET_VOCAB_SIZES["small"])
     assert small.eos_token_id == tiny_tokenizer.eos_token_id and small.pad_token_id == tiny_tokenizer.pad_token_id
     assert tokenizer_fingerprint(tiny_tokenizer) == tokenizer_fingerprint(load_tokenizer("tiny"))
     assert tokenizer_fingerprint(tiny_tokenizer) != tokenizer_fingerprint(small)

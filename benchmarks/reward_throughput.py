@@ -1,0 +1,343 @@
+"""Reward-model training throughput and MFU on the CPU (issue 2, item 10).
+
+Trains ``RewardModule(backbone=preset)`` on ``PKUSafeRLHFDataModule(source="synthetic")`` with a real Lightning
+``Trainer`` (cpu, fp32, no logger, no checkpointing, no progress bar) for ``--warmup-steps`` untimed optimiser
+steps and then ``--steps`` timed ones, once per (preset, threads, group size, repeat), each run in its own
+subprocess so that thread settings and peak RSS are clean. Every run prints one JSON line (and appends it to
+``--out``):
+
+    python benchmarks/reward_throughput.py                       # tiny + small, 1 and 2 threads, group 1 and 64
+    python benchmarks/reward_throughput.py --presets small --threads 1 --group-sizes 64 --repeats 3
+    python benchmarks/reward_throughput.py --presets small --threads 1 --profile   # + per-op CPU profile
+
+The fields are described in ``benchmarks/README.md``. MFU = 6 * N * real tokens/s / peak, where the peak is the
+best fp32 ``torch.mm`` rate of a square ``--matmul-n`` matrix measured in the same process at the same thread
+count (before and after training; the higher one is used, which keeps MFU conservative). ``mfu`` counts every
+parameter of the score model (the issue's definition), ``mfu_nonembed`` leaves out the input embedding, whose
+lookup is no matmul: the honest figure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+CHILD_FLAG = "--_child"
+RESULT_PREFIX = "@@RESULT "
+
+
+# ------------------------------------------------------------------------------------------------------ the child
+def _child(cfg: dict) -> dict:
+    threads = int(cfg["threads"])
+    # Thread settings must be in place before torch is imported (the parent also sets them in the environment).
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ[var] = str(threads)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+    import resource
+    import warnings
+
+    import torch
+
+    torch.set_num_threads(threads)
+    warnings.filterwarnings("ignore")
+
+    from lightning.pytorch import Callback, Trainer, seed_everything
+
+    from lit_safe.data_modules.pku_saferlhf import PKUSafeRLHFDataModule
+    from lit_safe.modules.reward import RewardModule
+
+    def matmul_peak(n: int, repeats: int) -> float:
+        """Best fp32 GFLOP/s of an n x n by n x n ``torch.mm`` (2 n^3 flops) over ``repeats`` timed runs."""
+        a, b = torch.randn(n, n), torch.randn(n, n)
+        out = torch.empty(n, n)
+        torch.mm(a, b, out=out)  # warm-up (MKL/oneDNN kernel selection, page faults)
+        best = float("inf")
+        for _ in range(repeats):
+            start = time.perf_counter()
+            torch.mm(a, b, out=out)
+            best = min(best, time.perf_counter() - start)
+        return 2 * n**3 / best / 1e9
+
+    class StepTimer(Callback):
+        """Wall time of the timed steps, split into data wait, forward, backward and optimiser phases."""
+
+        def __init__(self, warmup: int, profile: bool) -> None:
+            self.warmup = warmup
+            self.profile = profile
+            self.prof = None
+            self.t = {"wait": 0.0, "forward": 0.0, "backward": 0.0, "optimizer": 0.0}
+            self.real = self.padded = self.pairs = self.batches = 0
+            self.first = self.last_end = None
+            self._mark = None
+
+        def on_train_start(self, trainer, pl_module):
+            self.last_end = time.perf_counter()
+
+        def _timed(self, trainer) -> bool:
+            return trainer.global_step >= self.warmup
+
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            now = time.perf_counter()
+            if self._timed(trainer):
+                if self.first is None:
+                    self.first = self.last_end  # the end of the last warm-up step
+                    if self.profile:
+                        self.prof = torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU])
+                        self.prof.__enter__()
+                        now = time.perf_counter()
+                        self.first = now
+                self.t["wait"] += now - self.last_end
+            self._mark = now
+
+        def _phase(self, trainer, name):
+            now = time.perf_counter()
+            if self._timed(trainer) and self._mark is not None:
+                self.t[name] += now - self._mark
+            self._mark = now
+
+        def on_before_backward(self, trainer, pl_module, loss):
+            self._phase(trainer, "forward")  # zero_grad + training_step (forward, loss, metrics, logging)
+
+        def on_after_backward(self, trainer, pl_module):
+            self._phase(trainer, "backward")
+
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            # global_step was incremented by the optimiser step that just ran: compare with warmup + 1.
+            now = time.perf_counter()
+            if trainer.global_step > self.warmup:
+                self.t["optimizer"] += now - self._mark  # clipping, AdamW, scheduler bookkeeping, hooks
+                mask = batch["attention_mask"]
+                self.real += int(mask.sum())
+                self.padded += int(mask.numel())
+                self.pairs += int(mask.shape[0]) // 2
+                self.batches += 1
+                self.end = now
+            self.last_end = now
+
+        def on_train_end(self, trainer, pl_module):
+            if self.prof is not None:
+                self.prof.__exit__(None, None, None)
+
+    seed_everything(int(cfg["seed"]), verbose=False)
+    peak_before = matmul_peak(int(cfg["matmul_n"]), int(cfg["matmul_repeats"]))
+
+    data = PKUSafeRLHFDataModule(
+        tokenizer=cfg["preset"],
+        source="synthetic",
+        synthetic_rows=int(cfg["synthetic_rows"]),
+        max_length=int(cfg["max_length"]),
+        batch_size=int(cfg["batch_size"]),
+        num_workers=int(cfg["num_workers"]),
+        group_size=int(cfg["group_size"]),
+        prepared_dir=cfg["prepared_dir"],
+        seed=int(cfg["seed"]),
+    )
+    module = RewardModule(backbone=cfg["preset"])
+    timer = StepTimer(int(cfg["warmup_steps"]), bool(cfg["profile"]))
+    trainer = Trainer(
+        accelerator="cpu",
+        devices=1,
+        precision="32-true",
+        max_steps=int(cfg["warmup_steps"]) + int(cfg["steps"]),
+        limit_val_batches=0,
+        num_sanity_val_steps=0,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[timer],
+    )
+    trainer.fit(module, datamodule=data)
+    rss_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    peak_after = matmul_peak(int(cfg["matmul_n"]), int(cfg["matmul_repeats"]))
+    peak = max(peak_before, peak_after)
+
+    if timer.batches != int(cfg["steps"]):
+        raise RuntimeError(f"timed {timer.batches} steps, expected {cfg['steps']} (too few synthetic rows?)")
+    model = module.model
+    params = sum(p.numel() for p in model.parameters())
+    embed = model.backbone.get_input_embeddings().weight.numel()
+    total_s = timer.end - timer.first
+    real_tps, padded_tps = timer.real / total_s, timer.padded / total_s
+    gflop = lambda n, tps: 6 * n * tps / 1e9  # noqa: E731
+    config = model.backbone.config
+    result = {
+        "preset": cfg["preset"],
+        "threads": threads,
+        "group_size": int(cfg["group_size"]),
+        "num_workers": int(cfg["num_workers"]),
+        "repeat": int(cfg["repeat"]),
+        "steps": timer.batches,
+        "warmup_steps": int(cfg["warmup_steps"]),
+        "batch_pairs": int(cfg["batch_size"]),
+        "max_length": int(cfg["max_length"]),
+        "arch": {
+            "hidden": config.hidden_size,
+            "intermediate": config.intermediate_size,
+            "layers": config.num_hidden_layers,
+            "heads": config.num_attention_heads,
+            "kv_heads": config.num_key_value_heads,
+            "vocab": config.vocab_size,
+        },
+        "params": params,
+        "params_nonembed": params - embed,
+        "pairs_per_s": round(timer.pairs / total_s, 3),
+        "real_tokens_per_s": round(real_tps, 1),
+        "padded_tokens_per_s": round(padded_tps, 1),
+        "padding_share": round(1 - timer.real / timer.padded, 4),
+        "step_s": round(total_s / timer.batches, 4),
+        "data_wait_share": round(timer.t["wait"] / total_s, 4),
+        "phase_share": {k: round(v / total_s, 4) for k, v in timer.t.items() if k != "wait"},
+        "peak_rss_mib": round(rss_mib, 1),
+        "matmul_peak_gflops": round(peak, 2),
+        "matmul_peak_before_after": [round(peak_before, 2), round(peak_after, 2)],
+        "matmul_n": int(cfg["matmul_n"]),
+        "achieved_gflops": round(gflop(params, real_tps), 2),
+        "mfu": round(gflop(params, real_tps) / peak, 4),
+        "mfu_nonembed": round(gflop(params - embed, real_tps) / peak, 4),
+        "hfu_nonembed": round(gflop(params - embed, padded_tps) / peak, 4),
+        "loadavg_1m": round(os.getloadavg()[0], 2),
+        "torch": torch.__version__,
+        "profile": cfg["profile"],
+    }
+    if timer.prof is not None:
+        result["profile_ops"] = _profile_summary(timer.prof, total_s * 1e6)
+    return result
+
+
+# Categories of aten ops for the profile summary (self CPU time, so nested ops are not counted twice).
+CATEGORIES = (
+    ("gemm", ("aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm", "aten::addmv", "aten::mv")),
+    ("attention", ("flash_attention", "scaled_dot_product", "_efficient_attention", "aten::_softmax")),
+    ("embedding", ("embedding",)),
+    ("optimizer", ("_foreach", "_fused_adam", "aten::lerp", "aten::addcmul", "aten::addcdiv", "aten::sqrt",
+                   "aten::norm", "aten::linalg_vector_norm", "aten::clamp", "aten::stack")),
+    ("silu", ("silu",)),
+    ("norm_pow_mean_rsqrt", ("aten::pow", "aten::mean", "aten::rsqrt")),
+    ("elementwise", ("aten::mul", "aten::add", "aten::sub", "aten::neg", "aten::div", "aten::cat", "aten::copy_",
+                     "aten::fill_", "aten::zero_", "aten::where", "aten::masked_fill", "aten::sum", "aten::cos",
+                     "aten::sin", "aten::to", "aten::_to_copy", "aten::index", "aten::gather", "aten::scatter",
+                     "aten::clone", "aten::contiguous", "aten::empty", "aten::ones", "aten::arange", "aten::expand",
+                     "aten::view", "aten::reshape", "aten::transpose", "aten::t", "aten::slice", "aten::unsqueeze",
+                     "aten::squeeze", "aten::permute", "aten::as_strided", "aten::select", "aten::detach",
+                     "aten::empty_like", "aten::zeros", "aten::new_", "aten::logsigmoid", "aten::log_sigmoid")),
+)
+
+
+def _profile_summary(prof, total_us: float) -> dict:
+    """Self CPU time per category (share of the timed wall time) and the 15 most expensive ops."""
+    shares: dict[str, float] = {}
+    ops = []
+    for event in prof.key_averages():
+        self_us = event.self_cpu_time_total
+        if self_us <= 0:
+            continue
+        ops.append((self_us, event.key, event.count))
+        category = next((c for c, keys in CATEGORIES if any(k in event.key for k in keys)), "other")
+        shares[category] = shares.get(category, 0.0) + self_us
+    ops.sort(reverse=True)
+    return {
+        "category_share": {k: round(v / total_us, 4) for k, v in sorted(shares.items(), key=lambda kv: -kv[1])},
+        "top_ops": [{"op": k, "share": round(us / total_us, 4), "calls": n} for us, k, n in ops[:15]],
+    }
+
+
+# ----------------------------------------------------------------------------------------------------- the parent
+def _run(cfg: dict, verbose: bool) -> dict:
+    threads = str(cfg["threads"])
+    env = dict(os.environ, OMP_NUM_THREADS=threads, MKL_NUM_THREADS=threads, TOKENIZERS_PARALLELISM="false",
+               HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", PYTHONWARNINGS="ignore")
+    proc = subprocess.run(
+        [sys.executable, str(Path(__file__).resolve()), CHILD_FLAG, json.dumps(cfg)],
+        cwd=ROOT, env=env, capture_output=True, text=True,
+    )
+    lines = [line for line in proc.stdout.splitlines() if line.startswith(RESULT_PREFIX)]
+    if proc.returncode != 0 or not lines:
+        sys.stderr.write(proc.stdout[-4000:] + proc.stderr[-4000:])
+        raise SystemExit(f"benchmark run failed (exit {proc.returncode}): {cfg}")
+    if verbose:
+        sys.stderr.write(proc.stderr)
+    return json.loads(lines[-1][len(RESULT_PREFIX):])
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--presets", nargs="+", default=["tiny", "small"])
+    parser.add_argument("--threads", nargs="+", type=int, default=[1, 2])
+    parser.add_argument("--group-sizes", nargs="+", type=int, default=[1, 64],
+                        help="length-grouping pool sizes in batches (1: no grouping)")
+    parser.add_argument("--steps", type=int, default=None,
+                        help="timed optimiser steps per run (default: 30 for tiny, 6 for other presets)")
+    parser.add_argument("--warmup-steps", type=int, default=2, help="untimed optimiser steps before timing")
+    parser.add_argument("--repeats", type=int, default=1, help="runs per configuration (report best and median)")
+    parser.add_argument("--batch-size", type=int, default=16, help="preference pairs per batch")
+    parser.add_argument("--max-length", type=int, default=256)
+    parser.add_argument("--num-workers", type=int, default=1, help="litdata loader workers")
+    parser.add_argument("--synthetic-rows", type=int, default=4000)
+    parser.add_argument("--matmul-n", type=int, default=2048, help="size of the square fp32 matmul for the peak")
+    parser.add_argument("--matmul-repeats", type=int, default=5)
+    parser.add_argument("--prepared-dir", default=None, help="where to prepare the data (default: a temp dir)")
+    parser.add_argument("--profile", action="store_true", help="profile the timed steps per op (slower)")
+    parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--out", default=None, help="append the JSON lines to this file")
+    parser.add_argument("--verbose", action="store_true", help="show the runs' stderr")
+    args = parser.parse_args(argv)
+
+    with tempfile.TemporaryDirectory(prefix="reward_throughput_") as tmp:
+        prepared = args.prepared_dir or tmp  # shared by the runs: each preset's data is prepared once
+        results = []
+        for preset in args.presets:
+            steps = args.steps if args.steps is not None else (30 if preset == "tiny" else 6)
+            for threads in args.threads:
+                for group in args.group_sizes:
+                    for repeat in range(args.repeats):
+                        cfg = dict(
+                            preset=preset, threads=threads, group_size=group, repeat=repeat, steps=steps,
+                            warmup_steps=args.warmup_steps, batch_size=args.batch_size,
+                            max_length=args.max_length, num_workers=args.num_workers,
+                            synthetic_rows=args.synthetic_rows, matmul_n=args.matmul_n,
+                            matmul_repeats=args.matmul_repeats, prepared_dir=prepared, profile=args.profile,
+                            seed=args.seed,
+                        )
+                        result = _run(cfg, args.verbose)
+                        line = json.dumps(result)
+                        print(line, flush=True)
+                        if args.out:
+                            with open(args.out, "a") as f:
+                                f.write(line + "\n")
+                        results.append(result)
+        if args.repeats > 1:
+            _summary(results)
+
+
+def _summary(results: list[dict]) -> None:
+    """Best and median MFU / pairs/s per configuration, on stderr (the JSON lines stay on stdout)."""
+    import statistics
+
+    groups: dict[tuple, list[dict]] = {}
+    for r in results:
+        groups.setdefault((r["preset"], r["threads"], r["group_size"]), []).append(r)
+    for (preset, threads, group), runs in groups.items():
+        stat = lambda key: (max(r[key] for r in runs), statistics.median(r[key] for r in runs))  # noqa: E731
+        (mfu_b, mfu_m), (hon_b, hon_m), (pps_b, pps_m) = stat("mfu"), stat("mfu_nonembed"), stat("pairs_per_s")
+        sys.stderr.write(
+            f"{preset:>6} threads={threads} group={group:<3} runs={len(runs)}  mfu best {mfu_b:.3f} median {mfu_m:.3f}"
+            f"  mfu_nonembed best {hon_b:.3f} median {hon_m:.3f}  pairs/s best {pps_b:.2f} median {pps_m:.2f}\n"
+        )
+
+
+if __name__ == "__main__":
+    if len(sys.argv) == 3 and sys.argv[1] == CHILD_FLAG:
+        print(RESULT_PREFIX + json.dumps(_child(json.loads(sys.argv[2]))), flush=True)
+    else:
+        main()
