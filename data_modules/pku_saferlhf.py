@@ -27,6 +27,8 @@ from typing import Any, Literal
 
 import numpy as np
 from lightning.pytorch import LightningDataModule
+from litdata import StreamingDataset
+
 from lit_safe.data_modules import sources
 from lit_safe.data_modules.preparation import (
     META_FILE,
@@ -44,8 +46,6 @@ from lit_safe.data_modules.schemas import check_pku_saferlhf_row, pku_label_note
 from lit_safe.data_modules.sources import DataValidationError
 from lit_safe.data_modules.streaming import LengthGroupedLoader, pad_right
 from lit_safe.data_modules.text import SAFE_RLHF_TEMPLATE, encode_with_eos, format_prompt
-from litdata import StreamingDataset
-
 from lit_safe.models.tokenizer import load_tokenizer, tokenizer_fingerprint
 
 FORMAT_VERSION = 2  # 2: item 'row' is the position in the source split
@@ -211,7 +211,10 @@ class PKUSafeRLHFDataModule(LightningDataModule):
         if kind == "synthetic":
             from lit_safe.data_modules.synthetic import generate_pku_saferlhf_rows
 
-            n, seed = (hp.synthetic_rows, hp.seed) if split == "train" else (max(hp.synthetic_rows // 8, 1), hp.seed + 1)
+            if split == "train":
+                n, seed = hp.synthetic_rows, hp.seed
+            else:
+                n, seed = max(hp.synthetic_rows // 8, 1), hp.seed + 1
             for index, row in enumerate(generate_pku_saferlhf_rows(n, seed=seed)):
                 yield f"synthetic(seed={seed})/{split} row {index}", row
         elif kind == "file":

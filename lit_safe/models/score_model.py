@@ -345,5 +345,5 @@ def build_score_model(
             normalizer_momentum=normalizer_momentum,
         )
     if gradient_checkpointing:
-        model.backbone.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.backbone.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
     return model

@@ -68,7 +68,9 @@ def preset_tokenizer(name: str) -> PreTrainedTokenizerFast:
     return tokenizer
 
 
-def load_tokenizer(name_or_path: str, revision: str | None = None, padding_side: str = "right") -> PreTrainedTokenizerBase:
+def load_tokenizer(
+    name_or_path: str, revision: str | None = None, padding_side: str = "right"
+) -> PreTrainedTokenizerBase:
     """Load a tokenizer and make sure it has the special tokens lit_safe needs.
 
     Args:

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 from litdata import StreamingDataset
+
 from lit_safe.data_modules.pku_saferlhf import PKUSafeRLHFDataModule, prompt_bucket
 from lit_safe.data_modules.sources import DataValidationError
 
@@ -349,7 +350,8 @@ def test_synthetic_batches(synthetic):
     assert report is not None and set(report.splits) == {"train", "val", "test"}
     assert report.splits["test"].rows_read == 50  # the synthetic source's own test split (400 // 8)
     assert report.splits["train"].rows_read + report.splits["val"].rows_read == 400
-    for name, loader in (("train", dm.train_dataloader()), ("val", dm.val_dataloader()), ("test", dm.test_dataloader())):
+    loaders = (("train", dm.train_dataloader()), ("val", dm.val_dataloader()), ("test", dm.test_dataloader()))
+    for name, loader in loaders:
         seen = []
         for batch in loader:
             _check_batch(batch, 4, pad_id, eos)

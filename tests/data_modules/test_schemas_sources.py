@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+
 from lit_safe.data_modules import sources
 from lit_safe.data_modules.schemas import (
     PKU_HARM_CATEGORIES,

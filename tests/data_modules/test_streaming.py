@@ -8,6 +8,7 @@ import pytest
 import torch
 from litdata import StreamingDataset
 from litdata.streaming.writer import BinaryWriter
+
 from lit_safe.data_modules.streaming import LengthGroupedLoader, pad_left, pad_right
 
 N_ITEMS = 203

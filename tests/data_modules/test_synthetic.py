@@ -11,6 +11,7 @@ from collections import Counter
 
 import pytest
 import torch
+
 from lit_safe.data_modules.schemas import (
     PKU_HARM_CATEGORIES,
     check_pku_saferlhf_row,
