@@ -62,3 +62,23 @@ def adamw_with_schedule(
         optimizer, lambda step: warmup_schedule_factor(step, total_steps, warmup, schedule)
     )
     return optimizer, scheduler
+
+
+def total_optimizer_steps(
+    max_steps: int, max_epochs: int | None, batches_per_epoch: int, accumulate_grad_batches: int = 1
+) -> int:
+    """Optimiser steps a run will take, for the length of a learning-rate schedule.
+
+    Args:
+        max_steps: the trainer's ``max_steps`` (-1: unbounded).
+        max_epochs: the trainer's ``max_epochs`` (``None`` or -1: unbounded).
+        batches_per_epoch: training batches per epoch on this rank (after ``limit_train_batches``).
+        accumulate_grad_batches: batches per optimiser step.
+    """
+    per_epoch = math.ceil(batches_per_epoch / max(1, accumulate_grad_batches))
+    if max_epochs is None or max_epochs < 0:
+        if max_steps < 0:
+            raise ValueError("a learning-rate schedule needs max_steps or max_epochs")
+        return max_steps
+    total = per_epoch * max(1, max_epochs)
+    return min(total, max_steps) if max_steps >= 0 else total

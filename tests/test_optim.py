@@ -156,3 +156,14 @@ def test_adamw_with_constant_schedule_and_bad_schedule():
             warmup_ratio=0.1,
             schedule="linear",
         )
+
+
+def test_total_optimizer_steps():
+    from lit_safe.optim import total_optimizer_steps
+
+    assert total_optimizer_steps(max_steps=-1, max_epochs=2, batches_per_epoch=10) == 20
+    assert total_optimizer_steps(max_steps=15, max_epochs=2, batches_per_epoch=10) == 15
+    assert total_optimizer_steps(max_steps=-1, max_epochs=3, batches_per_epoch=10, accumulate_grad_batches=4) == 9
+    assert total_optimizer_steps(max_steps=50, max_epochs=-1, batches_per_epoch=10) == 50
+    with pytest.raises(ValueError, match="max_steps or max_epochs"):
+        total_optimizer_steps(max_steps=-1, max_epochs=None, batches_per_epoch=10)
