@@ -18,9 +18,8 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Literal, NamedTuple
 
 import torch
 from torch import Tensor, nn
@@ -48,9 +47,9 @@ def last_attended_index(attention_mask: Tensor) -> Tensor:
     return torch.where(mask, positions, -1).max(dim=-1).values
 
 
-@dataclass
-class ScoreOutput:
-    """What a :class:`ScoreModel` returns.
+class ScoreOutput(NamedTuple):
+    """What a :class:`ScoreModel` returns (a named tuple, so that FSDP2 finds the tensors in it and hooks its
+    backward pass; a dataclass is opaque to torch's pytree and left the root's parameters resharded in backward).
 
     Attributes:
         scores: ``(B, L)`` float32, one score per token.

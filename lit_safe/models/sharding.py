@@ -37,7 +37,9 @@ def apply_fsdp2(model: nn.Module, mesh, param_dtype: torch.dtype | None = None, 
         kwargs["mp_policy"] = policy
     for block in transformer_blocks(model):
         fully_shard(block, **kwargs)
-    fully_shard(model, **kwargs)
+    # The root (embeddings, final norm, heads) is needed again right at the start of backward: keeping it
+    # gathered saves an all-gather and does not depend on FSDP finding the output tensors to re-gather it.
+    fully_shard(model, **{**kwargs, "reshard_after_forward": False})
     return model
 
 
