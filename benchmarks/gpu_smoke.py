@@ -4,7 +4,7 @@ Two parts, each printing one JSON line (and appending it to ``--out``):
 
 1. ``quickstart``: ``lit-safe fit`` on ``configs/quickstart/reward.yaml`` + ``configs/trainer/fsdp2.yaml``
    (ModelParallelStrategy, ``fully_shard`` per block, bf16-mixed) on the GPUs present; reports held-out accuracy.
-2. ``throughput``: a randomly initialised Llama of about 1.2B parameters, saved as a local Hugging Face checkpoint
+2. ``throughput``: a randomly initialised Llama of about 1.0B parameters, saved as a local Hugging Face checkpoint
    and loaded through the same path as a hub model, trained as a reward model with FSDP2 + bf16 for a fixed number
    of steps on synthetic pairs; reports pairs/s, real tokens/s, padding share, data-wait share, peak GPU memory,
    the measured bf16 matmul peak and MFU = 6 * N * real tokens/s / peak.
@@ -122,7 +122,7 @@ def throughput(work: Path, out: Path | None, devices: int, steps: int, batch_siz
     params = sum(p.numel() for p in model.model.parameters())  # DTensor numel is the global size
     peak = bf16_peak_tflops()
     tokens_per_s = window.real * devices / window.elapsed
-    emit({"part": "throughput", "model": "llama-1.2b (random init, local HF dir)", "strategy": "fsdp2",
+    emit({"part": "throughput", "model": "llama-1.0b (random init, local HF dir)", "strategy": "fsdp2",
           "precision": "bf16-mixed", "devices": devices, "batch_pairs_per_device": batch_size, "timed_steps": steps,
           "params": params, "pairs_per_s": steps * batch_size * devices / window.elapsed,
           "real_tokens_per_s": tokens_per_s, "padding_share": 1 - window.real / window.padded,
