@@ -399,3 +399,15 @@ def test_settings_validation(tmp_path):
 
 def test_environment_is_single_threaded():
     assert os.environ.get("OMP_NUM_THREADS") == "1"
+
+
+def test_the_2023_v0_release_reads_with_its_seven_fields(pku_real_file, tmp_path):
+    """The Safe RLHF paper's release has only 7 fields (a subset of 2024's): the same module reads it."""
+    v0_fields = ("prompt", "response_0", "response_1", "is_response_0_safe", "is_response_1_safe",
+                 "better_response_id", "safer_response_id")
+    rows = [json.loads(line) for line in pku_real_file.read_text().splitlines()]
+    v0 = tmp_path / "v0.jsonl"
+    v0.write_text("".join(json.dumps({k: r[k] for k in v0_fields}) + "\n" for r in rows))
+    report = _module(v0, tmp_path / "prepared", val_fraction=0.1, test_fraction=0.1).prepare()
+    assert sum(s.rows_read for s in report.splits.values()) == len(rows)
+    assert sum(s.kept for s in report.splits.values()) == len(rows)
