@@ -295,6 +295,7 @@ class PKUSafeRLHFDataModule(LightningDataModule):
         final = Path(location)
         if is_prepared(final) and not force:
             self.report = self._load_report(location)
+            print(f"Reusing an identical earlier preparation.\n{self.report.format()}")
             return self.report
         hp = self.hparams
         available = self._source_splits()
@@ -360,20 +361,21 @@ class PKUSafeRLHFDataModule(LightningDataModule):
         location = self.prepared_location()
         if "://" not in location and not is_prepared(location):
             self.prepare()
-        for split in SPLITS:
-            if split in self.datasets:
-                continue
+
+    def _dataset(self, split: str) -> StreamingDataset:
+        """The streaming dataset of a prepared split (opened once; a remote split is opened when first asked for)."""
+        if split not in self.datasets:
+            location = self.prepared_location()
             path = f"{location}/{split}"
             if "://" not in location and not (Path(path) / "index.json").is_file():
-                continue
+                raise ValueError(f"the prepared dataset {location} has no {split!r} split")
             self.datasets[split] = StreamingDataset(path, shuffle=split == "train", seed=self.hparams.seed)
+        return self.datasets[split]
 
     def _loader(self, split: str, train: bool) -> LengthGroupedLoader:
-        if split not in self.datasets:
-            raise ValueError(f"the prepared dataset {self.prepared_location()} has no {split!r} split")
         pad_id, multiple = self.tokenizer.pad_token_id, self.hparams.pad_to_multiple_of
         return LengthGroupedLoader(
-            self.datasets[split],
+            self._dataset(split),
             batch_size=self.hparams.batch_size if train else self.eval_batch_size,
             collate=lambda items: self.view.collate(items, pad_id, multiple),
             length=self.view.length,

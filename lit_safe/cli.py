@@ -57,9 +57,7 @@ def prepare_main(argv: list[str]) -> Any:
     data = parser.instantiate_classes(cfg).data
     if not hasattr(data, "prepare"):
         raise SystemExit(f"{type(data).__name__} has no prepare(); nothing to prepare")
-    report = data.prepare(force=cfg.force)
-    print(report.format())
-    return report
+    return data.prepare(force=cfg.force)  # prints the report
 
 
 def run(args: list[str] | None = None) -> Any:
