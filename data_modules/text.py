@@ -49,3 +49,53 @@ def encode_with_eos(
             truncated += 1
         out.append(np.asarray([*ids, eos], dtype=np.int32))
     return out, truncated
+
+
+def shared_prefix_length(a: np.ndarray, b: np.ndarray) -> int:
+    """Number of leading tokens two different sequences share, at most ``min(len) - 1`` (so each keeps its EOS)."""
+    m = min(len(a), len(b))
+    differ = np.flatnonzero(a[:m] != b[:m])
+    return int(min(differ[0] if len(differ) else m, m - 1))
+
+
+def pack_pair(chosen: np.ndarray, rejected: np.ndarray) -> tuple[np.ndarray, np.ndarray, int, int]:
+    """Pack two sequences that share a prefix (the prompt) into one row, the prefix computed once.
+
+    The row is ``chosen`` followed by the part of ``rejected`` after the shared prefix; the positions of that
+    part continue from the prefix, and :func:`pair_attention` keeps it from seeing ``chosen``'s own tokens, so
+    every token attends to exactly what it would attend to in its own sequence: the scores are those of two
+    separate forward passes, for fewer tokens.
+
+    Args:
+        chosen, rejected: 1-D token ids, both ending in EOS, not identical.
+
+    Returns:
+        ``(ids (Lc + Lr - d,), positions (same,), shared d, chosen length Lc)``.
+    """
+    d = shared_prefix_length(chosen, rejected)
+    ids = np.concatenate([chosen, rejected[d:]])
+    positions = np.concatenate([np.arange(len(chosen)), np.arange(d, len(rejected))])
+    return ids, positions, d, len(chosen)
+
+
+def pair_attention(lengths: list[int], shared: list[int], chosen: list[int], width: int):
+    """Boolean attention masks ``(N, 1, width, width)`` (True: may attend) of rows made by :func:`pack_pair`.
+
+    A query attends causally to keys of the shared prefix and of its own sequence; the rejected part never sees
+    the chosen part. Padding keys are masked; padding queries attend to position 0 only (a row with no allowed key
+    would give NaN in softmax).
+    """
+    import torch
+
+    pos = torch.arange(width)
+    masks = torch.zeros(len(lengths), 1, width, width, dtype=torch.bool)
+    for row, (n, d, c) in enumerate(zip(lengths, shared, chosen)):
+        segment = torch.full((width,), -1)
+        segment[:d], segment[d:c], segment[c:n] = 0, 1, 2
+        query, key = segment.unsqueeze(1), segment.unsqueeze(0)
+        allowed = (key == 0) | (key == query)
+        causal = pos.unsqueeze(0) <= pos.unsqueeze(1)
+        real = (query >= 0) & (key >= 0)
+        masks[row, 0] = allowed & causal & real
+        masks[row, 0, n:, 0] = True
+    return masks

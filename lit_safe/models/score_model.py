@@ -151,20 +151,36 @@ class ScoreModel(nn.Module):
         nn.init.zeros_(self.score_head.bias)
         self.normalizer = ScoreNormalizer(score_type, normalizer_momentum)
 
-    def forward(self, input_ids: Tensor, attention_mask: Tensor) -> ScoreOutput:
+    def forward(
+        self,
+        input_ids: Tensor,
+        attention_mask: Tensor,
+        position_ids: Tensor | None = None,
+        end_index: Tensor | None = None,
+    ) -> ScoreOutput:
         """Score a batch.
 
         Args:
             input_ids: ``(B, L)`` token ids.
-            attention_mask: ``(B, L)``, 1 for real tokens.
+            attention_mask: ``(B, L)``, 1 for real tokens; or a boolean ``(B, 1, L, L)`` mask (True: may attend)
+                for rows that pack several sequences (see :func:`lit_safe.data_modules.text.pack_pair`), which
+                then need ``position_ids`` and ``end_index``.
+            position_ids: ``(B, L)`` positions (default: 0, 1, ... along the row).
+            end_index: ``(B,)`` or ``(B, K)`` positions to read end scores at (default: the last attended token).
 
         Returns:
-            :class:`ScoreOutput` with float32 ``scores (B, L)``, ``end_scores (B,)`` and ``end_index (B,)``.
+            :class:`ScoreOutput` with float32 ``scores (B, L)``, ``end_scores`` shaped like ``end_index`` and
+            ``end_index``.
         """
-        hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
+        if attention_mask.dim() == 4 and (end_index is None or position_ids is None):
+            raise ValueError("a 4-D (packed) attention mask needs explicit position_ids and end_index")
+        hidden = self.backbone(
+            input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False
+        ).last_hidden_state
         scores = self.score_head(hidden.to(self.score_head.weight.dtype)).squeeze(-1).float()
-        end_index = last_attended_index(attention_mask)
-        end_scores = scores.gather(1, end_index.unsqueeze(1)).squeeze(1)
+        if end_index is None:
+            end_index = last_attended_index(attention_mask)
+        end_scores = scores.gather(1, end_index.reshape(len(end_index), -1)).reshape(end_index.shape)
         if self.do_normalize:
             scores, end_scores = self.normalizer(scores), self.normalizer(end_scores)
         return ScoreOutput(scores=scores, end_scores=end_scores, end_index=end_index)

@@ -134,16 +134,30 @@ class RewardModule(LightningModule):
         return self.model(input_ids, attention_mask)
 
     # ------------------------------------------------------------------------------------------------- steps
+    def scores(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor, object]:
+        """End scores of the chosen and rejected responses of a preference batch, unpacked or packed.
+
+        Returns:
+            ``(chosen (B,), rejected (B,), the model output)``.
+        """
+        if "pair_attention" in batch:  # one row per pair, shared prompt computed once
+            out = self.model(batch["input_ids"], batch["pair_attention"], batch["position_ids"], batch["end_index"])
+            chosen, rejected = out.end_scores.unbind(-1)
+        else:  # (2B, L): chosen rows, then rejected rows
+            out = self.model(batch["input_ids"], batch["attention_mask"])
+            chosen, rejected = out.end_scores.chunk(2)
+        return chosen, rejected, out
+
     def model_step(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Loss and end scores of the chosen and rejected halves of a ``(2B, L)`` preference batch."""
-        ids, mask = batch["input_ids"], batch["attention_mask"]
-        out = self.model(ids, mask)
-        chosen, rejected = out.end_scores.chunk(2)
+        """Loss and end scores of the chosen and rejected responses of a preference batch."""
+        chosen, rejected, out = self.scores(batch)
+        if self.hparams.loss_type == "token" and "pair_attention" in batch:
+            raise ValueError("loss_type 'token' needs unpacked pairs: set the data module's pack_pairs to false")
         if self.hparams.loss_type == "sequence":
             loss = sequence_preference_loss(chosen, rejected, self.hparams.l2_coeff)
         else:
-            c_ids, r_ids = ids.chunk(2)
-            c_mask, r_mask = mask.chunk(2)
+            c_ids, r_ids = batch["input_ids"].chunk(2)
+            c_mask, r_mask = batch["attention_mask"].chunk(2)
             c_scores, r_scores = out.scores.chunk(2)
             c_end, r_end = out.end_index.chunk(2)
             diverge = divergence_index(c_ids, r_ids, c_mask, r_mask)
@@ -167,7 +181,7 @@ class RewardModule(LightningModule):
         self.test_stats.update(loss, chosen, rejected)
 
     def predict_step(self, batch: dict, batch_idx: int) -> dict[str, torch.Tensor]:
-        chosen, rejected = self.model(batch["input_ids"], batch["attention_mask"]).end_scores.chunk(2)
+        chosen, rejected, _ = self.scores(batch)
         return {"row": batch["row"], "chosen_score": chosen, "rejected_score": rejected}
 
     def _log_epoch(self, stage: str) -> None:
