@@ -88,14 +88,11 @@ def pair_attention(lengths: list[int], shared: list[int], chosen: list[int], wid
     import torch
 
     pos = torch.arange(width)
-    masks = torch.zeros(len(lengths), 1, width, width, dtype=torch.bool)
-    for row, (n, d, c) in enumerate(zip(lengths, shared, chosen)):
-        segment = torch.full((width,), -1)
-        segment[:d], segment[d:c], segment[c:n] = 0, 1, 2
-        query, key = segment.unsqueeze(1), segment.unsqueeze(0)
-        allowed = (key == 0) | (key == query)
-        causal = pos.unsqueeze(0) <= pos.unsqueeze(1)
-        real = (query >= 0) & (key >= 0)
-        masks[row, 0] = allowed & causal & real
-        masks[row, 0, n:, 0] = True
-    return masks
+    n, d, c = (torch.as_tensor(v).unsqueeze(1) for v in (lengths, shared, chosen))
+    # segment per token: 0 shared prefix, 1 chosen only, 2 rejected only, -1 padding
+    segment = torch.where(pos < d, 0, torch.where(pos < c, 1, torch.where(pos < n, 2, -1)))
+    query, key = segment.unsqueeze(2), segment.unsqueeze(1)
+    causal = (pos.unsqueeze(0) <= pos.unsqueeze(1)).unsqueeze(0)
+    mask = ((key == 0) | (key == query)) & causal & (query >= 0) & (key >= 0)
+    mask[:, :, 0] |= query.squeeze(2) < 0
+    return mask.unsqueeze(1)
