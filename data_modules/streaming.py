@@ -15,7 +15,10 @@ from __future__ import annotations
 
 import copy
 import itertools
+import queue
 import random
+import threading
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -51,6 +54,60 @@ def _identity(items: list[Any]) -> list[Any]:
     return items
 
 
+_EPOCH_END = object()
+
+
+def _snapshot(epoch: int, pool_index: int, consumed: int, pool_state: dict | None, epoch_done: bool = False) -> dict:
+    return {
+        "epoch": epoch,
+        "pool_index": pool_index,
+        "consumed": consumed,
+        "loader": pool_state,
+        "epoch_done": epoch_done,
+    }
+
+
+def _prefetched(source: Iterator, depth: int) -> Iterator:
+    """Run ``source`` in a background thread, ``depth`` items ahead; stops it when the consumer stops."""
+    items: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+    done = object()
+
+    def work() -> None:
+        try:
+            for item in source:
+                while not stop.is_set():
+                    try:
+                        items.put(("item", item), timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            items.put(("done", done))
+        except BaseException as error:  # handed to the consumer, raised there
+            items.put(("error", error))
+
+    thread = threading.Thread(target=work, name="lit_safe-prefetch", daemon=True)
+    thread.start()
+    try:
+        while True:
+            kind, value = items.get()
+            if kind == "done":
+                return
+            if kind == "error":
+                raise value
+            yield value
+    finally:
+        stop.set()
+        deadline = time.monotonic() + 10.0
+        while thread.is_alive() and time.monotonic() < deadline:  # unblock a producer waiting on a full queue
+            try:
+                items.get_nowait()
+            except queue.Empty:
+                thread.join(timeout=0.1)
+
+
 class LengthGroupedLoader:
     """Batches of similar length drawn from a litdata ``StreamingDataset``; resumable mid-epoch.
 
@@ -63,6 +120,8 @@ class LengthGroupedLoader:
         num_workers: litdata loader workers.
         seed: seeds the order in which a pool's batches are yielded (combined with epoch and pool index).
         shuffle: when ``False`` (evaluation) the batches of a pool keep their sorted order.
+        prefetch: batches regrouped and collated ahead in a background thread, so that collation overlaps the
+            training step (0: in the caller's thread).
     """
 
     def __init__(
@@ -75,6 +134,7 @@ class LengthGroupedLoader:
         num_workers: int = 0,
         seed: int = 0,
         shuffle: bool = True,
+        prefetch: int = 2,
     ) -> None:
         if batch_size < 1 or group_size < 1:
             raise ValueError(f"batch_size and group_size must be >= 1, got {batch_size} and {group_size}")
@@ -94,12 +154,9 @@ class LengthGroupedLoader:
             collate_fn=_identity,
             persistent_workers=False,
         )
-        self._epoch = 0
-        self._pool_index = 0
-        self._pool_state: dict[str, Any] | None = None
-        self._consumed = 0
+        self.prefetch = prefetch
+        self._state = _snapshot(0, 0, 0, None, epoch_done=True)
         self._resume: dict[str, Any] | None = None
-        self._epoch_done = False
 
     def __len__(self) -> int:
         return len(self.loader)
@@ -123,49 +180,45 @@ class LengthGroupedLoader:
             # Mid-epoch: redraw the saved pool and skip the batches already consumed from it. The saved state is
             # the pool's own: asking litdata for a state_dict before its iterator has started would overwrite the
             # restored epoch in the dataset's (shared, mutable) resume state and replay the wrong shuffle.
-            self._epoch = resume["epoch"]
-            self._pool_index = resume["pool_index"]
-            skip = resume["consumed"]
+            epoch, pool_index, skip = resume["epoch"], resume["pool_index"], resume["consumed"]
             pool_state = copy.deepcopy(resume["loader"])
             self.loader.load_state_dict(copy.deepcopy(pool_state))
         else:
+            epoch = self._state["epoch"]
             if resume is not None:  # saved between epochs (or before the first): go on with the next epoch
-                self._epoch = resume["epoch"]
+                epoch = resume["epoch"]
                 if resume["loader"] is not None:
                     self.loader.load_state_dict(copy.deepcopy(resume["loader"]))
-            self._epoch += 1
-            self._pool_index = 0
+            epoch, pool_index = epoch + 1, 0
             pool_state = copy.deepcopy(self.loader.state_dict())
-        self._consumed = skip
-        self._epoch_done = False
-        iterator = iter(self.loader)
+        self._state = _snapshot(epoch, pool_index, skip, pool_state)
+        produced = self._produce(iter(self.loader), epoch, pool_index, skip, pool_state)
+        if self.prefetch > 0:
+            produced = _prefetched(produced, self.prefetch)
+        for batch, state in produced:
+            self._state = state
+            if batch is not _EPOCH_END:
+                yield batch
+
+    def _produce(self, iterator: Iterator, epoch: int, pool_index: int, skip: int, pool_state: dict):
+        """Yield ``(batch, state after it)``; the last pair is ``(_EPOCH_END, end-of-epoch state)``."""
         while True:
-            self._pool_state = pool_state
             drawn = list(itertools.islice(iterator, self.group_size))
             if not drawn:
-                self._epoch_done = True
-                self._consumed = 0
+                yield _EPOCH_END, _snapshot(epoch, pool_index, 0, pool_state, epoch_done=True)
                 return
-            batches = self._batches_of(drawn, self._epoch, self._pool_index)
-            for self._consumed, batch in enumerate(batches[skip:], start=skip + 1):
-                yield self.collate(batch)
+            batches = self._batches_of(drawn, epoch, pool_index)
+            for consumed, batch in enumerate(batches[skip:], start=skip + 1):
+                yield self.collate(batch), _snapshot(epoch, pool_index, consumed, pool_state)
             skip = 0
-            self._pool_index += 1
-            self._consumed = 0
+            pool_index += 1
             # litdata returns (and later updates in place) its own resume dict: keep a copy.
             pool_state = copy.deepcopy(self.loader.state_dict())
 
     def state_dict(self) -> dict[str, Any]:
-        """Where the iteration is: litdata's state before the current pool, and batches consumed from it."""
-        return copy.deepcopy(
-            {
-                "epoch": self._epoch,
-                "pool_index": self._pool_index,
-                "consumed": self._consumed,
-                "loader": self._pool_state,
-                "epoch_done": self._epoch_done,
-            }
-        )
+        """Where the iteration is: litdata's state before the current pool, and batches consumed from it (counting
+        only batches handed to the caller, not those prefetched)."""
+        return copy.deepcopy(self._state)
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Resume from :meth:`state_dict` at the next ``iter()``."""

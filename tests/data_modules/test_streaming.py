@@ -257,3 +257,23 @@ def test_collate_receives_items(dataset_dir):
         lengths[int(item["row"])] = _length(item)
     for batch in loader:
         assert batch["attention_mask"].sum(1).tolist() == [lengths[int(r)] for r in batch["row"]]
+
+
+def test_prefetch_thread_passes_errors_and_stops_when_abandoned():
+    import threading
+
+    from lit_safe.data_modules.streaming import _prefetched
+
+    def failing():
+        yield 1
+        raise ValueError("bad item 2")
+
+    consumer = _prefetched(failing(), depth=2)
+    assert next(consumer) == 1
+    with pytest.raises(ValueError, match="bad item 2"):
+        next(consumer)
+
+    consumer = _prefetched(iter(range(10_000)), depth=2)
+    assert [next(consumer) for _ in range(3)] == [0, 1, 2]
+    consumer.close()  # what happens when training stops mid-epoch
+    assert not any(t.name == "lit_safe-prefetch" and t.is_alive() for t in threading.enumerate())
