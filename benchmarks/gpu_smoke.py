@@ -61,7 +61,9 @@ def quickstart(work: Path, out: Path | None, devices: int) -> None:
           "global_step": cli.trainer.global_step, **metrics}, out)
 
 
-def throughput(work: Path, out: Path | None, devices: int, steps: int, batch_size: int, warmup: int = 5) -> None:
+def throughput(
+    work: Path, out: Path | None, devices: int, steps: int, batch_size: int, pack_pairs: bool, warmup: int = 5
+) -> None:
     import torch
     from lightning.pytorch import Callback, Trainer, seed_everything
     from lightning.pytorch.strategies import ModelParallelStrategy
@@ -104,12 +106,13 @@ def throughput(work: Path, out: Path | None, devices: int, steps: int, batch_siz
                          num_attention_heads=16, num_key_value_heads=16, max_position_embeddings=2048,
                          bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
                          pad_token_id=tokenizer.pad_token_id)
-    AutoModel.from_config(config).save_pretrained(path)
-    tokenizer.save_pretrained(path)
+    if not path.exists():
+        AutoModel.from_config(config).save_pretrained(path)
+        tokenizer.save_pretrained(path)
 
     rows = max(4000, (steps + warmup + 5) * batch_size * devices * 2)
     data = PKUSafeRLHFDataModule(tokenizer=str(path), synthetic_rows=rows, max_length=512, batch_size=batch_size,
-                                 num_workers=2, group_size=64, pad_to_multiple_of=8,
+                                 num_workers=2, group_size=64, pad_to_multiple_of=8, pack_pairs=pack_pairs,
                                  prepared_dir=str(work / "prepared"))
     model = RewardModule(backbone=str(path), lr=1e-5, warmup_ratio=0.0)
     window = Window()
@@ -124,6 +127,7 @@ def throughput(work: Path, out: Path | None, devices: int, steps: int, batch_siz
     tokens_per_s = window.real * devices / window.elapsed
     emit({"part": "throughput", "model": "llama-1.0b (random init, local HF dir)", "strategy": "fsdp2",
           "precision": "bf16-mixed", "devices": devices, "batch_pairs_per_device": batch_size, "timed_steps": steps,
+          "pack_pairs": pack_pairs,
           "params": params, "pairs_per_s": steps * batch_size * devices / window.elapsed,
           "real_tokens_per_s": tokens_per_s, "padding_share": 1 - window.real / window.padded,
           "data_wait_share": window.wait / window.elapsed,
@@ -137,6 +141,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--batch-sizes", type=int, nargs="+", default=None, help="several throughput runs")
+    parser.add_argument("--pack-pairs", type=int, nargs="+", default=[1], help="1 packed, 0 unpacked; both: 1 0")
     parser.add_argument("--parts", nargs="+", default=["quickstart", "throughput"])
     args = parser.parse_args()
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -150,7 +156,9 @@ def main() -> None:
         if "quickstart" in args.parts:
             quickstart(work, args.out, devices)
         if "throughput" in args.parts:
-            throughput(work, args.out, devices, args.steps, args.batch_size)
+            for batch_size in args.batch_sizes or [args.batch_size]:
+                for pack in args.pack_pairs:
+                    throughput(work, args.out, devices, args.steps, batch_size, bool(pack))
 
 
 if __name__ == "__main__":

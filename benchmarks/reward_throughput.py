@@ -2,13 +2,14 @@
 
 Trains ``RewardModule(backbone=preset)`` on ``PKUSafeRLHFDataModule(source="synthetic")`` with a real Lightning
 ``Trainer`` (cpu, fp32, no logger, no checkpointing, no progress bar) for ``--warmup-steps`` untimed optimiser
-steps and then ``--steps`` timed ones, once per (preset, threads, group size, repeat), each run in its own
-subprocess so that thread settings and peak RSS are clean. Every run prints one JSON line (and appends it to
-``--out``):
+steps and then ``--steps`` timed ones, once per (preset, threads, layout, group size, repeat), each run in its own
+subprocess so that thread settings and peak RSS are clean. The layout is the data module's ``pack_pairs``
+(``unpacked``: ``(2B, L)`` rows; ``packed``: one row per pair, the shared prompt computed once). Every run prints
+one JSON line (and appends it to ``--out``):
 
-    python benchmarks/reward_throughput.py                       # tiny + small, 1 and 2 threads, group 1 and 64
+    python benchmarks/reward_throughput.py        # tiny + small, 1 and 2 threads, unpacked/packed, group 1 and 64
     python benchmarks/reward_throughput.py --presets small --threads 1 --group-sizes 64 --repeats 3
-    python benchmarks/reward_throughput.py --presets small --threads 1 --profile   # + per-op CPU profile
+    python benchmarks/reward_throughput.py --presets small --threads 1 --layouts packed --group-sizes 64 --profile
 
 The fields are described in ``benchmarks/README.md``. MFU = 6 * N * real tokens/s / peak, where the peak is the
 best fp32 ``torch.mm`` rate of a square ``--matmul-n`` matrix measured in the same process at the same thread
@@ -75,7 +76,7 @@ def _child(cfg: dict) -> dict:
             self.profile = profile
             self.prof = None
             self.t = {"wait": 0.0, "forward": 0.0, "backward": 0.0, "optimizer": 0.0}
-            self.real = self.padded = self.pairs = self.batches = 0
+            self.real = self.padded = self.pairs = self.scored = self.batches = 0
             self.first = self.last_end = None
             self._mark = None
 
@@ -118,7 +119,11 @@ def _child(cfg: dict) -> dict:
                 mask = batch["attention_mask"]
                 self.real += int(mask.sum())
                 self.padded += int(mask.numel())
-                self.pairs += int(mask.shape[0]) // 2
+                self.pairs += int(batch["row"].numel())
+                if "end_index" in batch:  # packed: (B, 2) ends; a sequence's length is its end position + 1
+                    self.scored += int((batch["position_ids"].gather(1, batch["end_index"]) + 1).sum())
+                else:
+                    self.scored += int(mask.sum())
                 self.batches += 1
                 self.end = now
             self.last_end = now
@@ -127,9 +132,16 @@ def _child(cfg: dict) -> dict:
             if self.prof is not None:
                 self.prof.__exit__(None, None, None)
 
+    if cfg.get("arch"):  # --arch: try other dimensions for a preset without editing backbone.py
+        from lit_safe.models import backbone
+
+        backbone.PRESETS[cfg["preset"]] = {**backbone.PRESETS[cfg["preset"]], **cfg["arch"]}
     seed_everything(int(cfg["seed"]), verbose=False)
     peak_before = matmul_peak(int(cfg["matmul_n"]), int(cfg["matmul_repeats"]))
 
+    layout = cfg["layout"]
+    if layout not in ("packed", "unpacked"):
+        raise ValueError(f"unknown layout {layout!r}")
     data = PKUSafeRLHFDataModule(
         tokenizer=cfg["preset"],
         source="synthetic",
@@ -138,6 +150,7 @@ def _child(cfg: dict) -> dict:
         batch_size=int(cfg["batch_size"]),
         num_workers=int(cfg["num_workers"]),
         group_size=int(cfg["group_size"]),
+        pack_pairs=layout == "packed",
         prepared_dir=cfg["prepared_dir"],
         seed=int(cfg["seed"]),
     )
@@ -174,6 +187,7 @@ def _child(cfg: dict) -> dict:
         "preset": cfg["preset"],
         "threads": threads,
         "group_size": int(cfg["group_size"]),
+        "layout": layout,
         "num_workers": int(cfg["num_workers"]),
         "repeat": int(cfg["repeat"]),
         "steps": timer.batches,
@@ -193,6 +207,7 @@ def _child(cfg: dict) -> dict:
         "pairs_per_s": round(timer.pairs / total_s, 3),
         "real_tokens_per_s": round(real_tps, 1),
         "padded_tokens_per_s": round(padded_tps, 1),
+        "scored_tokens_per_s": round(timer.scored / total_s, 1),
         "padding_share": round(1 - timer.real / timer.padded, 4),
         "step_s": round(total_s / timer.batches, 4),
         "data_wait_share": round(timer.t["wait"] / total_s, 4),
@@ -208,6 +223,7 @@ def _child(cfg: dict) -> dict:
         "loadavg_1m": round(os.getloadavg()[0], 2),
         "torch": torch.__version__,
         "profile": cfg["profile"],
+        "arch_override": cfg.get("arch"),
     }
     if timer.prof is not None:
         result["profile_ops"] = _profile_summary(timer.prof, total_s * 1e6)
@@ -276,17 +292,24 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", nargs="+", type=int, default=[1, 2])
     parser.add_argument("--group-sizes", nargs="+", type=int, default=[1, 64],
                         help="length-grouping pool sizes in batches (1: no grouping)")
+    parser.add_argument("--layouts", nargs="+", default=["unpacked", "packed"], choices=["unpacked", "packed"],
+                        help="the data module's pack_pairs: unpacked (2B, L) rows, or one row per pair with the "
+                             "shared prompt computed once")
     parser.add_argument("--steps", type=int, default=None,
                         help="timed optimiser steps per run (default: 30 for tiny, 6 for other presets)")
     parser.add_argument("--warmup-steps", type=int, default=2, help="untimed optimiser steps before timing")
     parser.add_argument("--repeats", type=int, default=1, help="runs per configuration (report best and median)")
     parser.add_argument("--batch-size", type=int, default=16, help="preference pairs per batch")
     parser.add_argument("--max-length", type=int, default=256)
-    parser.add_argument("--num-workers", type=int, default=1, help="litdata loader workers")
+    parser.add_argument("--num-workers", type=int, default=0,
+                        help="litdata loader workers (0: read in the training process; see README)")
     parser.add_argument("--synthetic-rows", type=int, default=4000)
     parser.add_argument("--matmul-n", type=int, default=2048, help="size of the square fp32 matmul for the peak")
     parser.add_argument("--matmul-repeats", type=int, default=5)
     parser.add_argument("--prepared-dir", default=None, help="where to prepare the data (default: a temp dir)")
+    parser.add_argument("--arch", type=json.loads, default=None,
+                        help="JSON overriding preset dimensions for exploration, e.g. "
+                             "'{\"hidden_size\": 1024, \"num_hidden_layers\": 2}' (applies to every preset run)")
     parser.add_argument("--profile", action="store_true", help="profile the timed steps per op (slower)")
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--out", default=None, help="append the JSON lines to this file")
@@ -299,15 +322,16 @@ def main(argv: list[str] | None = None) -> None:
         for preset in args.presets:
             steps = args.steps if args.steps is not None else (30 if preset == "tiny" else 6)
             for threads in args.threads:
-                for group in args.group_sizes:
+                for layout, group in [(lay, g) for lay in args.layouts for g in args.group_sizes]:
                     for repeat in range(args.repeats):
                         cfg = dict(
-                            preset=preset, threads=threads, group_size=group, repeat=repeat, steps=steps,
+                            preset=preset, threads=threads, group_size=group, layout=layout, repeat=repeat,
+                            steps=steps,
                             warmup_steps=args.warmup_steps, batch_size=args.batch_size,
                             max_length=args.max_length, num_workers=args.num_workers,
                             synthetic_rows=args.synthetic_rows, matmul_n=args.matmul_n,
                             matmul_repeats=args.matmul_repeats, prepared_dir=prepared, profile=args.profile,
-                            seed=args.seed,
+                            seed=args.seed, arch=args.arch,
                         )
                         result = _run(cfg, args.verbose)
                         line = json.dumps(result)
@@ -326,12 +350,12 @@ def _summary(results: list[dict]) -> None:
 
     groups: dict[tuple, list[dict]] = {}
     for r in results:
-        groups.setdefault((r["preset"], r["threads"], r["group_size"]), []).append(r)
-    for (preset, threads, group), runs in groups.items():
+        groups.setdefault((r["preset"], r["threads"], r["layout"], r["group_size"]), []).append(r)
+    for (preset, threads, layout, group), runs in groups.items():
         stat = lambda key: (max(r[key] for r in runs), statistics.median(r[key] for r in runs))  # noqa: E731
         (mfu_b, mfu_m), (hon_b, hon_m), (pps_b, pps_m) = stat("mfu"), stat("mfu_nonembed"), stat("pairs_per_s")
         sys.stderr.write(
-            f"{preset:>6} threads={threads} group={group:<3} runs={len(runs)}  mfu best {mfu_b:.3f} median {mfu_m:.3f}"
+            f"{preset:>6} threads={threads} {layout} group={group:<3} runs={len(runs)}  mfu best {mfu_b:.3f} median {mfu_m:.3f}"
             f"  mfu_nonembed best {hon_b:.3f} median {hon_m:.3f}  pairs/s best {pps_b:.2f} median {pps_m:.2f}\n"
         )
 

@@ -165,9 +165,11 @@ class PKUSafeRLHFDataModule(LightningDataModule):
         group_size: batches per length-grouping pool (1 turns grouping off).
         pad_to_multiple_of: round padded lengths up (8 helps tensor cores on GPUs).
         pack_pairs: (preference view) one row per pair with the shared prompt computed once, instead of two
-            padded rows: the same scores and gradients from fewer tokens with almost no padding (on the small
-            preset, 1.5x the pairs/s; ``benchmarks/reward_throughput.py``). Its ``(B, 1, L, L)`` attention mask
-            grows with the square of the length: turn it off for very long sequences, and for ``loss_type: token``.
+            padded rows: the same scores and gradients from fewer tokens with almost no padding. On a CPU it pays
+            (small preset: 1.5x the pairs/s); on an H200 with a 1B model it paid at 64 pairs per GPU (+10%, less
+            memory) but not at 16 (the custom mask rules out flash attention), so it is off by default
+            (``benchmarks/results/``). Its ``(B, 1, L, L)`` mask grows with the square of the length; it does
+            not combine with ``loss_type: token``.
         on_bad_row: ``error`` stops at invalid rows and names them; ``skip`` drops and counts them.
         prepared_dir: where prepared datasets are written (default ``$LIT_SAFE_CACHE/prepared`` or
             ``~/.cache/lit_safe/prepared``).
@@ -194,7 +196,7 @@ class PKUSafeRLHFDataModule(LightningDataModule):
         num_workers: int = 2,
         group_size: int = 64,
         pad_to_multiple_of: int = 1,
-        pack_pairs: bool = True,
+        pack_pairs: bool = False,
         on_bad_row: Literal["error", "skip"] = "error",
         prepared_dir: str | None = None,
         seed: int = 42,

@@ -45,7 +45,7 @@ def batches(tmp_path_factory):
     prepared = tmp_path_factory.mktemp("packing")
     kwargs = dict(tokenizer="tiny", synthetic_rows=160, batch_size=8, group_size=4, num_workers=0,
                   prepared_dir=str(prepared))
-    plain = PKUSafeRLHFDataModule(pack_pairs=False, **kwargs)
+    plain = PKUSafeRLHFDataModule(**kwargs)
     packed = PKUSafeRLHFDataModule(pack_pairs=True, **kwargs)
     plain.setup("fit")
     packed.setup("fit")

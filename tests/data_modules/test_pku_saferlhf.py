@@ -33,7 +33,6 @@ def _write_jsonl(path: Path, rows: list[dict]) -> Path:
 
 def _module(source, prepared_dir, **kwargs) -> PKUSafeRLHFDataModule:
     kwargs.setdefault("num_workers", 0)
-    kwargs.setdefault("pack_pairs", False)  # these tests read the (2B, L) layout; test_pair_packing.py the packed one
     return PKUSafeRLHFDataModule(tokenizer="tiny", source=str(source), prepared_dir=str(prepared_dir), **kwargs)
 
 
