@@ -69,7 +69,8 @@ def run(args: list[str] | None = None) -> Any:
         return None
     if argv[0] == "prepare":
         return prepare_main(argv[1:])
-    return LitSafeCLI(args=argv)
+    # Without explicit args LightningCLI reads sys.argv itself (passing both makes it warn).
+    return LitSafeCLI(args=None if args is None else argv)
 
 
 def main(args: list[str] | None = None) -> None:
