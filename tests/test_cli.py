@@ -1,6 +1,7 @@
 """The lit-safe command line end to end: fit on the quickstart config, validate/test/predict from the checkpoint,
 prepare, the Hugging Face export, and a parse check of every YAML under configs/."""
 
+import json
 from pathlib import Path
 
 import pytest
@@ -74,8 +75,15 @@ def test_test_and_predict_from_checkpoint(fitted):
     ckpt = str(tmp / "checkpoints" / "last.ckpt")
     cli = run(["test", "--config", str(config), "--ckpt_path", ckpt])
     assert float(cli.trainer.callback_metrics["test/accuracy"]) >= 0.8
-    cli = run(["predict", "--config", str(config), "--ckpt_path", ckpt])
+    out = tmp / "predictions.jsonl"
+    cli = run(["predict", "--config", str(config), "--ckpt_path", ckpt,
+               "--trainer.callbacks+=lit_safe.callbacks.predictions.JsonlPredictionWriter",
+               "--trainer.callbacks.output_path", str(out)])
     predictions = cli.trainer.predict_loop.predictions
+    written = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(written) == sum(len(p["row"]) for p in predictions)
+    assert set(written[0]) == {"row", "chosen_score", "rejected_score"}
+    assert sum(r["chosen_score"] > r["rejected_score"] for r in written) >= 0.8 * len(written)
     rows = torch.cat([p["row"] for p in predictions])
     assert len(rows) == len(set(rows.tolist())) > 0
     chosen = torch.cat([p["chosen_score"] for p in predictions])
