@@ -7,7 +7,7 @@ subprocess so that thread settings and peak RSS are clean. The layout is the dat
 (``unpacked``: ``(2B, L)`` rows; ``packed``: one row per pair, the shared prompt computed once). Every run prints
 one JSON line (and appends it to ``--out``):
 
-    python benchmarks/reward_throughput.py        # tiny + small, 1 and 2 threads, unpacked/packed, group 1 and 64
+    python benchmarks/reward_throughput.py        # tiny + small, 1 and 2 threads, unpacked:1/64 and packed:64
     python benchmarks/reward_throughput.py --presets small --threads 1 --group-sizes 64 --repeats 3
     python benchmarks/reward_throughput.py --presets small --threads 1 --layouts packed --group-sizes 64 --profile
 
@@ -290,14 +290,16 @@ def main(argv: list[str] | None = None) -> None:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--presets", nargs="+", default=["tiny", "small"])
     parser.add_argument("--threads", nargs="+", type=int, default=[1, 2])
-    parser.add_argument("--group-sizes", nargs="+", type=int, default=[1, 64],
-                        help="length-grouping pool sizes in batches (1: no grouping)")
-    parser.add_argument("--layouts", nargs="+", default=["unpacked", "packed"], choices=["unpacked", "packed"],
+    parser.add_argument("--group-sizes", nargs="+", type=int, default=None,
+                        help="length-grouping pool sizes in batches (1: no grouping). Without --layouts and "
+                             "--group-sizes the runs are unpacked:1, unpacked:64 and packed:64; with either, the "
+                             "product of both (default layouts: unpacked packed; group sizes: 1 64)")
+    parser.add_argument("--layouts", nargs="+", default=None, choices=["unpacked", "packed"],
                         help="the data module's pack_pairs: unpacked (2B, L) rows, or one row per pair with the "
                              "shared prompt computed once")
     parser.add_argument("--steps", type=int, default=None,
-                        help="timed optimiser steps per run (default: 30 for tiny, 6 for other presets)")
-    parser.add_argument("--warmup-steps", type=int, default=2, help="untimed optimiser steps before timing")
+                        help="timed optimiser steps per run (default: 30 for tiny, 5 for other presets)")
+    parser.add_argument("--warmup-steps", type=int, default=1, help="untimed optimiser steps before timing")
     parser.add_argument("--repeats", type=int, default=1, help="runs per configuration (report best and median)")
     parser.add_argument("--batch-size", type=int, default=16, help="preference pairs per batch")
     parser.add_argument("--max-length", type=int, default=256)
@@ -316,13 +318,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--verbose", action="store_true", help="show the runs' stderr")
     args = parser.parse_args(argv)
 
+    if args.layouts is None and args.group_sizes is None:
+        variants = [("unpacked", 1), ("unpacked", 64), ("packed", 64)]
+    else:
+        variants = [(lay, g) for lay in args.layouts or ["unpacked", "packed"] for g in args.group_sizes or [1, 64]]
     with tempfile.TemporaryDirectory(prefix="reward_throughput_") as tmp:
         prepared = args.prepared_dir or tmp  # shared by the runs: each preset's data is prepared once
         results = []
         for preset in args.presets:
-            steps = args.steps if args.steps is not None else (30 if preset == "tiny" else 6)
+            steps = args.steps if args.steps is not None else (30 if preset == "tiny" else 5)
             for threads in args.threads:
-                for layout, group in [(lay, g) for lay in args.layouts for g in args.group_sizes]:
+                for layout, group in variants:
                     for repeat in range(args.repeats):
                         cfg = dict(
                             preset=preset, threads=threads, group_size=group, layout=layout, repeat=repeat,
@@ -352,11 +358,14 @@ def _summary(results: list[dict]) -> None:
     for r in results:
         groups.setdefault((r["preset"], r["threads"], r["layout"], r["group_size"]), []).append(r)
     for (preset, threads, layout, group), runs in groups.items():
-        stat = lambda key: (max(r[key] for r in runs), statistics.median(r[key] for r in runs))  # noqa: E731
-        (mfu_b, mfu_m), (hon_b, hon_m), (pps_b, pps_m) = stat("mfu"), stat("mfu_nonembed"), stat("pairs_per_s")
+        stats = {}
+        for key in ("mfu", "mfu_nonembed", "pairs_per_s"):
+            values = [r[key] for r in runs]
+            stats[key] = f"best {max(values):.3f} median {statistics.median(values):.3f}"
         sys.stderr.write(
-            f"{preset:>6} threads={threads} {layout} group={group:<3} runs={len(runs)}  mfu best {mfu_b:.3f} median {mfu_m:.3f}"
-            f"  mfu_nonembed best {hon_b:.3f} median {hon_m:.3f}  pairs/s best {pps_b:.2f} median {pps_m:.2f}\n"
+            f"{preset:>6} threads={threads} {layout:>8} group={group:<3} runs={len(runs)}  "
+            + "  ".join(f"{k} {v}" for k, v in stats.items())
+            + "\n"
         )
 
 
