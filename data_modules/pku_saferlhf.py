@@ -166,10 +166,10 @@ class PKUSafeRLHFDataModule(LightningDataModule):
         pad_to_multiple_of: round padded lengths up (8 helps tensor cores on GPUs).
         pack_pairs: (preference view) one row per pair with the shared prompt computed once, instead of two
             padded rows: the same scores and gradients from fewer tokens with almost no padding. On a CPU it pays
-            (small preset: 1.4x the pairs/s of grouped unpacked pairs, padding 13% -> 0.8%); on an H200 with a 1B model it paid at 64 pairs per GPU (+10%, less
-            memory) but not at 16 (the custom mask rules out flash attention), so it is off by default
-            (``benchmarks/results/``). Its ``(B, 1, L, L)`` mask grows with the square of the length; it does
-            not combine with ``loss_type: token``.
+            (small preset: 1.4x the pairs/s of grouped unpacked pairs, padding 13% -> 0.8%); on an H200 with a
+            1B model it paid at 64 pairs per GPU (+10%, less memory) but not at 16 (the custom mask rules out
+            flash attention), so it is off by default (``benchmarks/results/``). Its ``(B, 1, L, L)`` mask grows
+            with the square of the length; it does not combine with ``loss_type: token``.
         on_bad_row: ``error`` stops at invalid rows and names them; ``skip`` drops and counts them.
         prepared_dir: where prepared datasets are written (default ``$LIT_SAFE_CACHE/prepared`` or
             ``~/.cache/lit_safe/prepared``).
