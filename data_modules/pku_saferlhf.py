@@ -157,7 +157,7 @@ class PKUSafeRLHFDataModule(LightningDataModule):
         val_fraction: share of training prompts held out for validation when ``val_split`` is ``None``.
         test_fraction: share of training prompts held out for testing when the source has no test split.
         synthetic_rows: training rows of the synthetic source (its test split has one eighth as many).
-        prompt_template: conversation template with a ``{prompt}`` placeholder.
+        prompt_template: conversation template containing ``{prompt}``, where the user prompt goes.
         max_length: longest tokenised sequence (prompt + response + EOS); longer responses are cut before EOS.
         batch_size: pairs per training batch (per device).
         eval_batch_size: pairs per validation/test batch; defaults to ``batch_size``.

@@ -877,7 +877,7 @@ _LIST_STYLES: tuple[str, ...] = ("step", "number", "ordinal")
 
 
 def _fill(template: str, rng: random.Random, task: str = "") -> str:
-    """Fill ``{task}`` and the numeric placeholders ``{n}`` (2-9), ``{m}`` (10-60) and ``{t}`` (160-230)."""
+    """Fill ``{task}`` and the numeric fields ``{n}`` (2-9), ``{m}`` (10-60) and ``{t}`` (160-230)."""
     text = template.replace("{task}", task)
     while "{n}" in text:
         text = text.replace("{n}", str(rng.randint(2, 9)), 1)

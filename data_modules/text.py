@@ -19,7 +19,7 @@ SAFE_RLHF_TEMPLATE = "BEGINNING OF CONVERSATION: USER: {prompt} ASSISTANT:"
 def format_prompt(prompt: str, template: str = SAFE_RLHF_TEMPLATE) -> str:
     """Put a user prompt into the conversation template (``template`` must contain ``{prompt}``)."""
     if "{prompt}" not in template:
-        raise ValueError(f"prompt template {template!r} has no '{{prompt}}' placeholder")
+        raise ValueError(f"prompt template {template!r} does not contain '{{prompt}}' (where the prompt goes)")
     return template.replace("{prompt}", prompt)
 
 
