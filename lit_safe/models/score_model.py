@@ -55,11 +55,13 @@ class ScoreOutput(NamedTuple):
         scores: ``(B, L)`` float32, one score per token.
         end_scores: ``(B,)`` float32, the score at each sequence's last attended token.
         end_index: ``(B,)`` long, that token's position.
+        raw_end_scores: ``end_scores`` before normalisation (what the running statistics are made of).
     """
 
     scores: Tensor
     end_scores: Tensor
     end_index: Tensor
+    raw_end_scores: Tensor
 
 
 class ScoreNormalizer(nn.Module):
@@ -180,10 +182,10 @@ class ScoreModel(nn.Module):
         scores = self.score_head(hidden.to(self.score_head.weight.dtype)).squeeze(-1).float()
         if end_index is None:
             end_index = last_attended_index(attention_mask)
-        end_scores = scores.gather(1, end_index.reshape(len(end_index), -1)).reshape(end_index.shape)
+        raw_end_scores = end_scores = scores.gather(1, end_index.reshape(len(end_index), -1)).reshape(end_index.shape)
         if self.do_normalize:
             scores, end_scores = self.normalizer(scores), self.normalizer(end_scores)
-        return ScoreOutput(scores=scores, end_scores=end_scores, end_index=end_index)
+        return ScoreOutput(scores=scores, end_scores=end_scores, end_index=end_index, raw_end_scores=raw_end_scores)
 
     # ----------------------------------------------------------------------------------------- Hugging Face format
     def score_config(self) -> dict:

@@ -148,11 +148,11 @@ class RewardModule(LightningModule):
             chosen, rejected = out.end_scores.chunk(2)
         return chosen, rejected, out
 
-    def model_step(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Loss and end scores of the chosen and rejected responses of a preference batch."""
-        chosen, rejected, out = self.scores(batch)
+    def model_step(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Loss, end scores of the chosen and rejected responses, and the raw (unnormalised) end scores."""
         if self.hparams.loss_type == "token" and "pair_attention" in batch:
             raise ValueError("loss_type 'token' needs unpacked pairs: set the data module's pack_pairs to false")
+        chosen, rejected, out = self.scores(batch)
         if self.hparams.loss_type == "sequence":
             loss = sequence_preference_loss(chosen, rejected, self.hparams.l2_coeff)
         else:
@@ -162,22 +162,23 @@ class RewardModule(LightningModule):
             c_end, r_end = out.end_index.chunk(2)
             diverge = divergence_index(c_ids, r_ids, c_mask, r_mask)
             loss = token_preference_loss(c_scores, r_scores, c_end, r_end, diverge, self.hparams.l2_coeff)
-        return loss, chosen, rejected
+        return loss, chosen, rejected, out.raw_end_scores
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        loss, chosen, rejected = self.model_step(batch)
-        self.model.normalizer.update(self.all_gather(torch.cat([chosen, rejected]).detach()))
+        loss, chosen, rejected, raw = self.model_step(batch)
+        # Statistics of the raw scores on every rank, kept (and exported) whether or not they are applied.
+        self.model.normalizer.update(self.all_gather(raw.detach()))
         self.train_stats.update(loss, chosen, rejected)
         self.log("train/loss", loss, prog_bar=True)
         self.log("train/accuracy", preference_accuracy(chosen, rejected), prog_bar=True)
         return loss
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
-        loss, chosen, rejected = self.model_step(batch)
+        loss, chosen, rejected, _ = self.model_step(batch)
         self.val_stats.update(loss, chosen, rejected)
 
     def test_step(self, batch: dict, batch_idx: int) -> None:
-        loss, chosen, rejected = self.model_step(batch)
+        loss, chosen, rejected, _ = self.model_step(batch)
         self.test_stats.update(loss, chosen, rejected)
 
     def predict_step(self, batch: dict, batch_idx: int) -> dict[str, torch.Tensor]:

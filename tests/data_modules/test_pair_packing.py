@@ -67,7 +67,7 @@ def test_packed_and_unpacked_scores_and_gradients_agree(tmp_path):
     results = []
     for batch in (plain, packed):
         module.zero_grad()
-        loss, chosen, rejected = module.model_step(batch)
+        loss, chosen, rejected, _ = module.model_step(batch)
         loss.backward()
         grads = torch.cat([p.grad.flatten() for p in module.model.parameters()])
         results.append((loss.detach(), chosen.detach(), rejected.detach(), grads))

@@ -386,3 +386,18 @@ def test_sharded_save_round_trip(saved, tiny_tokenizer, tmp_path):
     ids, mask = _batch(tiny_tokenizer)
     with torch.no_grad():
         torch.testing.assert_close(loaded(ids, mask).scores, model(ids, mask).scores, rtol=0, atol=0)
+
+
+def test_raw_end_scores_are_the_unnormalised_ones(tiny_tokenizer):
+    """The running statistics must be fed raw scores, also when the model returns normalised ones."""
+    torch.manual_seed(0)
+    model = ScoreModel(load_backbone("tiny", tiny_tokenizer), score_type="reward", do_normalize=True).eval()
+    model.normalizer.update(torch.tensor([1.0, 3.0, 5.0]))  # mean 3, var 8/3
+    ids = torch.randint(3, 100, (3, 9))
+    mask = torch.ones_like(ids)
+    with torch.no_grad():
+        out = model(ids, mask)
+        model.do_normalize = False
+        plain = model(ids, mask)
+    torch.testing.assert_close(out.raw_end_scores, plain.end_scores)
+    torch.testing.assert_close(out.end_scores, (plain.end_scores - 3.0) / (8.0 / 3.0 + 1e-8) ** 0.5)
