@@ -1,7 +1,7 @@
 # lit_safe on NVIDIA GPUs: CUDA PyTorch runtime + lit_safe; the entry point is the `lit-safe` command.
 #   docker build -t lit-safe .
 #   docker run --gpus all --ipc=host -v "$PWD/runs:/workspace/runs" -v "$HOME/.cache/huggingface:/cache/huggingface" \
-#     lit-safe fit --config /opt/lit_safe/configs/reward/pku_saferlhf_alpaca-7b.yaml
+#     -v "$HOME/.cache/lit_safe:/cache/lit_safe" lit-safe fit --config /opt/lit_safe/configs/reward/pku_saferlhf_alpaca-7b.yaml
 FROM pytorch/pytorch:2.7.1-cuda12.8-cudnn9-runtime
 
 ENV PYTHONDONTWRITEBYTECODE=1 \

@@ -1,7 +1,8 @@
 """TokenThroughput: tokens per second, padding share and time spent waiting for data, logged to TensorBoard.
 
 Counts the real (attended) and padded tokens of every training batch that carries an ``attention_mask``, and
-measures the wall time between the end of one training step and the start of the next (the loader's share).
+measures the wall time between the end of one training step and the start of the next (the loader's share, plus
+the loop's own bookkeeping; validation runs in between are not counted).
 Logs ``perf/real_tokens_per_s``, ``perf/padded_tokens_per_s``, ``perf/padding_share``, ``perf/data_wait_share``
 every ``log_every_n_steps`` steps (aggregated over that window).
 """
@@ -26,13 +27,15 @@ class TokenThroughput(Callback):
         self._reset()
         self._last_end: float | None = None
         self._start: float | None = None
-        self.totals = {"real_tokens": 0, "padded_tokens": 0, "wait_s": 0.0, "step_s": 0.0, "batches": 0}
 
     def _reset(self) -> None:
         self.window = {"real_tokens": 0, "padded_tokens": 0, "wait_s": 0.0, "step_s": 0.0, "batches": 0}
 
     def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._last_end = time.perf_counter()
+
+    def on_validation_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._last_end = None  # the time until the next training batch is validation, not data loading
 
     def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int) -> None:
         now = time.perf_counter()
@@ -56,8 +59,6 @@ class TokenThroughput(Callback):
 
     def _flush(self, pl_module: LightningModule) -> None:
         w = self.window
-        for key in self.totals:
-            self.totals[key] += w[key]
         total_s = w["wait_s"] + w["step_s"]
         if total_s > 0 and w["padded_tokens"] > 0:
             pl_module.log_dict(

@@ -31,7 +31,6 @@ from litdata import StreamingDataset
 
 from lit_safe.data_modules import sources
 from lit_safe.data_modules.preparation import (
-    META_FILE,
     REPORT_FILE,
     SPLITS,
     PrepareReport,
@@ -438,4 +437,4 @@ class PKUSafeRLHFDataModule(LightningDataModule):
         return self._loader("test", train=False)
 
 
-__all__ = ["PKUSafeRLHFDataModule", "PreferenceView", "VIEWS", "META_FILE"]
+__all__ = ["PKUSafeRLHFDataModule", "PreferenceView", "VIEWS"]

@@ -1,7 +1,7 @@
 """Preparation: validated, tokenised rows written as litdata chunks, with a report of what was kept and dropped.
 
-A prepared dataset is a directory ``<prepared_dir>/<fingerprint>/`` holding one litdata directory per split
-(``train/``, ``val/``, ``test/``, each with ``index.json`` and ``chunk-*.bin``), ``report.json`` and
+A prepared dataset is a directory ``<prepared_dir>/<dataset>-<view>-<fingerprint>/`` holding one litdata directory
+per split (``train/``, ``val/``, ``test/``, each with ``index.json`` and ``chunk-*.bin``), ``report.json`` and
 ``meta.json``. The fingerprint hashes everything that changes the tokens (source, revision, config, view,
 tokenizer, template, max length, split rule, seed), so a changed setting prepares anew and an unchanged one is
 reused. Writing goes to a temporary directory that is renamed at the end, so an interrupted preparation never

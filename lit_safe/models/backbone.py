@@ -11,7 +11,6 @@ from __future__ import annotations
 import torch
 from torch import nn
 from transformers import (
-    AutoConfig,
     AutoModel,
     AutoModelForCausalLM,
     LlamaConfig,
@@ -94,7 +93,6 @@ def load_backbone(
         config = preset_config(name_or_path, tokenizer)
         model = auto.from_config(config, dtype=DTYPES[dtype], attn_implementation=attn_implementation)
     else:
-        config = AutoConfig.from_pretrained(name_or_path, revision=revision)
         model = auto.from_pretrained(
             name_or_path, revision=revision, dtype=DTYPES[dtype], attn_implementation=attn_implementation
         )

@@ -21,7 +21,7 @@ from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedToken
 # The shipped corpus supports about 4,500 BPE merges; both sizes are reached exactly (a test checks it).
 PRESET_VOCAB_SIZES: dict[str, int] = {"tiny": 2048, "small": 4096}
 BOS, EOS, PAD = "<|bos|>", "<|eos|>", "<|pad|>"
-ADDED_PAD = "<|pad|>"
+ADDED_PAD = PAD  # what a tokenizer without a pad token gets
 
 
 def is_preset(name_or_path: str) -> bool:

@@ -36,6 +36,8 @@ class ScoreStats(torch.nn.Module):
         super().__init__()
         self.loss, self.accuracy = MeanMetric(), MeanMetric()
         self.score, self.score_sq, self.margin = MeanMetric(), MeanMetric(), MeanMetric()
+        for metric in (self.loss, self.accuracy, self.score, self.score_sq, self.margin):
+            metric.persistent(True)  # saved in checkpoints: a run resumed mid-epoch reports the whole epoch
 
     def update(self, loss: torch.Tensor, chosen: torch.Tensor, rejected: torch.Tensor) -> None:
         scores = torch.cat([chosen, rejected]).detach()
