@@ -9,7 +9,7 @@ import torch
 import yaml
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from lit_safe.cli import run
+from lit_safe.cli import main, run
 from lit_safe.models.score_model import ScoreModel
 from lit_safe.modules.reward import RewardModule
 
@@ -107,13 +107,17 @@ def test_exported_model_round_trips_with_identical_scores(fitted):
     assert exported.score_type == "reward"
 
 
-def test_prepare_subcommand_prints_the_report(tmp_path, capsys):
+def test_prepare_subcommand_prints_and_saves_the_report(tmp_path, capsys):
     config = quickstart_config(tmp_path, synthetic_rows=300)
-    report = run(["prepare", "--config", str(config)])
+    assert main(["prepare", "--config", str(config)]) is None  # the console entry point
     out = capsys.readouterr().out
-    assert report.splits["train"].kept > 200 and report.splits["val"].kept > 0
-    assert "train" in out and "kept" in out
-    assert (Path(report.output_dir) / "report.json").is_file()
+    output_dir = Path(out.split(" -> ")[1].splitlines()[0])
+    saved = json.loads((output_dir / "report.json").read_text())
+    assert saved["splits"]["train"]["kept"] > 200 and saved["splits"]["val"]["kept"] > 0
+    assert f"kept {saved['splits']['train']['kept']:>7}" in out
+    report = run(["prepare", "--config", str(config)])  # the same settings again: reused, not rewritten
+    assert "Reusing" in capsys.readouterr().out
+    assert report.to_dict() == saved
 
 
 def test_a_typo_in_an_option_fails_loudly(tmp_path):
