@@ -8,6 +8,8 @@ project's synthetic generator (the embedded default, no network). See ``../share
 Views turn a validated row into training items:
 
 - ``preference``: (better, worse) by ``better_response_id``: the helpfulness reward model (Safe RLHF).
+- ``safety``: (less safe, safer) by ``safer_response_id`` with a cost sign per response from
+  ``is_response_k_safe``: the cost model (self-contradicting rows are dropped and counted).
 
 Preparation validates every row before anything is written: a missing field, a wrong type or an out-of-range label
 is an error naming the file, row and field (or, with ``on_bad_row: skip``, a counted drop); rows a view cannot use
@@ -60,61 +62,77 @@ Row = tuple[str, dict[str, Any]]  # (location, row) as read from the source
 Valid = tuple[int, dict[str, Any]]  # (position of the row in its source split, counted from 0; the row)
 
 
-class PreferenceView:
-    """(better, worse) response pairs by ``better_response_id``, for the helpfulness reward model.
+class PairView:
+    """Two responses to one prompt, ordered: ``first`` is the one the score model must score higher.
 
-    Items: ``{"chosen": int32 (Lc,), "rejected": int32 (Lr,), "row": int}`` where ``row`` is the row's position in
-    its source split (0-based, blank lines not counted), so a prediction can be traced back.
+    Subclasses say which response comes first (:meth:`rank`), under which item keys, and what else each pair
+    carries (scalar fields such as safety signs, batched as ``(B,)`` tensors).
 
-    Batches, unpacked: ``input_ids`` and ``attention_mask`` ``(2B, L)``, the B chosen sequences first, then the B
-    rejected ones (one forward pass scores both), and ``row (B,)``.
+    Items: ``{first: int32 (L1,), second: int32 (L2,), "row": int, **extras}`` where ``row`` is the row's position
+    in its source split (0-based, blank lines not counted), so a prediction can be traced back.
+
+    Batches, unpacked: ``input_ids`` and ``attention_mask`` ``(2B, L)``, the B first sequences, then the B second
+    ones (one forward pass scores both), ``row (B,)`` and the extras ``(B,)``.
     Packed (``pack_pairs``): one row per pair, the shared prompt computed once (:func:`pack_pair`):
     ``input_ids``, ``position_ids`` and ``attention_mask`` (real tokens) ``(B, L)``, ``pair_attention``
-    ``(B, 1, L, L)``, ``end_index (B, 2)`` (chosen end, rejected end) and ``row (B,)``.
+    ``(B, 1, L, L)``, ``end_index (B, 2)`` (first end, second end), ``row (B,)`` and the extras.
 
     Args:
         pack_pairs: pack each pair into one row.
     """
 
-    name = "preference"
+    name = "pair"
+    first, second = "first", "second"
 
     def __init__(self, pack_pairs: bool = False) -> None:
         self.pack_pairs = pack_pairs
 
+    def rank(self, row: dict[str, Any], report: SplitReport) -> tuple[int, dict[str, int]] | None:
+        """``(id of the first response, extra item fields)``, or ``None`` for a row this view drops (counted)."""
+        raise TypeError(f"{type(self).__name__} must say which response comes first")
+
     def encode(self, rows: list[Valid], tokenizer: Any, template: str, max_length: int, report: SplitReport):
-        kept: list[tuple[int, str, str]] = []
+        kept: list[tuple[int, str, str, dict[str, int]]] = []
         for index, row in rows:
             if row["response_0"] == row["response_1"]:
                 report.dropped["identical_responses"] += 1
                 continue
-            better = row["better_response_id"]
+            ranked = self.rank(row, report)
+            if ranked is None:
+                continue
+            first, extras = ranked
             prompt = format_prompt(row["prompt"], template)
-            kept.append((index, prompt + row[f"response_{better}"], prompt + row[f"response_{1 - better}"]))
-        chosen, cut_c = encode_with_eos(tokenizer, [k[1] for k in kept], max_length)
-        rejected, cut_r = encode_with_eos(tokenizer, [k[2] for k in kept], max_length)
-        report.notes["truncated_sequences"] += cut_c + cut_r
-        for (index, _, _), c, r in zip(kept, chosen, rejected):
-            if np.array_equal(c, r):
+            kept.append((index, prompt + row[f"response_{first}"], prompt + row[f"response_{1 - first}"], extras))
+        firsts, cut_a = encode_with_eos(tokenizer, [k[1] for k in kept], max_length)
+        seconds, cut_b = encode_with_eos(tokenizer, [k[2] for k in kept], max_length)
+        report.notes["truncated_sequences"] += cut_a + cut_b
+        for (index, _, _, extras), a, b in zip(kept, firsts, seconds):
+            if np.array_equal(a, b):
                 report.dropped["identical_after_truncation"] += 1
                 continue
             report.kept += 1
-            yield {"chosen": c, "rejected": r, "row": index}
+            yield {self.first: a, self.second: b, "row": index, **extras}
 
     def length(self, item: dict[str, Any]) -> int:
         """Tokens the item costs in a batch (what length grouping sorts by)."""
-        c, r = item["chosen"], item["rejected"]
+        a, b = item[self.first], item[self.second]
         if self.pack_pairs:
-            return len(c) + len(r) - shared_prefix_length(c, r)
-        return max(len(c), len(r))
+            return len(a) + len(b) - shared_prefix_length(a, b)
+        return max(len(a), len(b))
 
     def collate(self, items: list[dict[str, Any]], pad_id: int, multiple_of: int = 1) -> dict[str, Any]:
         import torch
 
-        rows = torch.as_tensor([int(i["row"]) for i in items])
+        extras = {
+            key: torch.as_tensor([int(i[key]) for i in items])
+            for key in items[0]
+            if key not in (self.first, self.second)
+        }
         if not self.pack_pairs:
-            ids, mask = pad_right([i["chosen"] for i in items] + [i["rejected"] for i in items], pad_id, multiple_of)
-            return {"input_ids": ids, "attention_mask": mask, "row": rows}
-        packed = [pack_pair(i["chosen"], i["rejected"]) for i in items]
+            sequences = [i[self.first] for i in items] + [i[self.second] for i in items]
+            ids, mask = pad_right(sequences, pad_id, multiple_of)
+            return {"input_ids": ids, "attention_mask": mask, **extras}
+        packed = [pack_pair(i[self.first], i[self.second]) for i in items]
         ids, mask = pad_right([p[0] for p in packed], pad_id, multiple_of)
         positions, _ = pad_right([p[1] for p in packed], 0, multiple_of)
         lengths = [len(p[0]) for p in packed]
@@ -124,11 +142,43 @@ class PreferenceView:
             "position_ids": positions,
             "pair_attention": pair_attention(lengths, [p[2] for p in packed], [p[3] for p in packed], ids.size(1)),
             "end_index": torch.as_tensor([[p[3] - 1, n - 1] for p, n in zip(packed, lengths)]),
-            "row": rows,
+            **extras,
         }
 
 
-VIEWS = {"preference": PreferenceView}
+class PreferenceView(PairView):
+    """(better, worse) pairs by ``better_response_id``, for the helpfulness reward model: items ``chosen`` and
+    ``rejected``."""
+
+    name = "preference"
+    first, second = "chosen", "rejected"
+
+    def rank(self, row: dict[str, Any], report: SplitReport) -> tuple[int, dict[str, int]]:
+        return row["better_response_id"], {}
+
+
+class SafetyView(PairView):
+    """(less safe, safer) pairs by ``safer_response_id``, for the Safe RLHF cost model: items ``unsafer`` and
+    ``safer`` (the cost model must give the less safe response the higher cost), with each response's cost sign
+    ``unsafer_sign`` / ``safer_sign``: +1 if it is labelled unsafe, -1 if safe (cost > 0 means unsafe).
+
+    Rows whose safer response is labelled unsafe while the other is labelled safe contradict themselves (the
+    reference crashed on them mid-epoch): they are dropped and counted as ``safety_label_contradiction``.
+    """
+
+    name = "safety"
+    first, second = "unsafer", "safer"
+
+    def rank(self, row: dict[str, Any], report: SplitReport) -> tuple[int, dict[str, int]] | None:
+        safer = row["safer_response_id"]
+        safer_is_safe, other_is_safe = row[f"is_response_{safer}_safe"], row[f"is_response_{1 - safer}_safe"]
+        if not safer_is_safe and other_is_safe:
+            report.dropped["safety_label_contradiction"] += 1
+            return None
+        return 1 - safer, {"unsafer_sign": -1 if other_is_safe else 1, "safer_sign": -1 if safer_is_safe else 1}
+
+
+VIEWS = {"preference": PreferenceView, "safety": SafetyView}
 
 
 def prompt_bucket(prompt: str, seed: int) -> float:
@@ -145,7 +195,7 @@ class PKUSafeRLHFDataModule(LightningDataModule):
         source: ``synthetic`` (the embedded default), a hub id (``PKU-Alignment/PKU-SafeRLHF``), a local
             JSON/JSONL/parquet file, a directory of split files (``train.jsonl``, ``test.jsonl``) or a local clone
             of the hub repository, or an already prepared directory / object-store URL.
-        view: which items to build from a row (``preference``).
+        view: which items to build from a row (``preference`` or ``safety``).
         subset: the hub config name (``default``, ``alpaca-7b``, ``alpaca2-7b``, ``alpaca3-8b``); ``None`` for
             the 2023 release.
         revision: the hub revision to pin (``v0`` is the 2023 release of the Safe RLHF paper).
@@ -179,7 +229,7 @@ class PKUSafeRLHFDataModule(LightningDataModule):
         self,
         tokenizer: str = "tiny",
         source: str = "synthetic",
-        view: Literal["preference"] = "preference",
+        view: Literal["preference", "safety"] = "preference",
         subset: str | None = "default",
         revision: str | None = None,
         train_split: str = "train",
@@ -437,4 +487,4 @@ class PKUSafeRLHFDataModule(LightningDataModule):
         return self._loader("test", train=False)
 
 
-__all__ = ["PKUSafeRLHFDataModule", "PreferenceView", "VIEWS"]
+__all__ = ["PKUSafeRLHFDataModule", "PairView", "PreferenceView", "SafetyView", "VIEWS"]

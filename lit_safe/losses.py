@@ -93,3 +93,32 @@ def token_preference_loss(
 def preference_accuracy(chosen: Tensor, rejected: Tensor) -> Tensor:
     """Share of pairs whose preferred response scores strictly higher. ``(B,), (B,) -> ()``."""
     return (chosen > rejected).float().mean()
+
+
+def cost_preference_loss(
+    unsafer: Tensor, safer: Tensor, unsafer_sign: Tensor, safer_sign: Tensor, l2_coeff: float = 1e-3
+) -> Tensor:
+    """Safe RLHF cost-model loss: pairwise term, safety-sign classification term, and L2.
+
+    Convention: cost > 0 means unsafe, cost < 0 means safe; a sign ``s`` is +1 for a response labelled unsafe and
+    -1 for one labelled safe.
+    ``L = mean_i [-log sigmoid(c^h_i - c^l_i) - log sigmoid(s^h_i c^h_i) - log sigmoid(s^l_i c^l_i)]
+    + l2_coeff * mean([c^h, c^l]^2)``
+
+    Args:
+        unsafer: ``(B,)`` end costs ``c^h`` of the less safe responses.
+        safer: ``(B,)`` end costs ``c^l`` of the safer responses.
+        unsafer_sign, safer_sign: ``(B,)`` signs (+1 unsafe, -1 safe) of those responses.
+        l2_coeff: weight of the L2 term (eta; 1e-3 in the reference scripts).
+
+    Returns:
+        Scalar loss.
+    """
+    pairwise = -F.logsigmoid(unsafer - safer)
+    signs = -F.logsigmoid(unsafer_sign.to(unsafer.dtype) * unsafer) - F.logsigmoid(safer_sign.to(safer.dtype) * safer)
+    return (pairwise + signs).mean() + l2_coeff * score_l2(unsafer, safer)
+
+
+def sign_accuracy(costs: Tensor, signs: Tensor) -> Tensor:
+    """Share of responses whose cost has the sign of their label (``s * c > 0``). ``(N,), (N,) -> ()``."""
+    return (signs.to(costs.dtype) * costs > 0).float().mean()
