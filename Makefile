@@ -18,11 +18,15 @@ setup:
 demo: setup
 	$(BIN)/lit-safe fit --config $(QUICK)/reward.yaml
 	$(BIN)/lit-safe test --config $(QUICK)/reward.yaml --ckpt_path $(RUNS)/reward/checkpoints/last.ckpt
+	$(BIN)/lit-safe fit --config $(QUICK)/cost.yaml
+	$(BIN)/lit-safe test --config $(QUICK)/cost.yaml --ckpt_path $(RUNS)/cost/checkpoints/last.ckpt
 	@echo ""
-	@echo "Reward model: held-out preference accuracy is test/accuracy in the table above."
-	@echo "  trained model (Hugging Face format): $(RUNS)/reward_model"
-	@echo "  checkpoints:                         $(RUNS)/reward/checkpoints"
-	@echo "  TensorBoard logs:                    $(RUNS)   (view: $(BIN)/tensorboard --logdir $(RUNS))"
+	@echo "Reward model: held-out preference accuracy is test/accuracy in the first test table above."
+	@echo "Cost model (cost > 0 = unsafe): test/accuracy (the less safe response costs more) and"
+	@echo "  test/accuracy_sign (the cost has the sign of the safety label) in the second table."
+	@echo "  trained models (Hugging Face format): $(RUNS)/reward_model, $(RUNS)/cost_model"
+	@echo "  checkpoints:                          $(RUNS)/reward/checkpoints, $(RUNS)/cost/checkpoints"
+	@echo "  TensorBoard logs:                     $(RUNS)   (view: $(BIN)/tensorboard --logdir $(RUNS))"
 
 test: setup
 	$(BIN)/python -m pytest -q

@@ -82,3 +82,18 @@ def total_optimizer_steps(
         return max_steps
     total = per_epoch * max(1, max_epochs)
     return min(total, max_steps) if max_steps >= 0 else total
+
+
+def schedule_steps(trainer) -> int:
+    """Optimiser steps of a Lightning run, for the length of its schedule (call from ``configure_optimizers``).
+
+    Counted from the DataModule's training loader rather than with ``trainer.estimated_stepping_batches``, which
+    sets up the fit loop's loader before a checkpoint is restored and so makes Lightning 2.6 skip restoring the
+    loader's position on resume. Falls back to ``estimated_stepping_batches`` without a DataModule.
+    """
+    if trainer.datamodule is None:
+        return int(trainer.estimated_stepping_batches)
+    batches = len(trainer.datamodule.train_dataloader())
+    limit = trainer.limit_train_batches
+    batches = min(batches, int(limit) if isinstance(limit, int) else int(batches * limit))
+    return total_optimizer_steps(trainer.max_steps, trainer.max_epochs, batches, trainer.accumulate_grad_batches)

@@ -26,7 +26,7 @@ from lit_safe.losses import divergence_index, preference_accuracy, sequence_pref
 from lit_safe.models.score_model import ScoreModel, build_score_model
 from lit_safe.models.sharding import apply_fsdp2, clip_grad_norm, full_state_dict
 from lit_safe.models.tokenizer import load_tokenizer
-from lit_safe.optim import adamw_with_schedule, total_optimizer_steps
+from lit_safe.optim import adamw_with_schedule, schedule_steps
 
 
 class ScoreStats(torch.nn.Module):
@@ -212,23 +212,11 @@ class RewardModule(LightningModule):
             lr=hp.lr,
             weight_decay=hp.weight_decay,
             betas=tuple(hp.betas),
-            total_steps=max(1, self._total_steps()),
+            total_steps=max(1, schedule_steps(self.trainer)),
             warmup_ratio=hp.warmup_ratio,
             schedule=hp.lr_schedule,
         )
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
-
-    def _total_steps(self) -> int:
-        """Length of the schedule. Counted from the DataModule's loader rather than with
-        ``trainer.estimated_stepping_batches``, which sets up the fit loop's loader before a checkpoint is restored
-        and so makes Lightning skip restoring the loader's position on resume (Lightning 2.6)."""
-        trainer = self.trainer
-        if trainer.datamodule is None:
-            return int(trainer.estimated_stepping_batches)
-        batches = len(trainer.datamodule.train_dataloader())
-        limit = trainer.limit_train_batches
-        batches = min(batches, int(limit) if isinstance(limit, int) else int(batches * limit))
-        return total_optimizer_steps(trainer.max_steps, trainer.max_epochs, batches, trainer.accumulate_grad_batches)
 
     def on_before_optimizer_step(self, optimizer) -> None:
         norm = clip_grad_norm(self.trainer.model, self.model.parameters(), self.hparams.max_grad_norm)
