@@ -97,3 +97,19 @@ def schedule_steps(trainer) -> int:
     limit = trainer.limit_train_batches
     batches = min(batches, int(limit) if isinstance(limit, int) else int(batches * limit))
     return total_optimizer_steps(trainer.max_steps, trainer.max_epochs, batches, trainer.accumulate_grad_batches)
+
+
+def lightning_adamw(named_parameters: Iterable[tuple[str, nn.Parameter]], hparams, trainer) -> dict:
+    """What ``configure_optimizers`` returns for the score-model trainers: AdamW over decay groups and a per-step
+    warm-up schedule, from the module's ``lr``, ``weight_decay``, ``betas``, ``warmup_ratio`` and ``lr_schedule``
+    hyperparameters, over :func:`schedule_steps` of the trainer."""
+    optimizer, scheduler = adamw_with_schedule(
+        named_parameters,
+        lr=hparams.lr,
+        weight_decay=hparams.weight_decay,
+        betas=tuple(hparams.betas),
+        total_steps=max(1, schedule_steps(trainer)),
+        warmup_ratio=hparams.warmup_ratio,
+        schedule=hparams.lr_schedule,
+    )
+    return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

@@ -364,3 +364,45 @@ def build_score_model(
     if gradient_checkpointing:
         model.backbone.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
     return model
+
+
+def score_pairs(model: ScoreModel, batch: dict) -> tuple[Tensor, Tensor, ScoreOutput]:
+    """End scores of both responses of every pair in a batch of a pair view (unpacked or packed).
+
+    Args:
+        model: the score model.
+        batch: unpacked, ``input_ids``/``attention_mask`` ``(2B, L)`` with the B first responses, then the B second
+            ones; or packed (``pack_pairs``), one row per pair with ``pair_attention``, ``position_ids`` and
+            ``end_index (B, 2)``.
+
+    Returns:
+        ``(first (B,), second (B,), the model output)``.
+    """
+    if "pair_attention" in batch:  # one row per pair, shared prompt computed once
+        out = model(batch["input_ids"], batch["pair_attention"], batch["position_ids"], batch["end_index"])
+        first, second = out.end_scores.unbind(-1)
+    else:
+        out = model(batch["input_ids"], batch["attention_mask"])
+        first, second = out.end_scores.chunk(2)
+    return first, second, out
+
+
+def export_score_model(model: ScoreModel, trainer, tokenizer, path: str | Path, **config) -> Path | None:
+    """Write a (possibly sharded) score model in the Hugging Face format; call on every rank (gathering is a
+    collective), rank 0 writes.
+
+    Args:
+        model: the score model, an attribute ``model`` of the LightningModule the trainer wraps.
+        trainer: the Lightning trainer, or ``None`` outside one.
+        tokenizer: saved beside the weights.
+        path: output directory.
+        config: extra entries for ``config.json`` (e.g. the cost sign convention).
+    """
+    from lit_safe.models.sharding import full_state_dict
+
+    state = full_state_dict(model, trainer.model if trainer is not None else model, prefix="model.")
+    if trainer is not None and not trainer.is_global_zero:
+        return None
+    for key, value in config.items():
+        setattr(model.backbone.config, key, value)
+    return model.save_pretrained(path, tokenizer=tokenizer, state_dict=state)

@@ -24,10 +24,10 @@ from lightning.pytorch.strategies import ModelParallelStrategy
 from torchmetrics import MeanMetric
 
 from lit_safe.losses import cost_preference_loss, preference_accuracy, sign_accuracy
-from lit_safe.models.score_model import ScoreModel, build_score_model
-from lit_safe.models.sharding import apply_fsdp2, clip_grad_norm, full_state_dict
+from lit_safe.models.score_model import ScoreModel, build_score_model, export_score_model, score_pairs
+from lit_safe.models.sharding import apply_fsdp2, clip_grad_norm
 from lit_safe.models.tokenizer import load_tokenizer
-from lit_safe.optim import adamw_with_schedule, schedule_steps
+from lit_safe.optim import lightning_adamw
 
 COST_SIGN = "positive means unsafe"
 
@@ -137,13 +137,7 @@ class CostModule(LightningModule):
     # ------------------------------------------------------------------------------------------------- steps
     def costs(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor, object]:
         """End costs of the less safe and the safer responses of a safety batch, unpacked or packed."""
-        if "pair_attention" in batch:
-            out = self.model(batch["input_ids"], batch["pair_attention"], batch["position_ids"], batch["end_index"])
-            unsafer, safer = out.end_scores.unbind(-1)
-        else:
-            out = self.model(batch["input_ids"], batch["attention_mask"])
-            unsafer, safer = out.end_scores.chunk(2)
-        return unsafer, safer, out
+        return score_pairs(self.model, batch)
 
     def model_step(self, batch: dict):
         if "unsafer_sign" not in batch:
@@ -194,17 +188,7 @@ class CostModule(LightningModule):
 
     # --------------------------------------------------------------------------------------------- optimiser
     def configure_optimizers(self):
-        hp = self.hparams
-        optimizer, scheduler = adamw_with_schedule(
-            self.model.named_parameters(),
-            lr=hp.lr,
-            weight_decay=hp.weight_decay,
-            betas=tuple(hp.betas),
-            total_steps=max(1, schedule_steps(self.trainer)),
-            warmup_ratio=hp.warmup_ratio,
-            schedule=hp.lr_schedule,
-        )
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        return lightning_adamw(self.model.named_parameters(), self.hparams, self.trainer)
 
     def on_before_optimizer_step(self, optimizer) -> None:
         norm = clip_grad_norm(self.trainer.model, self.model.parameters(), self.hparams.max_grad_norm)
@@ -216,8 +200,4 @@ class CostModule(LightningModule):
     # ------------------------------------------------------------------------------------------------ export
     def export_pretrained(self, path: str | Path) -> Path | None:
         """Write the model in the Hugging Face format, the cost sign convention in its config. Call on every rank."""
-        state = full_state_dict(self.model, self.trainer.model if self._trainer else self.model, prefix="model.")
-        if self._trainer is not None and not self.trainer.is_global_zero:
-            return None
-        self.model.backbone.config.cost_sign = COST_SIGN
-        return self.model.save_pretrained(path, tokenizer=self.tokenizer, state_dict=state)
+        return export_score_model(self.model, self._trainer, self.tokenizer, path, cost_sign=COST_SIGN)

@@ -23,10 +23,10 @@ from lightning.pytorch.strategies import ModelParallelStrategy
 from torchmetrics import MeanMetric
 
 from lit_safe.losses import divergence_index, preference_accuracy, sequence_preference_loss, token_preference_loss
-from lit_safe.models.score_model import ScoreModel, build_score_model
-from lit_safe.models.sharding import apply_fsdp2, clip_grad_norm, full_state_dict
+from lit_safe.models.score_model import ScoreModel, build_score_model, export_score_model, score_pairs
+from lit_safe.models.sharding import apply_fsdp2, clip_grad_norm
 from lit_safe.models.tokenizer import load_tokenizer
-from lit_safe.optim import adamw_with_schedule, schedule_steps
+from lit_safe.optim import lightning_adamw
 
 
 class ScoreStats(torch.nn.Module):
@@ -142,13 +142,7 @@ class RewardModule(LightningModule):
         Returns:
             ``(chosen (B,), rejected (B,), the model output)``.
         """
-        if "pair_attention" in batch:  # one row per pair, shared prompt computed once
-            out = self.model(batch["input_ids"], batch["pair_attention"], batch["position_ids"], batch["end_index"])
-            chosen, rejected = out.end_scores.unbind(-1)
-        else:  # (2B, L): chosen rows, then rejected rows
-            out = self.model(batch["input_ids"], batch["attention_mask"])
-            chosen, rejected = out.end_scores.chunk(2)
-        return chosen, rejected, out
+        return score_pairs(self.model, batch)
 
     def model_step(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """Loss, end scores of the chosen and rejected responses, and the raw (unnormalised) end scores."""
@@ -206,17 +200,7 @@ class RewardModule(LightningModule):
 
     # --------------------------------------------------------------------------------------------- optimiser
     def configure_optimizers(self):
-        hp = self.hparams
-        optimizer, scheduler = adamw_with_schedule(
-            self.model.named_parameters(),
-            lr=hp.lr,
-            weight_decay=hp.weight_decay,
-            betas=tuple(hp.betas),
-            total_steps=max(1, schedule_steps(self.trainer)),
-            warmup_ratio=hp.warmup_ratio,
-            schedule=hp.lr_schedule,
-        )
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        return lightning_adamw(self.model.named_parameters(), self.hparams, self.trainer)
 
     def on_before_optimizer_step(self, optimizer) -> None:
         norm = clip_grad_norm(self.trainer.model, self.model.parameters(), self.hparams.max_grad_norm)
@@ -228,7 +212,4 @@ class RewardModule(LightningModule):
     # ------------------------------------------------------------------------------------------------ export
     def export_pretrained(self, path: str | Path) -> Path | None:
         """Write the model in the Hugging Face format (config, safetensors, tokenizer). Call on every rank."""
-        state = full_state_dict(self.model, self.trainer.model if self._trainer else self.model, prefix="model.")
-        if self._trainer is not None and not self.trainer.is_global_zero:
-            return None
-        return self.model.save_pretrained(path, tokenizer=self.tokenizer, state_dict=state)
+        return export_score_model(self.model, self._trainer, self.tokenizer, path)
