@@ -10,6 +10,11 @@ Views turn a validated row into training items:
 - ``preference``: (better, worse) by ``better_response_id``: the helpfulness reward model (Safe RLHF).
 - ``safety``: (less safe, safer) by ``safer_response_id`` with a cost sign per response from
   ``is_response_k_safe``: the cost model (self-contradicting rows are dropped and counted).
+- ``moderation``: one item per distinct response (deduplicated by ``response_k_sha256``) with its 19 harm
+  categories, severity 0-3 and ``is_safe``: the moderation model (:mod:`lit_safe.data_modules.moderation`).
+
+The generic machinery (sources, validation, split carving, preparation, streaming, ``predict_file``) is in
+:class:`~lit_safe.data_modules.base.PreparedDataModule`.
 
 Preparation validates every row before anything is written: a missing field, a wrong type or an out-of-range label
 is an error naming the file, row and field (or, with ``on_bad_row: skip``, a counted drop); rows a view cannot use
@@ -21,31 +26,20 @@ held-out pairs never share a prompt with training pairs.
 
 from __future__ import annotations
 
-import hashlib
-import json
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-from lightning.pytorch import LightningDataModule
-from litdata import StreamingDataset
 
-from lit_safe.data_modules import sources
-from lit_safe.data_modules.preparation import (
-    REPORT_FILE,
-    SPLITS,
-    PrepareReport,
-    SplitReport,
-    fingerprint,
-    is_prepared,
-    publish,
-    staging_dir,
-    write_split,
+from lit_safe.data_modules.base import PreparedDataModule, Valid, prompt_bucket
+from lit_safe.data_modules.moderation import ModerationView, pku_responses, uses_pair_input
+from lit_safe.data_modules.preparation import SplitReport
+from lit_safe.data_modules.schemas import (
+    PKU_HARM_CATEGORIES,
+    PKU_SEVERITY_LEVELS,
+    check_pku_saferlhf_row,
+    pku_label_notes,
 )
-from lit_safe.data_modules.schemas import check_pku_saferlhf_row, pku_label_notes
-from lit_safe.data_modules.sources import DataValidationError
-from lit_safe.data_modules.streaming import LengthGroupedLoader, pad_right
+from lit_safe.data_modules.streaming import pad_right
 from lit_safe.data_modules.text import (
     SAFE_RLHF_TEMPLATE,
     encode_with_eos,
@@ -54,12 +48,6 @@ from lit_safe.data_modules.text import (
     pair_attention,
     shared_prefix_length,
 )
-from lit_safe.models.tokenizer import load_tokenizer, tokenizer_fingerprint
-
-FORMAT_VERSION = 2  # 2: item 'row' is the position in the source split
-MAX_LISTED_PROBLEMS = 10
-Row = tuple[str, dict[str, Any]]  # (location, row) as read from the source
-Valid = tuple[int, dict[str, Any]]  # (position of the row in its source split, counted from 0; the row)
 
 
 class PairView:
@@ -112,6 +100,13 @@ class PairView:
                 continue
             report.kept += 1
             yield {self.first: a, self.second: b, "row": index, **extras}
+
+    @staticmethod
+    def encode_inputs(tokenizer: Any, prompts: list[str], responses: list[str], template: str, max_length: int):
+        """Tokenise single (prompt, response) texts the way pair items are (for ``predict_file``):
+        ``(ids, truncated count)``."""
+        return encode_with_eos(tokenizer, [format_prompt(p, template) + r for p, r in zip(prompts, responses)],
+                               max_length)
 
     def length(self, item: dict[str, Any]) -> int:
         """Tokens the item costs in a batch (what length grouping sorts by)."""
@@ -181,13 +176,7 @@ class SafetyView(PairView):
 VIEWS = {"preference": PreferenceView, "safety": SafetyView}
 
 
-def prompt_bucket(prompt: str, seed: int) -> float:
-    """A deterministic number in [0, 1) per prompt: rows with the same prompt always land in the same split."""
-    digest = hashlib.sha256(f"{seed}:{prompt}".encode()).digest()
-    return int.from_bytes(digest[:8], "big") / 2**64
-
-
-class PKUSafeRLHFDataModule(LightningDataModule):
+class PKUSafeRLHFDataModule(PreparedDataModule):
     """PKU-SafeRLHF (or any file in its schema), prepared once with litdata and streamed.
 
     Args:
@@ -195,7 +184,8 @@ class PKUSafeRLHFDataModule(LightningDataModule):
         source: ``synthetic`` (the embedded default), a hub id (``PKU-Alignment/PKU-SafeRLHF``), a local
             JSON/JSONL/parquet file, a directory of split files (``train.jsonl``, ``test.jsonl``) or a local clone
             of the hub repository, or an already prepared directory / object-store URL.
-        view: which items to build from a row (``preference`` or ``safety``).
+        view: which items to build from a row: ``preference`` (reward model), ``safety`` (cost model) or
+            ``moderation`` (one item per distinct response, for the moderation model).
         subset: the hub config name (``default``, ``alpaca-7b``, ``alpaca2-7b``, ``alpaca3-8b``); ``None`` for
             the 2023 release.
         revision: the hub revision to pin (``v0`` is the 2023 release of the Safe RLHF paper).
@@ -203,17 +193,18 @@ class PKUSafeRLHFDataModule(LightningDataModule):
         val_split: the source split to validate on; ``None`` carves ``val_fraction`` of the training prompts.
         test_split: the source split to test on; when the source has no such split, ``test_fraction`` of the
             training prompts is carved instead.
-        val_fraction: share of training prompts held out for validation when ``val_split`` is ``None``.
+        val_fraction: share of training prompts held out for validation when ``val_split`` is ``None`` (0: no
+            validation).
         test_fraction: share of training prompts held out for testing when the source has no test split.
         synthetic_rows: training rows of the synthetic source (its test split has one eighth as many).
         prompt_template: conversation template containing ``{prompt}``, where the user prompt goes.
         max_length: longest tokenised sequence (prompt + response + EOS); longer responses are cut before EOS.
-        batch_size: pairs per training batch (per device).
-        eval_batch_size: pairs per validation/test batch; defaults to ``batch_size``.
+        batch_size: pairs (moderation: responses) per training batch (per device).
+        eval_batch_size: per validation/test/predict batch; defaults to ``batch_size``.
         num_workers: litdata loader workers.
         group_size: batches per length-grouping pool (1 turns grouping off).
         pad_to_multiple_of: round padded lengths up (8 helps tensor cores on GPUs).
-        pack_pairs: (preference view) one row per pair with the shared prompt computed once, instead of two
+        pack_pairs: (pair views) one row per pair with the shared prompt computed once, instead of two
             padded rows: the same scores and gradients from fewer tokens with almost no padding. On a CPU it pays
             (small preset: 1.4x the pairs/s of grouped unpacked pairs, padding 13% -> 0.8%); on an H200 with a
             1B model it paid at 64 pairs per GPU (+10%, less memory) but not at 16 (the custom mask rules out
@@ -222,14 +213,20 @@ class PKUSafeRLHFDataModule(LightningDataModule):
         on_bad_row: ``error`` stops at invalid rows and names them; ``skip`` drops and counts them.
         prepared_dir: where prepared datasets are written (default ``$LIT_SAFE_CACHE/prepared`` or
             ``~/.cache/lit_safe/prepared``).
+        predict_file: a JSONL of ``{"prompt", "response"}`` lines that ``lit-safe predict`` scores (reward, cost)
+            or classifies (moderation), one output line per input line; ``None`` predicts on the test split.
         seed: seeds the split carving, the synthetic data and the shuffling.
     """
+
+    dataset_name = "pku_saferlhf"
+    views = ("preference", "safety", "moderation")
+    has_synthetic = True
 
     def __init__(
         self,
         tokenizer: str = "tiny",
         source: str = "synthetic",
-        view: Literal["preference", "safety"] = "preference",
+        view: Literal["preference", "safety", "moderation"] = "preference",
         subset: str | None = "default",
         revision: str | None = None,
         train_split: str = "train",
@@ -248,243 +245,36 @@ class PKUSafeRLHFDataModule(LightningDataModule):
         pack_pairs: bool = False,
         on_bad_row: Literal["error", "skip"] = "error",
         prepared_dir: str | None = None,
+        predict_file: str | None = None,
         seed: int = 42,
     ) -> None:
-        super().__init__()
-        if view not in VIEWS:
-            raise ValueError(f"unknown view {view!r}; views: {sorted(VIEWS)}")
-        if on_bad_row not in ("error", "skip"):
-            raise ValueError(f"on_bad_row must be 'error' or 'skip', got {on_bad_row!r}")
-        if not 0 <= val_fraction < 1 or not 0 <= test_fraction < 1 or val_fraction + test_fraction >= 1:
-            raise ValueError(f"val_fraction {val_fraction} and test_fraction {test_fraction} must leave training rows")
-        format_prompt("", prompt_template)  # fails early on a template without {prompt}
-        self.save_hyperparameters()
-        self.view = VIEWS[view](pack_pairs=pack_pairs)
-        self.tokenizer = load_tokenizer(tokenizer)
-        self.eval_batch_size = eval_batch_size or batch_size
-        root = prepared_dir or Path(__import__("os").environ.get("LIT_SAFE_CACHE", "~/.cache/lit_safe")) / "prepared"
-        self.prepared_root = Path(root).expanduser()
-        self.datasets: dict[str, StreamingDataset] = {}
-        self.report: PrepareReport | None = None
-
-    # --------------------------------------------------------------------------------------------- where data is
-    def _source_kind(self) -> str:
-        source = self.hparams.source
-        if source == "synthetic":
-            return "synthetic"
-        if "://" in source:
-            return "prepared"
-        path = Path(source).expanduser()
-        if path.is_dir():
-            if is_prepared(path):
-                return "prepared"
-            return "dir" if sources.local_splits(path) else "hub"
-        if path.is_file():
-            return "file"
-        if path.suffix or source.startswith((".", "/", "~")):
-            raise FileNotFoundError(f"data source not found: {source}")
-        return "hub"
-
-    def _source_splits(self) -> list[str]:
-        kind, hp = self._source_kind(), self.hparams
-        if kind == "synthetic":
-            return ["train", "test"]
-        if kind == "file":
-            return ["train"]
-        if kind == "dir":
-            return list(sources.local_splits(Path(hp.source).expanduser()))
-        return sources.hub_split_names(hp.source, hp.subset, hp.revision)
-
-    def _read(self, split: str) -> Iterator[Row]:
-        kind, hp = self._source_kind(), self.hparams
-        if kind == "synthetic":
-            from lit_safe.data_modules.synthetic import generate_pku_saferlhf_rows
-
-            if split == "train":
-                n, seed = hp.synthetic_rows, hp.seed
-            else:
-                n, seed = max(hp.synthetic_rows // 8, 1), hp.seed + 1
-            for index, row in enumerate(generate_pku_saferlhf_rows(n, seed=seed)):
-                yield f"synthetic(seed={seed})/{split} row {index}", row
-        elif kind == "file":
-            yield from sources.read_file(Path(hp.source).expanduser())
-        elif kind == "dir":
-            yield from sources.read_file(sources.local_splits(Path(hp.source).expanduser())[split])
-        else:
-            yield from sources.read_hub(hp.source, split, hp.subset, hp.revision)
-
-    def _settings(self) -> dict[str, Any]:
-        hp = self.hparams
-        source: Any = hp.source
-        kind = self._source_kind()
-        if kind in ("file", "dir"):
-            path = Path(hp.source).expanduser().resolve()
-            files = [path] if path.is_file() else sorted(sources.local_splits(path).values())
-            source = [[str(f), f.stat().st_size, f.stat().st_mtime_ns] for f in files]
-        return {
-            "dataset": "pku_saferlhf",
-            "format_version": FORMAT_VERSION,
-            "view": hp.view,
-            "source": source,
-            "subset": hp.subset if kind == "hub" else None,
-            "revision": hp.revision if kind == "hub" else None,
-            "splits": [hp.train_split, hp.val_split, hp.test_split, hp.val_fraction, hp.test_fraction],
-            "synthetic_rows": hp.synthetic_rows if kind == "synthetic" else None,
-            "template": hp.prompt_template,
-            "max_length": hp.max_length,
-            "tokenizer": tokenizer_fingerprint(self.tokenizer),
-            "on_bad_row": hp.on_bad_row,
-            "seed": hp.seed,
-        }
-
-    def prepared_location(self) -> str:
-        """The prepared dataset this configuration streams from (a local directory or a URL)."""
-        if self._source_kind() == "prepared":
-            return self.hparams.source
-        return str(self.prepared_root / f"pku_saferlhf-{self.hparams.view}-{fingerprint(self._settings())}")
-
-    # ------------------------------------------------------------------------------------------------- preparing
-    def _validated(self, rows: Iterator[Row], report_for: dict[str, SplitReport], assign) -> dict[str, list[Valid]]:
-        """Check every row; returns the valid rows per output split, or raises naming the bad rows."""
-        out: dict[str, list[Valid]] = {name: [] for name in report_for}
-        problems: list[str] = []
-        n_problems = 0
-        for position, (where, row) in enumerate(rows):
-            split = assign(row)
-            report = report_for[split]
-            report.rows_read += 1
-            found = check_pku_saferlhf_row(row)
-            if found:
-                n_problems += 1
-                if len(problems) < MAX_LISTED_PROBLEMS:
-                    problems.append(f"{where}: field '{found[0][0]}': {found[0][1]}")
-                report.dropped[f"invalid:{found[0][0]}"] += 1
-                continue
-            for note in pku_label_notes(row):
-                report.notes[note] += 1
-            out[split].append((position, row))
-        if problems and self.hparams.on_bad_row == "error":
-            more = f"\n  ... and {n_problems - len(problems)} more" if n_problems > len(problems) else ""
-            raise DataValidationError(
-                f"{n_problems} invalid row(s) in {self.hparams.source}:\n  " + "\n  ".join(problems) + more
-                + "\n(set on_bad_row: skip to drop and count them instead)"
-            )
-        return out
-
-    def prepare(self, force: bool = False) -> PrepareReport:
-        """Validate, tokenise and write every split; reuse an identical earlier preparation unless ``force``.
-
-        Returns:
-            The report (also saved as ``report.json`` in the prepared directory).
-        """
-        location = self.prepared_location()
-        if self._source_kind() == "prepared":
-            self.report = self._load_report(location)
-            return self.report
-        final = Path(location)
-        if is_prepared(final) and not force:
-            self.report = self._load_report(location)
-            print(f"Reusing an identical earlier preparation.\n{self.report.format()}")
-            return self.report
-        hp = self.hparams
-        available = self._source_splits()
-        if hp.train_split not in available:
-            raise DataValidationError(f"{hp.source} has no split {hp.train_split!r}; splits: {available}")
-        if hp.val_split is not None and hp.val_split not in available:
-            raise DataValidationError(f"{hp.source} has no split {hp.val_split!r}; splits: {available}")
-        carve_test = hp.test_split is not None and hp.test_split not in available
-        val_cut = hp.val_fraction if hp.val_split is None else 0.0
-        test_cut = val_cut + (hp.test_fraction if carve_test else 0.0)
-
-        def assign_train(row: Any) -> str:
-            prompt = row.get("prompt") if isinstance(row, dict) else None
-            if not isinstance(prompt, str):
-                return "train"
-            bucket = prompt_bucket(prompt, hp.seed)
-            return "val" if bucket < val_cut else "test" if bucket < test_cut else "train"
-
-        reports = {name: SplitReport() for name in SPLITS}
-        rows = self._validated(self._read(hp.train_split), reports, assign_train)
-        if hp.val_split is not None:
-            rows["val"] = self._validated(self._read(hp.val_split), {"val": reports["val"]}, lambda _: "val")["val"]
-        if hp.test_split is not None and not carve_test:
-            rows["test"] = self._validated(self._read(hp.test_split), {"test": reports["test"]}, lambda _: "test")[
-                "test"
-            ]
-        tmp = staging_dir(final)
-        report = PrepareReport(source=str(hp.source), view=hp.view, output_dir=str(final))
-        try:
-            for split in SPLITS:
-                if not rows.get(split) and reports[split].rows_read == 0:
-                    continue
-                items = self.view.encode(rows[split], self.tokenizer, hp.prompt_template, hp.max_length, reports[split])
-                write_split(items, tmp / split)
-                report.splits[split] = reports[split]
-            publish(tmp, final, report, {"settings": self._settings(), "hparams": dict(hp)}, replace=force)
-        except BaseException:
-            import shutil
-
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-        self.report = report
-        print(report.format())
-        return report
-
-    @staticmethod
-    def _load_report(location: str) -> PrepareReport:
-        if "://" in location:
-            return PrepareReport(source=location, view="prepared", output_dir=location)
-        data = json.loads((Path(location) / REPORT_FILE).read_text())
-        report = PrepareReport(source=data["source"], view=data["view"], output_dir=data["output_dir"])
-        for name, split in data["splits"].items():
-            report.splits[name] = SplitReport(split["rows_read"], split["kept"])
-            report.splits[name].dropped.update(split["dropped"])
-            report.splits[name].notes.update(split["notes"])
-        return report
-
-    # ----------------------------------------------------------------------------------------- Lightning hooks
-    def prepare_data(self) -> None:
-        self.prepare()
-
-    def setup(self, stage: str | None = None) -> None:
-        location = self.prepared_location()
-        if "://" not in location and not is_prepared(location):
-            self.prepare()
-
-    def _dataset(self, split: str) -> StreamingDataset:
-        """The streaming dataset of a prepared split (opened once; a remote split is opened when first asked for)."""
-        if split not in self.datasets:
-            location = self.prepared_location()
-            path = f"{location}/{split}"
-            if "://" not in location and not (Path(path) / "index.json").is_file():
-                raise ValueError(f"the prepared dataset {location} has no {split!r} split")
-            self.datasets[split] = StreamingDataset(path, shuffle=split == "train", seed=self.hparams.seed)
-        return self.datasets[split]
-
-    def _loader(self, split: str, train: bool) -> LengthGroupedLoader:
-        pad_id, multiple = self.tokenizer.pad_token_id, self.hparams.pad_to_multiple_of
-        return LengthGroupedLoader(
-            self._dataset(split),
-            batch_size=self.hparams.batch_size if train else self.eval_batch_size,
-            collate=lambda items: self.view.collate(items, pad_id, multiple),
-            length=self.view.length,
-            group_size=self.hparams.group_size,
-            num_workers=self.hparams.num_workers,
-            seed=self.hparams.seed,
-            shuffle=train,
+        super().__init__(
+            tokenizer=tokenizer, source=source, view=view, subset=subset, revision=revision,
+            train_split=train_split, val_split=val_split, test_split=test_split, val_fraction=val_fraction,
+            test_fraction=test_fraction, synthetic_rows=synthetic_rows, prompt_template=prompt_template,
+            max_length=max_length, batch_size=batch_size, eval_batch_size=eval_batch_size, num_workers=num_workers,
+            group_size=group_size, pad_to_multiple_of=pad_to_multiple_of, pack_pairs=pack_pairs,
+            on_bad_row=on_bad_row, prepared_dir=prepared_dir, predict_file=predict_file, seed=seed,
         )
 
-    def train_dataloader(self) -> LengthGroupedLoader:
-        return self._loader("train", train=True)
+    def make_view(self, name: str) -> Any:
+        if name == "moderation":
+            return ModerationView(
+                PKU_HARM_CATEGORIES, pku_responses, severity_levels=len(PKU_SEVERITY_LEVELS), dedup=True,
+                pair_input=uses_pair_input(self.tokenizer),
+            )
+        return VIEWS[name](pack_pairs=self.hparams.pack_pairs)
 
-    def val_dataloader(self) -> LengthGroupedLoader:
-        return self._loader("val", train=False)
+    def check_row(self, row: Any) -> list[tuple[str, str]]:
+        return check_pku_saferlhf_row(row)
 
-    def test_dataloader(self) -> LengthGroupedLoader:
-        return self._loader("test", train=False)
+    def row_notes(self, row: dict[str, Any]) -> list[str]:
+        return pku_label_notes(row)
 
-    def predict_dataloader(self) -> LengthGroupedLoader:
-        return self._loader("test", train=False)
+    def synthetic(self, split: str, num_rows: int, seed: int) -> list[dict[str, Any]]:
+        from lit_safe.data_modules.synthetic import generate_pku_saferlhf_rows
+
+        return generate_pku_saferlhf_rows(num_rows, seed=seed)
 
 
-__all__ = ["PKUSafeRLHFDataModule", "PairView", "PreferenceView", "SafetyView", "VIEWS"]
+__all__ = ["PKUSafeRLHFDataModule", "PairView", "PreferenceView", "SafetyView", "VIEWS", "prompt_bucket"]

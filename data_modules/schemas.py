@@ -1,7 +1,8 @@
 """Field names, label vocabularies and row checks of the datasets lit_safe reads.
 
 Written from the dataset cards and from real rows (see ``../shared/docs/DATA.md``): PKU-SafeRLHF (the 2024
-dual-preference release and the 2023 ``v0`` release, whose 7 fields are a subset of the 2024 ones).
+dual-preference release and the 2023 ``v0`` release, whose 7 fields are a subset of the 2024 ones) and BeaverTails
+(per (prompt, response) labels with 14 harm categories).
 Every check returns a list of ``(field, message)`` problems instead of raising, so that the caller can name the
 file and the row, and decide between an error and a counted skip.
 """
@@ -147,3 +148,55 @@ def pku_label_notes(row: dict) -> list[str]:
         if categories is not None and is_safe == any(categories.values()):
             notes.append("is_safe_vs_categories")
     return notes
+
+
+# The 14 harm categories of BeaverTails, in the dict order of the data. Several keys contain commas: they are names,
+# never lists to split.
+BEAVERTAILS_CATEGORIES: tuple[str, ...] = (
+    "animal_abuse",
+    "child_abuse",
+    "controversial_topics,politics",
+    "discrimination,stereotype,injustice",
+    "drug_abuse,weapons,banned_substance",
+    "financial_crime,property_crime,theft",
+    "hate_speech,offensive_language",
+    "misinformation_regarding_ethics,laws_and_safety",
+    "non_violent_unethical_behavior",
+    "privacy_violation",
+    "self_harm",
+    "sexually_explicit,adult_content",
+    "terrorism,organized_crime",
+    "violence,aiding_and_abetting,incitement",
+)
+BEAVERTAILS_FIELDS: dict[str, type] = {"prompt": str, "response": str, "category": dict, "is_safe": bool}
+
+
+def check_beavertails_row(row: Any) -> list[tuple[str, str]]:
+    """Check one BeaverTails row: ``prompt``, ``response`` (str), ``category`` (the 14 keys, bool values),
+    ``is_safe`` (bool). Returns ``[(field, problem), ...]``, empty when valid."""
+    if not isinstance(row, dict):
+        return [("<row>", f"expected a JSON object, got {_type_name(row)}")]
+    problems: list[tuple[str, str]] = []
+    for name, expected in BEAVERTAILS_FIELDS.items():
+        if name not in row or row[name] is None:
+            problems.append((name, "missing required field"))
+        elif not _is_type(row[name], expected):
+            problems.append((name, f"expected {expected.__name__}, got {_type_name(row[name])} {row[name]!r:.40}"))
+    category = row.get("category")
+    if isinstance(category, dict):
+        unknown = sorted(set(category) - set(BEAVERTAILS_CATEGORIES))
+        missing = sorted(set(BEAVERTAILS_CATEGORIES) - set(category))
+        if unknown:
+            problems.append(("category", f"unknown harm categories {unknown}"))
+        if missing:
+            problems.append(("category", f"missing harm categories {missing}"))
+        not_bool = sorted(k for k, v in category.items() if not isinstance(v, bool))
+        if not_bool:
+            problems.append(("category", f"non-boolean values for {not_bool}"))
+    return problems
+
+
+def beavertails_label_notes(row: dict) -> list[str]:
+    """``is_safe_vs_categories`` when a valid BeaverTails row's ``is_safe`` disagrees with its categories
+    (counted, never asserted; the released data is consistent)."""
+    return ["is_safe_vs_categories"] if row["is_safe"] == any(row["category"].values()) else []

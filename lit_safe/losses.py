@@ -122,3 +122,47 @@ def cost_preference_loss(
 def sign_accuracy(costs: Tensor, signs: Tensor) -> Tensor:
     """Share of responses whose cost has the sign of their label (``s * c > 0``). ``(N,), (N,) -> ()``."""
     return (signs.to(costs.dtype) * costs > 0).float().mean()
+
+
+def moderation_loss(
+    category_logits: Tensor,
+    categories: Tensor,
+    unsafe_logits: Tensor,
+    unsafe: Tensor,
+    pos_weight: Tensor | None = None,
+    severity_logits: Tensor | None = None,
+    severity: Tensor | None = None,
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """Loss of a moderation classifier: multi-label categories + overall unsafe flag (+ severity when labelled).
+
+    ``L = BCE_pw(category_logits, categories) + BCE(unsafe_logits, unsafe) + CE(severity_logits, severity)``
+
+    where ``BCE_pw`` is the binary cross entropy with logits averaged over responses and categories, each category's
+    positive term weighted by ``pos_weight[c]`` (usually negatives / positives in the training data, so that rare
+    categories are not ignored), and ``CE`` the softmax cross entropy over severity levels, averaged over the
+    responses whose severity is labelled (``severity >= 0``).
+
+    Args:
+        category_logits: ``(B, C)``.
+        categories: ``(B, C)`` targets in {0, 1}.
+        unsafe_logits: ``(B,)``.
+        unsafe: ``(B,)`` targets, 1 for unsafe.
+        pos_weight: ``(C,)`` or ``None`` (all 1).
+        severity_logits: ``(B, S)`` or ``None`` (no severity head).
+        severity: ``(B,)`` level in ``[0, S)``, or -1 where unlabelled.
+
+    Returns:
+        ``(total, {"category": ..., "unsafe": ..., "severity": ...})`` (the parts detached, severity 0 when absent).
+    """
+    category = F.binary_cross_entropy_with_logits(
+        category_logits.float(), categories.float(), pos_weight=None if pos_weight is None else pos_weight.float()
+    )
+    flag = F.binary_cross_entropy_with_logits(unsafe_logits.float(), unsafe.float())
+    total = category + flag
+    severity_part = torch.zeros((), device=category.device)
+    if severity_logits is not None and severity is not None and bool((severity >= 0).any()):
+        labelled = severity >= 0
+        severity_part = F.cross_entropy(severity_logits[labelled].float(), severity[labelled].long())
+        total = total + severity_part
+    parts = {"category": category.detach(), "unsafe": flag.detach(), "severity": severity_part.detach()}
+    return total, parts

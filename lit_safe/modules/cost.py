@@ -19,15 +19,12 @@ from pathlib import Path
 from typing import Literal
 
 import torch
-from lightning.pytorch import LightningModule
-from lightning.pytorch.strategies import ModelParallelStrategy
 from torchmetrics import MeanMetric
 
 from lit_safe.losses import cost_preference_loss, preference_accuracy, sign_accuracy
 from lit_safe.models.score_model import ScoreModel, build_score_model, export_score_model, score_pairs
-from lit_safe.models.sharding import apply_fsdp2, clip_grad_norm
 from lit_safe.models.tokenizer import load_tokenizer
-from lit_safe.optim import lightning_adamw
+from lit_safe.modules.base import BackboneModule
 
 COST_SIGN = "positive means unsafe"
 
@@ -70,7 +67,7 @@ class CostStats(torch.nn.Module):
             metric.reset()
 
 
-class CostModule(LightningModule):
+class CostModule(BackboneModule):
     """Train a cost model on (less safe, safer) pairs with safety signs (the data module's ``safety`` view).
 
     Args:
@@ -129,10 +126,7 @@ class CostModule(LightningModule):
             normalizer_momentum=hp.normalizer_momentum,
             gradient_checkpointing=hp.gradient_checkpointing,
         )
-        if self._trainer is not None and isinstance(self.trainer.strategy, ModelParallelStrategy):
-            bf16 = "bf16" in str(self.trainer.precision)
-            apply_fsdp2(self.model, self.trainer.strategy.device_mesh["data_parallel"],
-                        param_dtype=torch.bfloat16 if bf16 else None)
+        self.shard(self.model)
 
     # ------------------------------------------------------------------------------------------------- steps
     def costs(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor, object]:
@@ -165,6 +159,11 @@ class CostModule(LightningModule):
         self.test_stats.update(loss, unsafer, safer, batch["unsafer_sign"], batch["safer_sign"])
 
     def predict_step(self, batch: dict, batch_idx: int) -> dict[str, torch.Tensor]:
+        """Per response of a ``predict_file`` line: ``cost`` and ``safe`` (cost <= 0); per pair of a prepared
+        split: both costs and both safety decisions."""
+        if "line" in batch:
+            cost = self.model(batch["input_ids"], batch["attention_mask"]).end_scores
+            return {"line": batch["line"], "cost": cost, "safe": cost <= 0}
         unsafer, safer, _ = self.costs(batch)
         return {"row": batch["row"], "unsafer_cost": unsafer, "safer_cost": safer,
                 "unsafer_safe": unsafer <= 0, "safer_safe": safer <= 0}
@@ -185,17 +184,6 @@ class CostModule(LightningModule):
 
     def on_test_epoch_end(self) -> None:
         self._log_epoch("test")
-
-    # --------------------------------------------------------------------------------------------- optimiser
-    def configure_optimizers(self):
-        return lightning_adamw(self.model.named_parameters(), self.hparams, self.trainer)
-
-    def on_before_optimizer_step(self, optimizer) -> None:
-        norm = clip_grad_norm(self.trainer.model, self.model.parameters(), self.hparams.max_grad_norm)
-        self.log("train/grad_norm", norm)
-
-    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
-        """Clipping happens in :meth:`on_before_optimizer_step` (``max_grad_norm``), for every strategy."""
 
     # ------------------------------------------------------------------------------------------------ export
     def export_pretrained(self, path: str | Path) -> Path | None:

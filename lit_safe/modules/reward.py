@@ -18,15 +18,12 @@ from pathlib import Path
 from typing import Literal
 
 import torch
-from lightning.pytorch import LightningModule
-from lightning.pytorch.strategies import ModelParallelStrategy
 from torchmetrics import MeanMetric
 
 from lit_safe.losses import divergence_index, preference_accuracy, sequence_preference_loss, token_preference_loss
 from lit_safe.models.score_model import ScoreModel, build_score_model, export_score_model, score_pairs
-from lit_safe.models.sharding import apply_fsdp2, clip_grad_norm
 from lit_safe.models.tokenizer import load_tokenizer
-from lit_safe.optim import lightning_adamw
+from lit_safe.modules.base import BackboneModule
 
 
 class ScoreStats(torch.nn.Module):
@@ -63,7 +60,7 @@ class ScoreStats(torch.nn.Module):
             metric.reset()
 
 
-class RewardModule(LightningModule):
+class RewardModule(BackboneModule):
     """Train a reward model on preference pairs.
 
     Args:
@@ -127,10 +124,7 @@ class RewardModule(LightningModule):
             normalizer_momentum=hp.normalizer_momentum,
             gradient_checkpointing=hp.gradient_checkpointing,
         )
-        if self._trainer is not None and isinstance(self.trainer.strategy, ModelParallelStrategy):
-            bf16 = "bf16" in str(self.trainer.precision)
-            apply_fsdp2(self.model, self.trainer.strategy.device_mesh["data_parallel"],
-                        param_dtype=torch.bfloat16 if bf16 else None)
+        self.shard(self.model)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor):
         return self.model(input_ids, attention_mask)
@@ -178,6 +172,9 @@ class RewardModule(LightningModule):
         self.test_stats.update(loss, chosen, rejected)
 
     def predict_step(self, batch: dict, batch_idx: int) -> dict[str, torch.Tensor]:
+        """Per response of a ``predict_file`` line: ``reward``; per pair of a prepared split: both scores."""
+        if "line" in batch:
+            return {"line": batch["line"], "reward": self.model(batch["input_ids"], batch["attention_mask"]).end_scores}
         chosen, rejected, _ = self.scores(batch)
         return {"row": batch["row"], "chosen_score": chosen, "rejected_score": rejected}
 
@@ -197,17 +194,6 @@ class RewardModule(LightningModule):
 
     def on_test_epoch_end(self) -> None:
         self._log_epoch("test")
-
-    # --------------------------------------------------------------------------------------------- optimiser
-    def configure_optimizers(self):
-        return lightning_adamw(self.model.named_parameters(), self.hparams, self.trainer)
-
-    def on_before_optimizer_step(self, optimizer) -> None:
-        norm = clip_grad_norm(self.trainer.model, self.model.parameters(), self.hparams.max_grad_norm)
-        self.log("train/grad_norm", norm)
-
-    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
-        """Clipping happens in :meth:`on_before_optimizer_step` (``max_grad_norm``), for every strategy."""
 
     # ------------------------------------------------------------------------------------------------ export
     def export_pretrained(self, path: str | Path) -> Path | None:

@@ -1,0 +1,462 @@
+"""The DataModule every text dataset of lit_safe shares: source -> validate -> view -> litdata chunks -> streaming.
+
+A dataset subclass says how its rows look (:meth:`PreparedDataModule.check_row`, :meth:`~PreparedDataModule.row_notes`),
+which views it offers (:meth:`~PreparedDataModule.make_view`) and, optionally, how to generate synthetic rows. This
+class does the rest, identically for every dataset:
+
+- sources: ``synthetic``, a hub id (pinned ``revision`` and ``subset``), a local JSON/JSONL/parquet file, a directory
+  of split files, or an already prepared litdata directory or object-store URL (``s3://...``);
+- validation of every row before anything is written: an error names the file, the row and the field, or, with
+  ``on_bad_row: skip``, the row is dropped and counted;
+- splits: the source's own, or carved from the training split by a seeded hash of the *prompt* (held-out rows never
+  share a prompt with training rows);
+- preparation into litdata chunks, reused by fingerprint, published atomically, with a printed ``report.json``;
+- loading with :class:`~lit_safe.data_modules.streaming.LengthGroupedLoader` (length grouping, exact resume);
+- ``predict_file``: ``lit-safe predict`` on a JSONL of ``{"prompt", "response"}`` lines, one output per line.
+
+A view turns validated rows into items and batches. Its interface: ``name``; ``encode(rows, tokenizer, template,
+max_length, report)`` yielding items; ``length(item)``; ``collate(items, pad_id, multiple_of)``;
+``encode_inputs(tokenizer, prompts, responses, template, max_length)`` (how one (prompt, response) is tokenised, for
+prediction) and, optionally, ``label_summary()`` (label counts, saved in ``meta.json``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from lightning.pytorch import LightningDataModule
+from litdata import StreamingDataset
+
+from lit_safe.data_modules import sources
+from lit_safe.data_modules.preparation import (
+    META_FILE,
+    REPORT_FILE,
+    SPLITS,
+    PrepareReport,
+    SplitReport,
+    fingerprint,
+    is_prepared,
+    publish,
+    staging_dir,
+    write_split,
+)
+from lit_safe.data_modules.sources import DataValidationError
+from lit_safe.data_modules.streaming import LengthGroupedLoader, pad_right
+from lit_safe.data_modules.text import format_prompt
+from lit_safe.models.tokenizer import load_tokenizer, tokenizer_fingerprint
+
+MAX_LISTED_PROBLEMS = 10
+Row = tuple[str, dict[str, Any]]  # (location, row) as read from the source
+Valid = tuple[int, dict[str, Any]]  # (position of the row in its source split, counted from 0; the row)
+
+
+def prompt_bucket(prompt: str, seed: int) -> float:
+    """A deterministic number in [0, 1) per prompt: rows with the same prompt always land in the same split."""
+    digest = hashlib.sha256(f"{seed}:{prompt}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64
+
+
+def check_prediction_row(row: Any) -> list[tuple[str, str]]:
+    """Check one line of a prediction file: a JSON object with string ``prompt`` and ``response``."""
+    if not isinstance(row, dict):
+        return [("<row>", f"expected a JSON object, got {type(row).__name__}")]
+    problems = []
+    for name in ("prompt", "response"):
+        if row.get(name) is None:
+            problems.append((name, "missing required field"))
+        elif not isinstance(row[name], str):
+            problems.append((name, f"expected str, got {type(row[name]).__name__} {row[name]!r:.40}"))
+    return problems
+
+
+class PreparedDataModule(LightningDataModule):
+    """Base class of the text DataModules (see the module docstring). Subclasses define ``dataset_name``,
+    :meth:`check_row`, :meth:`make_view` and their ``__init__`` (the arguments LightningCLI shows), which passes
+    every common argument here.
+
+    Args:
+        tokenizer: tokenizer preset, hub id or path; must be the model's (use the same value as ``backbone``).
+        source: see the subclass.
+        view: which items to build from a row (``self.views`` lists them).
+        subset: the hub config name.
+        revision: the hub revision to pin.
+        train_split, val_split, test_split: source split names; ``val_split: None`` carves ``val_fraction`` of the
+            training prompts, and a ``test_split`` the source lacks carves ``test_fraction`` of them.
+        val_fraction, test_fraction: shares of training prompts held out (0 for none).
+        synthetic_rows: training rows of the synthetic source (its test split has one eighth as many).
+        prompt_template: conversation template containing ``{prompt}``.
+        max_length: longest tokenised sequence.
+        batch_size: items per training batch (per device); ``eval_batch_size`` for validation/test/predict.
+        num_workers: litdata loader workers.
+        group_size: batches per length-grouping pool (1 turns grouping off).
+        pad_to_multiple_of: round padded lengths up (8 helps tensor cores on GPUs).
+        pack_pairs: pair views only: one row per pair (see :class:`~lit_safe.data_modules.pku_saferlhf.PairView`).
+        on_bad_row: ``error`` stops at invalid rows and names them; ``skip`` drops and counts them.
+        prepared_dir: where prepared datasets are written (default ``$LIT_SAFE_CACHE/prepared`` or
+            ``~/.cache/lit_safe/prepared``).
+        predict_file: a JSONL of ``{"prompt": ..., "response": ...}`` lines for ``lit-safe predict`` (each output
+            line carries the input's ``line`` number); ``None`` predicts on the test split.
+        seed: seeds the split carving, the synthetic data and the shuffling.
+    """
+
+    dataset_name = "dataset"
+    views: tuple[str, ...] = ()
+    has_synthetic = False
+
+    def __init__(
+        self,
+        tokenizer: str,
+        source: str,
+        view: str,
+        subset: str | None,
+        revision: str | None,
+        train_split: str,
+        val_split: str | None,
+        test_split: str | None,
+        val_fraction: float,
+        test_fraction: float,
+        synthetic_rows: int,
+        prompt_template: str,
+        max_length: int,
+        batch_size: int,
+        eval_batch_size: int | None,
+        num_workers: int,
+        group_size: int,
+        pad_to_multiple_of: int,
+        pack_pairs: bool,
+        on_bad_row: str,
+        prepared_dir: str | None,
+        predict_file: str | None,
+        seed: int,
+    ) -> None:
+        super().__init__()
+        if view not in self.views:
+            raise ValueError(f"unknown view {view!r} for {type(self).__name__}; views: {list(self.views)}")
+        if on_bad_row not in ("error", "skip"):
+            raise ValueError(f"on_bad_row must be 'error' or 'skip', got {on_bad_row!r}")
+        if not 0 <= val_fraction < 1 or not 0 <= test_fraction < 1 or val_fraction + test_fraction >= 1:
+            raise ValueError(f"val_fraction {val_fraction} and test_fraction {test_fraction} must leave training rows")
+        if max_length < 2:
+            raise ValueError(f"max_length must be at least 2, got {max_length}")
+        format_prompt("", prompt_template)  # fails early on a template without {prompt}
+        self.save_hyperparameters()
+        self.tokenizer = load_tokenizer(tokenizer)
+        self.view = self.make_view(view)
+        self.eval_batch_size = eval_batch_size or batch_size
+        root = prepared_dir or Path(os.environ.get("LIT_SAFE_CACHE", "~/.cache/lit_safe")) / "prepared"
+        self.prepared_root = Path(root).expanduser()
+        self.datasets: dict[str, StreamingDataset] = {}
+        self.report: PrepareReport | None = None
+
+    # ------------------------------------------------------------------------------------- what subclasses define
+    def make_view(self, name: str) -> Any:
+        """The view object for ``name`` (one of ``self.views``)."""
+        raise NotImplementedError(f"{type(self).__name__} must define make_view")
+
+    def check_row(self, row: Any) -> list[tuple[str, str]]:
+        """Schema problems of one row as ``[(field, message)]``; empty when valid."""
+        raise NotImplementedError(f"{type(self).__name__} must define check_row")
+
+    def row_notes(self, row: dict[str, Any]) -> list[str]:
+        """Label disagreements of a valid row that are counted in the report but kept."""
+        return []
+
+    def synthetic(self, split: str, num_rows: int, seed: int) -> list[dict[str, Any]]:
+        """Generated rows of the ``synthetic`` source (datasets with ``has_synthetic``)."""
+        raise ValueError(f"{type(self).__name__} has no synthetic source; give a file, a directory or a hub id")
+
+    # --------------------------------------------------------------------------------------------- where data is
+    def _source_kind(self) -> str:
+        source = self.hparams.source
+        if source == "synthetic":
+            if not self.has_synthetic:
+                self.synthetic("train", 0, 0)  # raises the dataset's explanation
+            return "synthetic"
+        if "://" in source:
+            return "prepared"
+        path = Path(source).expanduser()
+        if path.is_dir():
+            if is_prepared(path):
+                return "prepared"
+            return "dir" if sources.local_splits(path) else "hub"
+        if path.is_file():
+            return "file"
+        if path.suffix or source.startswith((".", "/", "~")):
+            raise FileNotFoundError(f"data source not found: {source}")
+        return "hub"
+
+    def _source_splits(self) -> list[str]:
+        kind, hp = self._source_kind(), self.hparams
+        if kind == "synthetic":
+            return ["train", "test"]
+        if kind == "file":  # a single file is the training split, whatever its name in the config
+            return [hp.train_split]
+        if kind == "dir":
+            return list(sources.local_splits(Path(hp.source).expanduser()))
+        return sources.hub_split_names(hp.source, hp.subset, hp.revision)
+
+    def _read(self, split: str) -> Iterator[Row]:
+        kind, hp = self._source_kind(), self.hparams
+        if kind == "synthetic":
+            if split == "train":
+                n, seed = hp.synthetic_rows, hp.seed
+            else:
+                n, seed = max(hp.synthetic_rows // 8, 1), hp.seed + 1
+            for index, row in enumerate(self.synthetic(split, n, seed)):
+                yield f"synthetic(seed={seed})/{split} row {index}", row
+        elif kind == "file":  # only the training split reads it (see _source_splits)
+            yield from sources.read_file(Path(hp.source).expanduser())
+        elif kind == "dir":
+            yield from sources.read_file(sources.local_splits(Path(hp.source).expanduser())[split])
+        else:
+            yield from sources.read_hub(hp.source, split, hp.subset, hp.revision)
+
+    def _settings(self) -> dict[str, Any]:
+        """Everything that changes the prepared tokens (its hash names the prepared directory)."""
+        hp = self.hparams
+        source: Any = hp.source
+        kind = self._source_kind()
+        if kind in ("file", "dir"):
+            path = Path(hp.source).expanduser().resolve()
+            files = [path] if path.is_file() else sorted(sources.local_splits(path).values())
+            source = [[str(f), f.stat().st_size, f.stat().st_mtime_ns] for f in files]
+        return {
+            "dataset": self.dataset_name,
+            "format_version": self.format_version,
+            "view": hp.view,
+            "source": source,
+            "subset": hp.subset if kind == "hub" else None,
+            "revision": hp.revision if kind == "hub" else None,
+            "splits": [hp.train_split, hp.val_split, hp.test_split, hp.val_fraction, hp.test_fraction],
+            "synthetic_rows": hp.synthetic_rows if kind == "synthetic" else None,
+            "template": hp.prompt_template,
+            "max_length": hp.max_length,
+            "tokenizer": tokenizer_fingerprint(self.tokenizer),
+            "on_bad_row": hp.on_bad_row,
+            "seed": hp.seed,
+        }
+
+    format_version = 2  # 2: item 'row' is the position in the source split
+
+    def prepared_location(self) -> str:
+        """The prepared dataset this configuration streams from (a local directory or a URL)."""
+        if self._source_kind() == "prepared":
+            return self.hparams.source
+        name = f"{self.dataset_name}-{self.hparams.view}-{fingerprint(self._settings())}"
+        return str(self.prepared_root / name)
+
+    # ------------------------------------------------------------------------------------------------- preparing
+    def _validated(
+        self, rows: Iterator[Row], report_for: dict[str, SplitReport], assign, check=None, notes=None,
+        source: str | None = None, with_location: bool = False,
+    ) -> dict[str, list[Valid]]:
+        """Check every row; returns the valid rows per output split, or raises naming the bad rows.
+
+        Valid rows come as ``(position, row)``, or ``(location, row)`` with ``with_location``. ``check`` and
+        ``notes`` default to the dataset's own, ``source`` (the name in the error) to the configured source.
+        """
+        check, notes = check or self.check_row, notes or self.row_notes
+        out: dict[str, list[Valid]] = {name: [] for name in report_for}
+        problems: list[str] = []
+        n_problems = 0
+        for position, (where, row) in enumerate(rows):
+            split = assign(row)
+            report = report_for[split]
+            report.rows_read += 1
+            found = check(row)
+            if found:
+                n_problems += 1
+                if len(problems) < MAX_LISTED_PROBLEMS:
+                    problems.append(f"{where}: field '{found[0][0]}': {found[0][1]}")
+                report.dropped[f"invalid:{found[0][0]}"] += 1
+                continue
+            for note in notes(row):
+                report.notes[note] += 1
+            out[split].append((where, row) if with_location else (position, row))
+        if problems and self.hparams.on_bad_row == "error":
+            more = f"\n  ... and {n_problems - len(problems)} more" if n_problems > len(problems) else ""
+            source = source or self.hparams.source
+            raise DataValidationError(
+                f"{n_problems} invalid row(s) in {source}:\n  " + "\n  ".join(problems) + more
+                + "\n(set on_bad_row: skip to drop and count them instead)"
+            )
+        return out
+
+    def prepare(self, force: bool = False) -> PrepareReport:
+        """Validate, tokenise and write every split; reuse an identical earlier preparation unless ``force``.
+
+        Returns:
+            The report (also saved as ``report.json`` in the prepared directory).
+        """
+        location = self.prepared_location()
+        if self._source_kind() == "prepared":
+            self.report = self._load_report(location)
+            return self.report
+        final = Path(location)
+        if is_prepared(final) and not force:
+            self.report = self._load_report(location)
+            print(f"Reusing an identical earlier preparation.\n{self.report.format()}")
+            return self.report
+        hp = self.hparams
+        available = self._source_splits()
+        if hp.train_split not in available:
+            raise DataValidationError(f"{hp.source} has no split {hp.train_split!r}; splits: {available}")
+        if hp.val_split is not None and hp.val_split not in available:
+            raise DataValidationError(f"{hp.source} has no split {hp.val_split!r}; splits: {available}")
+        carve_test = hp.test_split is not None and hp.test_split not in available
+        val_cut = hp.val_fraction if hp.val_split is None else 0.0
+        test_cut = val_cut + (hp.test_fraction if carve_test else 0.0)
+
+        def assign_train(row: Any) -> str:
+            prompt = row.get("prompt") if isinstance(row, dict) else None
+            if not isinstance(prompt, str):
+                return "train"
+            bucket = prompt_bucket(prompt, hp.seed)
+            return "val" if bucket < val_cut else "test" if bucket < test_cut else "train"
+
+        reports = {name: SplitReport() for name in SPLITS}
+        rows = self._validated(self._read(hp.train_split), reports, assign_train)
+        if hp.val_split is not None:
+            rows["val"] = self._validated(self._read(hp.val_split), {"val": reports["val"]}, lambda _: "val")["val"]
+        if hp.test_split is not None and not carve_test:
+            rows["test"] = self._validated(self._read(hp.test_split), {"test": reports["test"]}, lambda _: "test")[
+                "test"
+            ]
+        tmp = staging_dir(final)
+        report = PrepareReport(source=str(hp.source), view=hp.view, output_dir=str(final))
+        labels: dict[str, Any] = {}
+        try:
+            for split in SPLITS:
+                if not rows.get(split) and reports[split].rows_read == 0:
+                    continue
+                items = self.view.encode(rows[split], self.tokenizer, hp.prompt_template, hp.max_length, reports[split])
+                write_split(items, tmp / split)
+                report.splits[split] = reports[split]
+                if hasattr(self.view, "label_summary"):
+                    labels[split] = self.view.label_summary()
+            meta = {"settings": self._settings(), "hparams": dict(hp), "labels": labels}
+            publish(tmp, final, report, meta, replace=force)
+        except BaseException:
+            import shutil
+
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        self.report = report
+        print(report.format())
+        return report
+
+    @staticmethod
+    def _load_report(location: str) -> PrepareReport:
+        if "://" in location:
+            return PrepareReport(source=location, view="prepared", output_dir=location)
+        data = json.loads((Path(location) / REPORT_FILE).read_text())
+        report = PrepareReport(source=data["source"], view=data["view"], output_dir=data["output_dir"])
+        for name, split in data["splits"].items():
+            report.splits[name] = SplitReport(split["rows_read"], split["kept"])
+            report.splits[name].dropped.update(split["dropped"])
+            report.splits[name].notes.update(split["notes"])
+        return report
+
+    def label_summary(self, split: str = "train") -> dict[str, Any]:
+        """Label counts of a prepared split, as the view recorded them (e.g. per-category positives), from
+        ``meta.json``; prepares first if needed. Empty for views that record none or for remote datasets."""
+        location = self.prepared_location()
+        if "://" in location:
+            return {}
+        if not is_prepared(location):
+            self.prepare()
+        meta = json.loads((Path(location) / META_FILE).read_text())
+        return meta.get("labels", {}).get(split, {})
+
+    # ----------------------------------------------------------------------------------------- Lightning hooks
+    def prepare_data(self) -> None:
+        self.prepare()
+
+    def setup(self, stage: str | None = None) -> None:
+        location = self.prepared_location()
+        if "://" not in location and not is_prepared(location):
+            self.prepare()
+
+    def has_split(self, split: str) -> bool:
+        """Whether the prepared dataset has ``split`` (a remote one is assumed to)."""
+        location = self.prepared_location()
+        return "://" in location or (Path(location) / split / "index.json").is_file()
+
+    def _dataset(self, split: str) -> StreamingDataset:
+        """The streaming dataset of a prepared split (opened once; a remote split is opened when first asked for)."""
+        if split not in self.datasets:
+            location = self.prepared_location()
+            if not self.has_split(split):
+                raise ValueError(f"the prepared dataset {location} has no {split!r} split")
+            self.datasets[split] = StreamingDataset(f"{location}/{split}", shuffle=split == "train",
+                                                    seed=self.hparams.seed)
+        return self.datasets[split]
+
+    def _loader(self, split: str, train: bool) -> LengthGroupedLoader:
+        pad_id, multiple = self.tokenizer.pad_token_id, self.hparams.pad_to_multiple_of
+        return LengthGroupedLoader(
+            self._dataset(split),
+            batch_size=self.hparams.batch_size if train else self.eval_batch_size,
+            collate=lambda items: self.view.collate(items, pad_id, multiple),
+            length=self.view.length,
+            group_size=self.hparams.group_size,
+            num_workers=self.hparams.num_workers,
+            seed=self.hparams.seed,
+            shuffle=train,
+        )
+
+    def train_dataloader(self) -> LengthGroupedLoader:
+        return self._loader("train", train=True)
+
+    def val_dataloader(self) -> LengthGroupedLoader | list:
+        if not self.has_split("val"):  # val_fraction 0 and no val split: no validation
+            return []
+        return self._loader("val", train=False)
+
+    def test_dataloader(self) -> LengthGroupedLoader:
+        return self._loader("test", train=False)
+
+    def predict_dataloader(self):
+        if self.hparams.predict_file is None:
+            return self._loader("test", train=False)
+        return self.prediction_loader(self.hparams.predict_file)
+
+    # ------------------------------------------------------------------------------------------------ predicting
+    def prediction_loader(self, path: str | Path):
+        """A loader over a JSONL of ``{"prompt", "response"}`` lines, in file order, tokenised as the view tokenises
+        one response. Batches: ``input_ids``/``attention_mask (B, L)`` and ``line (B,)`` (1-based line numbers).
+
+        Raises:
+            DataValidationError: naming every bad line (up to ten), unless ``on_bad_row: skip``.
+        """
+        import torch
+
+        path = Path(path).expanduser()
+        if not path.name.endswith((".jsonl", ".jsonl.gz")):
+            raise DataValidationError(f"{path}: predict_file must be a JSONL file of {{'prompt', 'response'}} lines")
+        rows = self._validated(sources.read_file(path), {"predict": SplitReport()}, lambda _: "predict",
+                               check=check_prediction_row, notes=lambda row: [], source=str(path),
+                               with_location=True)["predict"]
+        if not rows:
+            raise DataValidationError(f"{path}: no valid lines to predict on")
+        ids, _ = self.view.encode_inputs(self.tokenizer, [r["prompt"] for _, r in rows],
+                                         [r["response"] for _, r in rows], self.hparams.prompt_template,
+                                         self.hparams.max_length)
+        lines = [int(where.rsplit(" ", 1)[1]) for where, _ in rows]
+        items = [{"input_ids": seq, "line": line} for seq, line in zip(ids, lines)]
+        pad_id, multiple = self.tokenizer.pad_token_id, self.hparams.pad_to_multiple_of
+
+        def collate(batch: list[dict[str, Any]]) -> dict[str, Any]:
+            input_ids, mask = pad_right([np.asarray(i["input_ids"]) for i in batch], pad_id, multiple)
+            return {"input_ids": input_ids, "attention_mask": mask, "line": torch.as_tensor([i["line"] for i in batch])}
+
+        return torch.utils.data.DataLoader(items, batch_size=self.eval_batch_size, shuffle=False, collate_fn=collate)
+
+
+__all__ = ["PreparedDataModule", "check_prediction_row", "prompt_bucket"]

@@ -1,0 +1,179 @@
+"""The ``moderation`` view: one item per (prompt, response) with its harm categories, severity and safety label.
+
+Moderation classifies responses, not pairs (ALGORITHMS.md section 5). A dataset gives the view a function that
+lists the labelled responses of a row (:func:`pku_responses`: two per PKU-SafeRLHF row, 19 categories and
+severity 0-3; :func:`beavertails_responses`: one per BeaverTails row, 14 categories, no severity).
+
+Items: ``{"input_ids": int32 (L,), "categories": uint8 (C,), "unsafe": 0|1, "severity": int (-1 when the data has
+none), "row": position of the row in its source split, "response": which response of the row (0 or 1)}``.
+Batches: ``input_ids``/``attention_mask (B, L)`` (right padding), ``categories`` float ``(B, C)``, ``unsafe``,
+``severity``, ``row`` and ``response`` ``(B,)``.
+
+Text: decoder LMs read the conversation template, the response and EOS (as the score models do). Encoders (a
+tokenizer with CLS and SEP tokens, e.g. BERT or MiniLM) read the tokenizer's own sentence-pair form
+(``[CLS] prompt [SEP] response [SEP]``), the longer of the two cut first when too long.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import numpy as np
+
+from lit_safe.data_modules.preparation import SplitReport
+from lit_safe.data_modules.streaming import pad_right
+from lit_safe.data_modules.text import encode_with_eos, format_prompt
+
+# (prompt, response, {category: bool}, is_safe, severity or None, sha256 or None) per labelled response
+Response = tuple[str, str, dict[str, bool], bool, int | None, str | None]
+
+
+def pku_responses(row: dict[str, Any]) -> list[Response] | None:
+    """The two labelled responses of a PKU-SafeRLHF row, or ``None`` when the row lacks the per-response harm
+    labels (the 2023 ``v0`` release has only ``is_response_k_safe``)."""
+    if any(row.get(f"response_{k}_harm_category") is None for k in (0, 1)):
+        return None
+    return [
+        (row["prompt"], row[f"response_{k}"], row[f"response_{k}_harm_category"], row[f"is_response_{k}_safe"],
+         row.get(f"response_{k}_severity_level"), row.get(f"response_{k}_sha256"))
+        for k in (0, 1)
+    ]
+
+
+def beavertails_responses(row: dict[str, Any]) -> list[Response]:
+    """The one labelled response of a BeaverTails row."""
+    return [(row["prompt"], row["response"], row["category"], row["is_safe"], None, None)]
+
+
+def uses_pair_input(tokenizer: Any) -> bool:
+    """Whether a tokenizer is an encoder's (it has CLS and SEP tokens), which reads (prompt, response) as a pair."""
+    return getattr(tokenizer, "cls_token_id", None) is not None and getattr(tokenizer, "sep_token_id", None) is not None
+
+
+def encode_sentence_pairs(
+    tokenizer: Any, prompts: list[str], responses: list[str], max_length: int
+) -> tuple[list[np.ndarray], int]:
+    """Encode (prompt, response) as the tokenizer's sentence pair with its special tokens, at most ``max_length``
+    tokens (the longer text cut first). Returns ``(int32 ids per pair, how many were cut)``."""
+    full = tokenizer(prompts, responses, add_special_tokens=True, verbose=False)["input_ids"]
+    too_long = [i for i, ids in enumerate(full) if len(ids) > max_length]
+    if too_long:
+        cut = tokenizer([prompts[i] for i in too_long], [responses[i] for i in too_long], add_special_tokens=True,
+                        truncation="longest_first", max_length=max_length)["input_ids"]
+        for i, ids in zip(too_long, cut):
+            full[i] = ids
+    return [np.asarray(ids, dtype=np.int32) for ids in full], len(too_long)
+
+
+class ModerationView:
+    """Per-response items for a moderation classifier.
+
+    Args:
+        categories: the dataset's harm categories, in label order (keys are kept whole: BeaverTails' contain commas).
+        responses: lists the labelled responses of a valid row (``None``: the row has no moderation labels; it is
+            dropped and counted as ``no_moderation_labels``).
+        severity_levels: number of severity classes (4 for PKU-SafeRLHF: 0 safe, 1 minor, 2 moderate, 3 severe);
+            0 when the data has no severity.
+        dedup: keep one item per distinct response (by ``response_k_sha256`` when given, else by the text): a
+            PKU-SafeRLHF response recurs across rows; repeats are dropped and counted as ``duplicate_response``.
+        pair_input: encode as a sentence pair (encoders) instead of template + response + EOS (decoders).
+    """
+
+    name = "moderation"
+
+    def __init__(
+        self,
+        categories: tuple[str, ...],
+        responses: Callable[[dict[str, Any]], list[Response] | None],
+        severity_levels: int = 0,
+        dedup: bool = False,
+        pair_input: bool = False,
+    ) -> None:
+        self.categories = tuple(categories)
+        self.responses = responses
+        self.severity_levels = severity_levels
+        self.dedup = dedup
+        self.pair_input = pair_input
+        self._counts: dict[str, Any] = {}
+
+    def encode_inputs(self, tokenizer: Any, prompts: list[str], responses: list[str], template: str, max_length: int):
+        """Tokenise (prompt, response) texts: ``(int32 ids per text, how many were cut)``."""
+        if self.pair_input:
+            return encode_sentence_pairs(tokenizer, prompts, responses, max_length)
+        return encode_with_eos(tokenizer, [format_prompt(p, template) + r for p, r in zip(prompts, responses)],
+                               max_length)
+
+    def encode(
+        self, rows: list[tuple[int, dict[str, Any]]], tokenizer: Any, template: str, max_length: int,
+        report: SplitReport,
+    ) -> Iterator[dict[str, Any]]:
+        seen: set[str] = set()
+        kept: list[tuple[int, int, Response]] = []
+        for index, row in rows:
+            listed = self.responses(row)
+            if listed is None:
+                report.dropped["no_moderation_labels"] += 1
+                continue
+            for k, response in enumerate(listed):
+                prompt, text, _, _, _, digest = response
+                if self.dedup:
+                    key = digest or f"{prompt}\x00{text}"
+                    if key in seen:
+                        report.dropped["duplicate_response"] += 1
+                        continue
+                    seen.add(key)
+                kept.append((index, k, response))
+        ids, truncated = self.encode_inputs(tokenizer, [r[2][0] for r in kept], [r[2][1] for r in kept], template,
+                                            max_length)
+        report.notes["truncated_sequences"] += truncated
+        positives, severities = Counter(), Counter()
+        unsafe_count = 0
+        for (index, k, (_, _, categories, is_safe, severity, _)), seq in zip(kept, ids):
+            labels = np.asarray([bool(categories[c]) for c in self.categories], dtype=np.uint8)
+            positives.update(c for c, v in zip(self.categories, labels) if v)
+            unsafe_count += not is_safe
+            if severity is not None:
+                severities[int(severity)] += 1
+            report.kept += 1
+            yield {
+                "input_ids": seq,
+                "categories": labels,
+                "unsafe": int(not is_safe),
+                "severity": -1 if severity is None or not self.severity_levels else int(severity),
+                "row": index,
+                "response": k,
+            }
+        self._counts = {
+            "items": len(kept),
+            "unsafe": unsafe_count,
+            "categories": list(self.categories),
+            "category_positives": [positives[c] for c in self.categories],
+            "severity_levels": self.severity_levels,
+            "severity_counts": [severities[s] for s in range(self.severity_levels)],
+        }
+
+    def label_summary(self) -> dict[str, Any]:
+        """Label counts of the split encoded last (saved in ``meta.json``; the moderation module derives the
+        per-class ``pos_weight`` from the training split's)."""
+        return dict(self._counts)
+
+    @staticmethod
+    def length(item: dict[str, Any]) -> int:
+        return len(item["input_ids"])
+
+    @staticmethod
+    def collate(items: list[dict[str, Any]], pad_id: int, multiple_of: int = 1) -> dict[str, Any]:
+        import torch
+
+        ids, mask = pad_right([i["input_ids"] for i in items], pad_id, multiple_of)
+        return {
+            "input_ids": ids,
+            "attention_mask": mask,
+            "categories": torch.as_tensor(np.stack([i["categories"] for i in items]), dtype=torch.float32),
+            **{key: torch.as_tensor([int(i[key]) for i in items]) for key in ("unsafe", "severity", "row", "response")},
+        }
+
+
+__all__ = ["ModerationView", "beavertails_responses", "encode_sentence_pairs", "pku_responses", "uses_pair_input"]
