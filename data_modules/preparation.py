@@ -91,6 +91,10 @@ def is_prepared(directory: str | Path) -> bool:
 SPLITS = ("train", "val", "test")
 
 
+class EmptySplitError(ValueError):
+    """Every row of a split was dropped: there is nothing to write."""
+
+
 def write_split(items: Iterable[dict[str, Any]], directory: str | Path, chunk_bytes: str = "64MB") -> int:
     """Write items as a litdata dataset in ``directory``; returns how many were written."""
     writer = BinaryWriter(str(directory), chunk_bytes=chunk_bytes)
@@ -103,7 +107,7 @@ def write_split(items: Iterable[dict[str, Any]], directory: str | Path, chunk_by
     for count, item in enumerate(items, start=1):
         writer[count - 1] = item
     if count == 0:
-        raise ValueError(f"no rows left to write to {directory}: every row was dropped (see the report)")
+        raise EmptySplitError(f"no rows left to write to {directory}: every row was dropped (see the report)")
     writer.done()
     writer.merge()
     return count

@@ -38,6 +38,8 @@ def encode_with_eos(
     """
     if max_length < 2:
         raise ValueError(f"max_length must be at least 2, got {max_length}")
+    if not texts:  # every row of a split was dropped (tokenizers fail on an empty batch)
+        return [], 0
     eos = tokenizer.eos_token_id
     encoded = tokenizer(list(texts), add_special_tokens=True)["input_ids"]
     out, truncated = [], 0

@@ -42,6 +42,14 @@ class LitSafeCLI(LightningCLI):
             run=run,
         )
 
+    def _parse_ckpt_path(self) -> None:
+        """Keep the model's arguments as the config and the command line give them when ``--ckpt_path`` is set.
+
+        LightningCLI (2.4+) otherwise overwrites them with the hyperparameters saved in the checkpoint, which
+        silently drops command-line choices such as ``--model.flag_rule severity`` at test or predict time. The
+        checkpoint still provides the weights (and its loader checks that they fit the configured model).
+        """
+
 
 def prepare_main(argv: list[str]) -> Any:
     """``lit-safe prepare``: build the ``data`` section of a config and prepare its dataset."""

@@ -50,3 +50,29 @@ def tiny_tokenizer():
     from lit_safe.models.tokenizer import load_tokenizer
 
     return load_tokenizer("tiny")
+
+
+@pytest.fixture(scope="session")
+def quickstart_config():
+    """A factory: ``make(name, tmp, **data_args)`` writes the shipped ``configs/quickstart/<name>.yaml`` with its
+    outputs moved under ``tmp`` (runs/, checkpoints/, ``<name>_model/``, prepared/), one short epoch, no progress bar,
+    1,200 synthetic rows and ``data_args`` applied; returns the new config's path."""
+    import yaml
+
+    def make(name: str, tmp: Path, **data_args) -> Path:
+        config = yaml.safe_load((REPO / "configs" / "quickstart" / f"{name}.yaml").read_text())
+        config["trainer"].update({"max_epochs": 1, "enable_progress_bar": False, "log_every_n_steps": 5})
+        config["trainer"]["logger"]["init_args"]["save_dir"] = str(tmp / "runs")
+        for callback in config["trainer"]["callbacks"]:
+            if callback["class_path"].endswith("ModelCheckpoint"):
+                callback["init_args"]["dirpath"] = str(tmp / "checkpoints")
+            if callback["class_path"].endswith("ExportPretrained"):
+                callback["init_args"]["dirpath"] = str(tmp / f"{name}_model")
+        config["data"]["init_args"].update(
+            {"synthetic_rows": 1200, "num_workers": 0, "prepared_dir": str(tmp / "prepared"), **data_args}
+        )
+        path = tmp / f"{name}.yaml"
+        path.write_text(yaml.safe_dump(config))
+        return path
+
+    return make

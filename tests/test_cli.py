@@ -19,28 +19,10 @@ FRAGMENTS = [p for p in CONFIGS if p.parent.name == "trainer"]
 FULL = [p for p in CONFIGS if p.parent.name != "trainer"]
 
 
-def quickstart_config(tmp: Path, **data_args) -> Path:
-    """The shipped quickstart config with its output paths moved under ``tmp`` and a smaller dataset."""
-    config = yaml.safe_load((REPO / "configs/quickstart/reward.yaml").read_text())
-    config["trainer"].update({"max_epochs": 1, "enable_progress_bar": False, "log_every_n_steps": 5})
-    config["trainer"]["logger"]["init_args"]["save_dir"] = str(tmp / "runs")
-    for callback in config["trainer"]["callbacks"]:
-        if callback["class_path"].endswith("ModelCheckpoint"):
-            callback["init_args"]["dirpath"] = str(tmp / "checkpoints")
-        if callback["class_path"].endswith("ExportPretrained"):
-            callback["init_args"]["dirpath"] = str(tmp / "reward_model")
-    config["data"]["init_args"].update(
-        {"synthetic_rows": 1200, "num_workers": 0, "prepared_dir": str(tmp / "prepared"), **data_args}
-    )
-    path = tmp / "config.yaml"
-    path.write_text(yaml.safe_dump(config))
-    return path
-
-
 @pytest.fixture(scope="module")
-def fitted(tmp_path_factory):
+def fitted(tmp_path_factory, quickstart_config):
     tmp = tmp_path_factory.mktemp("cli")
-    config = quickstart_config(tmp)
+    config = quickstart_config("reward", tmp)
     cli = run(["fit", "--config", str(config)])
     return tmp, config, cli
 
@@ -107,8 +89,8 @@ def test_exported_model_round_trips_with_identical_scores(fitted):
     assert exported.score_type == "reward"
 
 
-def test_prepare_subcommand_prints_and_saves_the_report(tmp_path, capsys):
-    config = quickstart_config(tmp_path, synthetic_rows=300)
+def test_prepare_subcommand_prints_and_saves_the_report(tmp_path, capsys, quickstart_config):
+    config = quickstart_config("reward", tmp_path, synthetic_rows=300)
     assert main(["prepare", "--config", str(config)]) is None  # the console entry point
     out = capsys.readouterr().out
     output_dir = Path(out.split(" -> ")[1].splitlines()[0])
@@ -120,8 +102,8 @@ def test_prepare_subcommand_prints_and_saves_the_report(tmp_path, capsys):
     assert report.to_dict() == saved
 
 
-def test_a_typo_in_an_option_fails_loudly(tmp_path):
-    config = quickstart_config(tmp_path)
+def test_a_typo_in_an_option_fails_loudly(tmp_path, quickstart_config):
+    config = quickstart_config("reward", tmp_path)
     with pytest.raises(SystemExit) as exit_info:
         run(["fit", "--config", str(config), "--model.init_args.learning_rate", "0.1"])
     assert exit_info.value.code != 0

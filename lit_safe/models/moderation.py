@@ -29,7 +29,7 @@ from torch import Tensor, nn
 from transformers import AutoConfig, AutoModel, PreTrainedModel, PreTrainedTokenizerBase
 
 from lit_safe.models.backbone import DTYPES, hidden_size
-from lit_safe.models.score_model import _own_storage, _read_tensors, last_attended_index
+from lit_safe.models.score_model import last_attended_index, own_storage, read_tensors
 
 Pooling = Literal["auto", "last", "mean", "cls"]
 FlagRule = Literal["unsafe", "severity", "categories"]
@@ -144,6 +144,10 @@ class ModerationModel(nn.Module):
             raise ValueError(f"pooling must be auto, last, mean or cls, got {pooling!r}")
         if not categories:
             raise ValueError("a moderation model needs at least one harm category")
+        if isinstance(getattr(backbone, "pooler", None), nn.Module):
+            # The heads read the last hidden states: an encoder's own pooler (BERT's) would get no gradient, which
+            # DDP with find_unused_parameters=False rejects ("Expected to have finished reduction ...").
+            backbone.pooler = None
         self.backbone = backbone
         self.categories = list(categories)
         self.severity_levels = severity_levels
@@ -187,9 +191,9 @@ class ModerationModel(nn.Module):
         weights = {}
         for key, value in state_dict.items():
             if key.startswith("backbone."):
-                weights[f"{prefix}.{key.removeprefix('backbone.')}"] = _own_storage(value)
+                weights[f"{prefix}.{key.removeprefix('backbone.')}"] = own_storage(value)
             elif key.startswith(HEADS):
-                weights[key] = _own_storage(value)
+                weights[key] = own_storage(value)
         save_torch_state_dict(weights, path, max_shard_size=max_shard_size)
         config = self.backbone.config.to_dict()
         config["moderation"] = self.moderation_config()
@@ -212,7 +216,7 @@ class ModerationModel(nn.Module):
         decision = {k: v for k, v in saved.items() if k not in ("categories", "severity_levels", "pooling")}
         model = cls(backbone, saved["categories"], saved["severity_levels"], saved["pooling"], decision)
         keys = tuple(f"{h}.{p}" for h in HEADS for p in ("weight", "bias"))
-        heads = _read_tensors(str(path), keys, revision)
+        heads = read_tensors(str(path), keys, revision)
         for name in HEADS:
             head = getattr(model, name)
             if head is None:

@@ -143,6 +143,10 @@ class ScoreModel(nn.Module):
         super().__init__()
         if score_type not in ("reward", "cost", "critic"):
             raise ValueError(f"score_type must be reward, cost or critic, got {score_type!r}")
+        if isinstance(getattr(backbone, "pooler", None), nn.Module):
+            # Scores come from the last hidden states: an encoder's own pooler (BERT's) would get no gradient, which
+            # DDP with find_unused_parameters=False rejects ("Expected to have finished reduction ...").
+            backbone.pooler = None
         self.backbone = backbone
         self.score_type = score_type
         self.do_normalize = do_normalize
@@ -226,9 +230,9 @@ class ScoreModel(nn.Module):
         weights = {}
         for key, value in state_dict.items():
             if key.startswith("backbone."):
-                weights[f"{prefix}.{key.removeprefix('backbone.')}"] = _own_storage(value)
+                weights[f"{prefix}.{key.removeprefix('backbone.')}"] = own_storage(value)
             elif key.startswith("score_head."):
-                weights[key] = _own_storage(value)
+                weights[key] = own_storage(value)
         save_torch_state_dict(weights, path, max_shard_size=max_shard_size)
         config = self.backbone.config.to_dict()
         config.update(self.score_config())
@@ -269,7 +273,7 @@ class ScoreModel(nn.Module):
             do_normalize=bool(getattr(config, "do_normalize", False)),
             normalizer_momentum=getattr(config, "momentum", None),
         )
-        head = _read_tensors(str(path), ("score_head.weight", "score_head.bias"), revision)
+        head = read_tensors(str(path), ("score_head.weight", "score_head.bias"), revision)
         if "score_head.weight" not in head:
             raise ValueError(f"{path}: no 'score_head.weight' in the checkpoint")
         model.score_head.weight.data.copy_(head["score_head.weight"].reshape(1, -1))
@@ -281,7 +285,7 @@ class ScoreModel(nn.Module):
         return model
 
 
-def _own_storage(tensor: Tensor) -> Tensor:
+def own_storage(tensor: Tensor) -> Tensor:
     """A CPU tensor that owns its storage (gathered FSDP weights can be views into one flat buffer, which
     safetensors refuses to save)."""
     tensor = tensor.detach().cpu().contiguous()
@@ -290,7 +294,7 @@ def _own_storage(tensor: Tensor) -> Tensor:
     return tensor
 
 
-def _read_tensors(path: str, keys: tuple[str, ...], revision: str | None) -> dict[str, Tensor]:
+def read_tensors(path: str, keys: tuple[str, ...], revision: str | None) -> dict[str, Tensor]:
     """Read a few named tensors from a (possibly sharded) safetensors or ``.bin`` checkpoint."""
     from safetensors import safe_open
 

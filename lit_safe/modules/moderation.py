@@ -73,9 +73,13 @@ class ModerationStats(Metric):
         self.safe_flagged += (flagged & ~is_unsafe).sum()
         self.unsafe_total += is_unsafe.sum()
         self.unsafe_flagged += (flagged & is_unsafe).sum()
-        group = severity.clamp_min(0) if self.severity_levels else is_unsafe.long()
+        if self.severity_levels:  # flag rates per true severity level, over the responses that have one
+            labelled = severity >= 0
+            group, group_flagged = severity[labelled], flagged[labelled]
+        else:  # per safety label
+            group, group_flagged = is_unsafe.long(), flagged
         self.group_total += torch.bincount(group, minlength=len(self.group_total))
-        self.group_flagged += torch.bincount(group[flagged], minlength=len(self.group_total))
+        self.group_flagged += torch.bincount(group[group_flagged], minlength=len(self.group_total))
         if severity_probs is not None:
             labelled = severity >= 0
             self.severity_correct += (severity_probs.argmax(-1) == severity)[labelled].sum()
