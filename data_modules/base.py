@@ -107,9 +107,10 @@ class PreparedDataModule(LightningDataModule):
         seed: seeds the split carving, the synthetic data and the shuffling.
     """
 
-    dataset_name = "dataset"
+    dataset_name = "dataset"  # names the prepared directories: <dataset_name>-<view>-<fingerprint>
     views: tuple[str, ...] = ()
     has_synthetic = False
+    format_version = 2  # of the prepared items; 2: item 'row' is the position in the source split
 
     def __init__(
         self,
@@ -243,8 +244,6 @@ class PreparedDataModule(LightningDataModule):
             "on_bad_row": hp.on_bad_row,
             "seed": hp.seed,
         }
-
-    format_version = 2  # 2: item 'row' is the position in the source split
 
     def prepared_location(self) -> str:
         """The prepared dataset this configuration streams from (a local directory or a URL)."""

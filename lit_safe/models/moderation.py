@@ -20,7 +20,6 @@ categories, severity levels, pooling and the decision rule), safetensors with th
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Literal, NamedTuple
 
@@ -29,7 +28,7 @@ from torch import Tensor, nn
 from transformers import AutoConfig, AutoModel, PreTrainedModel, PreTrainedTokenizerBase
 
 from lit_safe.models.backbone import DTYPES, hidden_size
-from lit_safe.models.score_model import last_attended_index, own_storage, read_tensors
+from lit_safe.models.score_model import last_attended_index, read_tensors, save_with_heads
 
 Pooling = Literal["auto", "last", "mean", "cls"]
 FlagRule = Literal["unsafe", "severity", "categories"]
@@ -168,8 +167,9 @@ class ModerationModel(nn.Module):
         hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
         pooled = pool_hidden(hidden, attention_mask, self.pooling).to(self.category_head.weight.dtype)
         severity = self.severity_head(pooled).float() if self.severity_head is not None else None
-        return ModerationOutput(self.category_head(pooled).float(), self.unsafe_head(pooled).squeeze(-1).float(),
-                                severity)
+        # clone: a view as output would let an in-place op skip FSDP2's pre-backward hook (FSDP2 warns about it)
+        unsafe = self.unsafe_head(pooled).squeeze(-1).float().clone()
+        return ModerationOutput(self.category_head(pooled).float(), unsafe, severity)
 
     # ----------------------------------------------------------------------------------------- Hugging Face format
     def moderation_config(self) -> dict:
@@ -182,26 +182,9 @@ class ModerationModel(nn.Module):
     ) -> Path:
         """Write config, safetensors weights and (optionally) the tokenizer; ``state_dict``: this module's full state
         dict when the live parameters are sharded."""
-        from huggingface_hub import save_torch_state_dict
-
-        path = Path(path)
-        path.mkdir(parents=True, exist_ok=True)
         state_dict = self.state_dict() if state_dict is None else state_dict
-        prefix = self.backbone.base_model_prefix or "model"
-        weights = {}
-        for key, value in state_dict.items():
-            if key.startswith("backbone."):
-                weights[f"{prefix}.{key.removeprefix('backbone.')}"] = own_storage(value)
-            elif key.startswith(HEADS):
-                weights[key] = own_storage(value)
-        save_torch_state_dict(weights, path, max_shard_size=max_shard_size)
-        config = self.backbone.config.to_dict()
-        config["moderation"] = self.moderation_config()
-        config["architectures"] = [type(self.backbone).__name__.removesuffix("Model") + "ForModeration"]
-        (path / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
-        if tokenizer is not None:
-            tokenizer.save_pretrained(path)
-        return path
+        return save_with_heads(path, self.backbone, state_dict, HEADS, {"moderation": self.moderation_config()},
+                               "ForModeration", tokenizer, max_shard_size)
 
     @classmethod
     def from_pretrained(cls, path: str | Path, *, dtype: str = "float32", revision: str | None = None,

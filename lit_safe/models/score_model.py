@@ -221,26 +221,9 @@ class ScoreModel(nn.Module):
             state_dict: this module's full state dict when the live parameters are sharded (FSDP): gather it first.
             max_shard_size: safetensors shard size for big models.
         """
-        from huggingface_hub import save_torch_state_dict
-
-        path = Path(path)
-        path.mkdir(parents=True, exist_ok=True)
         state_dict = self.state_dict() if state_dict is None else state_dict
-        prefix = self.backbone.base_model_prefix or "model"
-        weights = {}
-        for key, value in state_dict.items():
-            if key.startswith("backbone."):
-                weights[f"{prefix}.{key.removeprefix('backbone.')}"] = own_storage(value)
-            elif key.startswith("score_head."):
-                weights[key] = own_storage(value)
-        save_torch_state_dict(weights, path, max_shard_size=max_shard_size)
-        config = self.backbone.config.to_dict()
-        config.update(self.score_config())
-        config["architectures"] = [type(self.backbone).__name__.removesuffix("Model") + "ForScore"]
-        (path / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
-        if tokenizer is not None:
-            tokenizer.save_pretrained(path)
-        return path
+        return save_with_heads(path, self.backbone, state_dict, ("score_head.",), self.score_config(), "ForScore",
+                               tokenizer, max_shard_size)
 
     @classmethod
     def from_pretrained(
@@ -283,6 +266,46 @@ class ScoreModel(nn.Module):
             if getattr(config, key, None) is not None:
                 getattr(model.normalizer, key).fill_(float(getattr(config, key)))
         return model
+
+
+def save_with_heads(
+    path: str | Path,
+    backbone: PreTrainedModel,
+    state_dict: dict[str, Tensor],
+    heads: tuple[str, ...],
+    config_entries: dict,
+    architecture_suffix: str,
+    tokenizer: PreTrainedTokenizerBase | None = None,
+    max_shard_size: str = "5GB",
+) -> Path:
+    """Write a backbone-plus-heads model in the Hugging Face format (score and moderation models).
+
+    The ``backbone.*`` entries of ``state_dict`` are saved under the backbone's ``base_model_prefix`` (so that
+    ``AutoModel.from_pretrained`` reads them), the entries starting with one of ``heads`` as they are; ``config.json``
+    is the backbone's config plus ``config_entries``, with ``architectures`` ``<Backbone><architecture_suffix>``.
+
+    Returns:
+        ``path``.
+    """
+    from huggingface_hub import save_torch_state_dict
+
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    prefix = backbone.base_model_prefix or "model"
+    weights = {}
+    for key, value in state_dict.items():
+        if key.startswith("backbone."):
+            weights[f"{prefix}.{key.removeprefix('backbone.')}"] = own_storage(value)
+        elif key.startswith(heads):
+            weights[key] = own_storage(value)
+    save_torch_state_dict(weights, path, max_shard_size=max_shard_size)
+    config = backbone.config.to_dict()
+    config.update(config_entries)
+    config["architectures"] = [type(backbone).__name__.removesuffix("Model") + architecture_suffix]
+    (path / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    if tokenizer is not None:
+        tokenizer.save_pretrained(path)
+    return path
 
 
 def own_storage(tensor: Tensor) -> Tensor:
