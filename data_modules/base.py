@@ -329,6 +329,12 @@ class PreparedDataModule(LightningDataModule):
             rows["test"] = self._validated(self._read(hp.test_split), {"test": reports["test"]}, lambda _: "test")[
                 "test"
             ]
+        # Given (not carved) held-out splits may share prompts with training: count them, since they inflate scores.
+        train_prompts = {row["prompt"] for _, row in rows["train"]}
+        for split in ("val", "test"):
+            shared = {row["prompt"] for _, row in rows.get(split, [])} & train_prompts
+            if shared:
+                reports[split].notes["prompts_shared_with_train"] += len(shared)
         tmp = staging_dir(final)
         report = PrepareReport(source=str(hp.source), view=hp.view, output_dir=str(final))
         labels: dict[str, Any] = {}
@@ -380,10 +386,20 @@ class PreparedDataModule(LightningDataModule):
         return meta.get("labels", {}).get(split, {})
 
     # ----------------------------------------------------------------------------------------- Lightning hooks
+    def _predicting_from_file(self, stage: str | None = None) -> bool:
+        if self.hparams.predict_file is None:
+            return False
+        if stage is None and self.trainer is not None:
+            stage = self.trainer.state.fn
+        return stage == "predict"  # a TrainerFn compares equal to its value
+
     def prepare_data(self) -> None:
-        self.prepare()
+        if not self._predicting_from_file():  # predicting on a file needs no prepared dataset (nor network)
+            self.prepare()
 
     def setup(self, stage: str | None = None) -> None:
+        if self._predicting_from_file(stage):
+            return
         location = self.prepared_location()
         if "://" not in location and not is_prepared(location):
             self.prepare()
@@ -445,9 +461,13 @@ class PreparedDataModule(LightningDataModule):
         path = Path(path).expanduser()
         if not path.name.endswith((".jsonl", ".jsonl.gz")):
             raise DataValidationError(f"{path}: predict_file must be a JSONL file of {{'prompt', 'response'}} lines")
-        rows = self._validated(sources.read_file(path), {"predict": SplitReport()}, lambda _: "predict",
+        report = SplitReport()
+        rows = self._validated(sources.read_file(path), {"predict": report}, lambda _: "predict",
                                check=check_prediction_row, notes=lambda row: [], source=str(path),
                                with_location=True)["predict"]
+        skipped = sum(report.dropped.values())
+        if skipped:  # on_bad_row: skip
+            print(f"{path}: skipped {skipped} invalid line(s): {dict(report.dropped)}")
         if not rows:
             raise DataValidationError(f"{path}: no valid lines to predict on")
         ids, _ = self.view.encode_inputs(self.tokenizer, [r["prompt"] for _, r in rows],

@@ -10,8 +10,10 @@ Batches: ``input_ids``/``attention_mask (B, L)`` (right padding), ``categories``
 ``severity``, ``row`` and ``response`` ``(B,)``.
 
 Text: decoder LMs read the conversation template, the response and EOS (as the score models do). Encoders (a
-tokenizer with CLS and SEP tokens, e.g. BERT or MiniLM) read the tokenizer's own sentence-pair form
-(``[CLS] prompt [SEP] response [SEP]``), the longer of the two cut first when too long.
+tokenizer with CLS and SEP tokens, e.g. BERT or MiniLM) read the tokenizer's own sentence-pair ids
+(``[CLS] prompt [SEP] response [SEP]``), the longer of the two cut first when too long. Departure: no
+``token_type_ids`` are stored, so the model sees segment 0 throughout, as sentence-transformer encoders (MiniLM) were
+trained; cross-encoders pretrained with segment ids lose that signal.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from lit_safe.data_modules.preparation import SplitReport
 from lit_safe.data_modules.streaming import pad_right
 from lit_safe.data_modules.text import encode_with_eos, format_prompt
 
+ENCODE_CHUNK = 8192  # responses tokenised per call
 # (prompt, response, {category: bool}, is_safe, severity or None, sha256 or None) per labelled response
 Response = tuple[str, str, dict[str, bool], bool, int | None, str | None]
 
@@ -125,28 +128,30 @@ class ModerationView:
                         continue
                     seen.add(key)
                 kept.append((index, k, response))
-        # Nothing kept (e.g. only 2023 rows): no tokenizer call, which fails on an empty batch; the writer then
-        # reports that every row was dropped.
-        ids, truncated = self.encode_inputs(tokenizer, [r[2][0] for r in kept], [r[2][1] for r in kept], template,
-                                            max_length) if kept else ([], 0)
-        report.notes["truncated_sequences"] += truncated
         positives, severities = Counter(), Counter()
         unsafe_count = 0
-        for (index, k, (_, _, categories, is_safe, severity, _)), seq in zip(kept, ids):
-            labels = np.asarray([bool(categories[c]) for c in self.categories], dtype=np.uint8)
-            positives.update(c for c, v in zip(self.categories, labels) if v)
-            unsafe_count += not is_safe
-            if severity is not None:
-                severities[int(severity)] += 1
-            report.kept += 1
-            yield {
-                "input_ids": seq,
-                "categories": labels,
-                "unsafe": int(not is_safe),
-                "severity": -1 if severity is None or not self.severity_levels else int(severity),
-                "row": index,
-                "response": k,
-            }
+        # Tokenised in chunks, so that a 330k-row split never holds every encoding at once. Nothing kept (e.g. only
+        # 2023 rows) means no tokenizer call (it fails on an empty batch); the writer then reports the empty split.
+        for start in range(0, len(kept), ENCODE_CHUNK):
+            chunk = kept[start : start + ENCODE_CHUNK]
+            ids, truncated = self.encode_inputs(tokenizer, [r[2][0] for r in chunk], [r[2][1] for r in chunk],
+                                                template, max_length)
+            report.notes["truncated_sequences"] += truncated
+            for (index, k, (_, _, categories, is_safe, severity, _)), seq in zip(chunk, ids):
+                labels = np.asarray([bool(categories[c]) for c in self.categories], dtype=np.uint8)
+                positives.update(c for c, v in zip(self.categories, labels) if v)
+                unsafe_count += not is_safe
+                if severity is not None:
+                    severities[int(severity)] += 1
+                report.kept += 1
+                yield {
+                    "input_ids": seq,
+                    "categories": labels,
+                    "unsafe": int(not is_safe),
+                    "severity": -1 if severity is None or not self.severity_levels else int(severity),
+                    "row": index,
+                    "response": k,
+                }
         self._counts = {
             "items": len(kept),
             "unsafe": unsafe_count,

@@ -12,8 +12,10 @@ Project subcommands:
 
 from __future__ import annotations
 
+import json
 import os
 import sys
+from pathlib import Path
 from typing import Any
 
 from lightning.pytorch import LightningDataModule, LightningModule
@@ -43,12 +45,33 @@ class LitSafeCLI(LightningCLI):
         )
 
     def _parse_ckpt_path(self) -> None:
-        """Keep the model's arguments as the config and the command line give them when ``--ckpt_path`` is set.
+        """Keep the model's arguments as the config and the command line give them when ``--ckpt_path`` is set, and
+        say which of them differ from the checkpoint's.
 
         LightningCLI (2.4+) otherwise overwrites them with the hyperparameters saved in the checkpoint, which
         silently drops command-line choices such as ``--model.flag_rule severity`` at test or predict time. The
-        checkpoint still provides the weights (and its loader checks that they fit the configured model).
+        checkpoint still provides the weights (its loader fails loudly when they do not fit the configured model);
+        a warning lists the arguments that differ, so that a changed ``backbone`` or ``pooling`` is seen.
         """
+        subcommand = self.config.get("subcommand")
+        ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
+        if not ckpt_path or not Path(ckpt_path).is_file():
+            return
+        import torch
+        from lightning.pytorch.utilities import rank_zero_warn
+
+        saved = torch.load(ckpt_path, weights_only=True, map_location="cpu", mmap=True).get("hyper_parameters", {})
+        model = self.config[subcommand].get("model")
+        given = dict(model.get("init_args") or {}) if model is not None else {}
+        def text(value) -> str:
+            return json.dumps(value, default=str)  # tuples and lists compare equal
+
+        differ = {key: (saved[key], value) for key, value in given.items()
+                  if key in saved and value is not None and text(value) != text(saved[key])}
+        if differ:
+            listed = ", ".join(f"{k}: {old!r} -> {new!r}" for k, (old, new) in sorted(differ.items()))
+            rank_zero_warn(f"{ckpt_path} was trained with other model arguments; this run uses the given ones: "
+                           f"{listed}")
 
 
 def prepare_main(argv: list[str]) -> Any:

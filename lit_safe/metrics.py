@@ -24,7 +24,7 @@ def macro_f1(tp: Tensor, fp: Tensor, fn: Tensor) -> Tensor:
     """Mean F1 over the classes with at least one positive label (``tp + fn > 0``); NaN if there are none."""
     present = (tp + fn) > 0
     if not bool(present.any()):
-        return torch.tensor(float("nan"), dtype=torch.float64)
+        return torch.tensor(float("nan"), dtype=torch.float64, device=tp.device)
     return f1_scores(tp, fp, fn)[present].mean()
 
 
@@ -37,20 +37,21 @@ def binary_auroc(scores: Tensor, labels: Tensor) -> Tensor:
     scores, labels = scores.double().flatten(), labels.bool().flatten()
     positives, negatives = int(labels.sum()), int((~labels).sum())
     if positives == 0 or negatives == 0:
-        return torch.tensor(float("nan"), dtype=torch.float64)
+        return torch.tensor(float("nan"), dtype=torch.float64, device=scores.device)
     order = torch.argsort(scores)
     sorted_scores = scores[order]
     ranks = torch.empty_like(scores)
-    ranks[order] = torch.arange(1, len(scores) + 1, dtype=torch.float64)
+    ranks[order] = torch.arange(1, len(scores) + 1, dtype=torch.float64, device=scores.device)
     # average the ranks of tied scores
     _, inverse, counts = torch.unique_consecutive(sorted_scores, return_inverse=True, return_counts=True)
-    rank_sum = torch.zeros(len(counts), dtype=torch.float64).index_add_(0, inverse, ranks[order])
+    rank_sum = torch.zeros(len(counts), dtype=torch.float64, device=scores.device).index_add_(0, inverse, ranks[order])
     ranks[order] = (rank_sum / counts.double())[inverse]
     return (ranks[labels].sum() - positives * (positives + 1) / 2) / (positives * negatives)
 
 
 def multilabel_auroc(scores: Tensor, labels: Tensor) -> Tensor:
-    """Per-class AUROC of scores and labels ``(N, C)``: ``(C,)``, NaN for a class with one label value only."""
+    """Per-class AUROC of scores and labels ``(N, C)``: ``(C,)``, NaN for a class with one label value only.
+    Every result is on the inputs' device."""
     return torch.stack([binary_auroc(scores[:, c], labels[:, c]) for c in range(scores.size(1))])
 
 

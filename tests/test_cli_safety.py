@@ -108,8 +108,10 @@ def test_moderation_predict_reads_jsonl_and_writes_categories_severity_and_flag(
 def test_moderation_severity_rule_flags_only_moderate_and_severe(moderation_fitted):
     tmp, config, _ = moderation_fitted
     ckpt = str(tmp / "checkpoints" / "last.ckpt")
-    lenient = run(["test", "--config", str(config), "--ckpt_path", ckpt, "--model.flag_rule", "severity",
-                   "--model.flag_min_severity", "3"]).trainer.callback_metrics
+    # the command line wins over the checkpoint's hyperparameters, and the difference is announced
+    with pytest.warns(UserWarning, match="flag_min_severity: 1 -> 3.*flag_rule: 'unsafe' -> 'severity'"):
+        lenient = run(["test", "--config", str(config), "--ckpt_path", ckpt, "--model.flag_rule", "severity",
+                       "--model.flag_min_severity", "3"]).trainer.callback_metrics
     strict = run(["test", "--config", str(config), "--ckpt_path", ckpt, "--model.flag_rule", "severity",
                   "--model.flag_min_severity", "1"]).trainer.callback_metrics
     # flagging only severe harm lets minor and moderate responses through; flagging from minor catches them
@@ -133,3 +135,31 @@ def test_exported_moderation_model_reproduces_the_checkpoint(moderation_fitted):
         got = exported(batch["input_ids"], batch["attention_mask"])
     for a, b in zip(got, expected):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_predicting_on_a_file_prepares_no_dataset(moderation_fitted, responses, tmp_path):
+    _, config, _ = moderation_fitted
+    inputs, labels = responses
+    run(["predict", "--config", str(config), "--ckpt_path", str(config.parent / "checkpoints" / "last.ckpt"),
+         "--data.predict_file", str(inputs), "--data.prepared_dir", str(tmp_path / "untouched"),
+         "--trainer.callbacks+=lit_safe.callbacks.predictions.JsonlPredictionWriter",
+         "--trainer.callbacks.output_path", str(tmp_path / "out.jsonl")])
+    assert len((tmp_path / "out.jsonl").read_text().splitlines()) == len(labels)
+    assert not (tmp_path / "untouched").exists()
+
+
+def test_moderation_checkpoint_keeps_the_pos_weight_of_the_training_counts(moderation_fitted):
+    tmp, _, _ = moderation_fitted
+    state = torch.load(tmp / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+    weight = state["pos_weight"]
+    assert weight.shape == (len(PKU_HARM_CATEGORIES),)
+    assert bool((weight > 1).all()) and bool((weight <= 10).all())  # rare categories: negatives/positives, capped
+
+
+def test_wrong_tokenizer_or_decision_rule_fails_before_training(moderation_fitted, tmp_path):
+    _, config, _ = moderation_fitted
+    with pytest.raises(ValueError, match="tokenizer .*small.* is not the model's"):
+        run(["fit", "--config", str(config), "--data.tokenizer", "small", "--data.synthetic_rows", "200",
+             "--data.prepared_dir", str(tmp_path / "prepared")])
+    with pytest.raises(ValueError, match=r"flag_min_severity must be in \[1, 3\], got 4"):
+        run(["fit", "--config", str(config), "--model.flag_rule", "severity", "--model.flag_min_severity", "4"])

@@ -104,6 +104,34 @@ def flag_decisions(
     return flagged, detected
 
 
+def validate_decision(decision: dict, categories: list[str], severity_levels: int) -> None:
+    """Raise ``ValueError`` for a decision rule that cannot work with these categories and severity levels.
+
+    Args:
+        decision: ``flag_rule``, ``flag_threshold``, ``flag_min_severity``, ``category_thresholds`` (``{name: t}``).
+        categories: the model's categories.
+        severity_levels: the model's severity classes (0: none).
+    """
+    rule = decision.get("flag_rule")
+    if rule not in ("unsafe", "severity", "categories"):
+        raise ValueError(f"flag_rule must be unsafe, severity or categories, got {rule!r}")
+    if not 0 < float(decision.get("flag_threshold", 0.5)) <= 1:
+        raise ValueError(f"flag_threshold must be in (0, 1], got {decision.get('flag_threshold')}")
+    if rule == "severity":
+        if severity_levels < 2:
+            raise ValueError("flag_rule 'severity' needs severity labels (PKU-SafeRLHF has them; BeaverTails does not)")
+        level = decision.get("flag_min_severity")
+        if not isinstance(level, int) or not 1 <= level <= severity_levels - 1:
+            raise ValueError(f"flag_min_severity must be in [1, {severity_levels - 1}], got {level!r}")
+    thresholds = decision.get("category_thresholds", {})
+    unknown = sorted(set(thresholds) - set(categories))
+    if unknown:
+        raise ValueError(f"category_thresholds names unknown categories {unknown}; known: {categories}")
+    bad = {k: v for k, v in thresholds.items() if not 0 <= float(v) <= 1}
+    if bad:
+        raise ValueError(f"category thresholds must be in [0, 1], got {bad}")
+
+
 class ModerationOutput(NamedTuple):
     """Logits of a :class:`ModerationModel` (a named tuple, so that FSDP2 sees the tensors).
 
@@ -170,6 +198,25 @@ class ModerationModel(nn.Module):
         # clone: a view as output would let an in-place op skip FSDP2's pre-backward hook (FSDP2 warns about it)
         unsafe = self.unsafe_head(pooled).squeeze(-1).float().clone()
         return ModerationOutput(self.category_head(pooled).float(), unsafe, severity)
+
+    def decide(self, out: ModerationOutput) -> dict[str, Tensor | None]:
+        """Probabilities and the decision of the model's own rule (``self.decision``, saved with the model; default:
+        flag at P(unsafe) >= 0.5, categories at 0.5).
+
+        Returns:
+            ``category_probs (B, C)``, ``unsafe_prob (B,)``, ``severity_probs (B, S)`` or ``None``, ``flagged (B,)``
+            and ``detected (B, C)`` (booleans).
+        """
+        decision = {"flag_rule": "unsafe", "flag_threshold": 0.5, "flag_min_severity": 1, **self.decision}
+        named = decision.get("category_thresholds") or {}
+        thresholds = torch.tensor([float(named.get(c, 0.5)) for c in self.categories])
+        category_probs, unsafe_prob = out.category_logits.sigmoid(), out.unsafe_logits.sigmoid()
+        severity_probs = out.severity_logits.softmax(-1) if out.severity_logits is not None else None
+        flagged, detected = flag_decisions(category_probs, unsafe_prob, severity_probs, decision["flag_rule"],
+                                           float(decision["flag_threshold"]), int(decision["flag_min_severity"]),
+                                           thresholds)
+        return {"category_probs": category_probs, "unsafe_prob": unsafe_prob, "severity_probs": severity_probs,
+                "flagged": flagged, "detected": detected}
 
     # ----------------------------------------------------------------------------------------- Hugging Face format
     def moderation_config(self) -> dict:
@@ -248,4 +295,4 @@ def build_moderation_model(
 
 
 __all__ = ["ModerationModel", "ModerationOutput", "build_moderation_model", "flag_decisions", "is_encoder",
-           "pool_hidden"]
+           "pool_hidden", "validate_decision"]

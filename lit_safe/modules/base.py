@@ -1,5 +1,6 @@
-"""What every lit_safe trainer of a transformer shares: FSDP2 sharding in ``configure_model``, AdamW with the
-reference schedule, and gradient clipping that works under every strategy.
+"""What every lit_safe trainer of a transformer shares: a check that the data is tokenised with the model's tokenizer,
+FSDP2 sharding in ``configure_model``, AdamW with the reference schedule, and gradient clipping that works under
+every strategy.
 
 Subclasses build ``self.model`` in ``configure_model`` and call :meth:`BackboneModule.shard` on it; their
 ``hparams`` carry ``lr``, ``weight_decay``, ``betas``, ``warmup_ratio``, ``lr_schedule`` and ``max_grad_norm``.
@@ -12,6 +13,7 @@ from lightning.pytorch import LightningModule
 from lightning.pytorch.strategies import ModelParallelStrategy
 
 from lit_safe.models.sharding import apply_fsdp2, clip_grad_norm
+from lit_safe.models.tokenizer import tokenizer_fingerprint
 from lit_safe.optim import lightning_adamw
 
 
@@ -19,6 +21,17 @@ class BackboneModule(LightningModule):
     """A LightningModule whose ``self.model`` holds one or more Hugging Face transformers."""
 
     model: torch.nn.Module | None
+    tokenizer: object
+
+    def setup(self, stage: str) -> None:
+        """Check that the data module tokenises with this model's tokenizer (different ids would train on garbage)."""
+        datamodule = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
+        theirs = getattr(datamodule, "tokenizer", None)
+        if theirs is not None and tokenizer_fingerprint(theirs) != tokenizer_fingerprint(self.tokenizer):
+            raise ValueError(
+                f"the data module's tokenizer ({theirs.name_or_path}) is not the model's "
+                f"({self.tokenizer.name_or_path}): set data.tokenizer to the model's backbone"
+            )
 
     def shard(self, model: torch.nn.Module) -> None:
         """Shard ``model`` with FSDP2 (per transformer block, then the root) when the trainer runs Lightning's

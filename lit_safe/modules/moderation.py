@@ -25,11 +25,12 @@ from pathlib import Path
 from typing import Literal
 
 import torch
+from lightning.pytorch.utilities import rank_zero_warn
 from torchmetrics import Metric
 
 from lit_safe.losses import moderation_loss
 from lit_safe.metrics import f1_scores, macro_f1, multilabel_auroc
-from lit_safe.models.moderation import ModerationModel, build_moderation_model, flag_decisions
+from lit_safe.models.moderation import ModerationModel, build_moderation_model, validate_decision
 from lit_safe.models.score_model import export_score_model
 from lit_safe.models.tokenizer import load_tokenizer
 from lit_safe.modules.base import BackboneModule
@@ -93,7 +94,7 @@ class ModerationStats(Metric):
         def cat(state):
             return torch.cat(state) if isinstance(state, list) else state
 
-        nan = torch.tensor(float("nan"), dtype=torch.float64)
+        nan = torch.tensor(float("nan"), dtype=torch.float64, device=self.count.device)
         probs, targets = cat(self.category_probs), cat(self.category_targets)
         safe_total, unsafe_total = self.safe_total, self.unsafe_total
         out = {
@@ -174,14 +175,17 @@ class ModerationModule(BackboneModule):
         self.save_hyperparameters()
         self.tokenizer = load_tokenizer(backbone, revision=revision)
         self.model: ModerationModel | None = None
-        self.register_buffer("pos_weight", None, persistent=False)
+        # Saved in checkpoints (so that val/loss of a later validate or test weighs as during fit); filled in setup.
+        self.register_buffer("pos_weight", None)
         self.val_stats: ModerationStats | None = None
         self.test_stats: ModerationStats | None = None
 
     # ------------------------------------------------------------------------------------------------- labels
     def setup(self, stage: str) -> None:
         """Take the categories and severity levels from the data module (and check them against a checkpoint's),
-        and, for training, the per-class ``pos_weight`` from the training split's label counts."""
+        check the decision rule against them, and, for training, compute the per-class ``pos_weight`` from the
+        training split's label counts."""
+        super().setup(stage)  # the data module's tokenizer must be the model's
         hp = self.hparams
         datamodule = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
         view = getattr(datamodule, "view", None)
@@ -195,14 +199,17 @@ class ModerationModule(BackboneModule):
                     raise ValueError(f"the model's {key} {hp[key]} differ from the data's {value}")
         if hp.categories is None or hp.severity_levels is None:
             raise ValueError("ModerationModule needs categories and severity_levels (or a moderation data module)")
-        self.thresholds = self._category_thresholds()
-        if stage == "fit" and hp.pos_weight and hasattr(datamodule, "label_summary"):
-            summary = datamodule.label_summary("train")
+        validate_decision(self.decision_config(), hp.categories, hp.severity_levels)
+        if stage == "fit" and hp.pos_weight:
+            summary = datamodule.label_summary("train") if hasattr(datamodule, "label_summary") else {}
             if summary:
                 positives = torch.tensor(summary["category_positives"], dtype=torch.float32)
                 negatives = summary["items"] - positives
                 weight = torch.where(positives > 0, negatives / positives.clamp_min(1), torch.ones_like(positives))
                 self.pos_weight = weight.clamp(max=hp.max_pos_weight)
+            else:
+                rank_zero_warn("ModerationModule: no training label counts (a remote prepared dataset?): pos_weight "
+                               "is 1 for every category")
         groups = hp.severity_levels or 2
         self.val_stats = ModerationStats(len(hp.categories), groups, hp.severity_levels)
         self.test_stats = ModerationStats(len(hp.categories), groups, hp.severity_levels)
@@ -217,10 +224,11 @@ class ModerationModule(BackboneModule):
         return torch.full((len(hp.categories),), float(hp.category_thresholds))
 
     def decision_config(self) -> dict:
+        """The decision rule of this run's hyperparameters (the exported model carries it)."""
         hp = self.hparams
         return {"flag_rule": hp.flag_rule, "flag_threshold": hp.flag_threshold,
                 "flag_min_severity": hp.flag_min_severity,
-                "category_thresholds": dict(zip(hp.categories, self.thresholds.tolist()))}
+                "category_thresholds": dict(zip(hp.categories, self._category_thresholds().tolist()))}
 
     # ------------------------------------------------------------------------------------------------- model
     def configure_model(self) -> None:
@@ -229,23 +237,19 @@ class ModerationModule(BackboneModule):
         if self.hparams.categories is None:
             self.setup("predict")
         hp = self.hparams
-        self.thresholds = self._category_thresholds()
         self.model = build_moderation_model(
             hp.backbone, self.tokenizer, hp.categories, hp.severity_levels, pooling=hp.pooling, dtype=hp.dtype,
             revision=hp.revision, gradient_checkpointing=hp.gradient_checkpointing,
         )
+        # The configured rule wins over one saved with a backbone that is itself a moderation model.
         self.model.decision = self.decision_config()
+        if hp.pos_weight and self.pos_weight is None:  # outside fit: a placeholder the checkpoint's values replace
+            self.pos_weight = torch.ones(len(hp.categories))
         self.shard(self.model)
 
     def decide(self, out) -> dict[str, torch.Tensor]:
-        """Probabilities and decisions from model logits."""
-        hp = self.hparams
-        category_probs, unsafe_prob = out.category_logits.sigmoid(), out.unsafe_logits.sigmoid()
-        severity_probs = out.severity_logits.softmax(-1) if out.severity_logits is not None else None
-        flagged, detected = flag_decisions(category_probs, unsafe_prob, severity_probs, hp.flag_rule,
-                                           hp.flag_threshold, hp.flag_min_severity, self.thresholds)
-        return {"category_probs": category_probs, "unsafe_prob": unsafe_prob, "severity_probs": severity_probs,
-                "flagged": flagged, "detected": detected}
+        """Probabilities and decisions of the configured rule (:meth:`ModerationModel.decide`)."""
+        return self.model.decide(out)
 
     # ------------------------------------------------------------------------------------------------- steps
     def model_step(self, batch: dict):
@@ -304,7 +308,8 @@ class ModerationModule(BackboneModule):
 
     def _log_epoch(self, stage: str) -> None:
         stats: ModerationStats = getattr(self, f"{stage}_stats")
-        if stats.count == 0:  # no batches (e.g. an empty split)
+        # no batches on any rank (an empty split): every rank decides alike, so none waits in compute()'s gather
+        if float(self.trainer.strategy.reduce(stats.count.clone(), reduce_op="sum")) == 0:
             return
         values = stats.compute()
         names = self.hparams.categories
@@ -316,8 +321,9 @@ class ModerationModule(BackboneModule):
             scalars[f"flag_rate/{group}"] = values["flag_rate"][g]
         headline = ("accuracy", "macro_f1", "fpr_safe")
         # Already reduced across ranks by torchmetrics; sync_dist only keeps Lightning consistent.
-        self.log_dict({f"{stage}/{k}": v.float() for k, v in scalars.items() if k not in headline}, sync_dist=True)
-        self.log_dict({f"{stage}/{k}": scalars[k].float() for k in headline}, prog_bar=True, sync_dist=True)
+        scalars = {k: v.float().to(self.device) for k, v in scalars.items()}
+        self.log_dict({f"{stage}/{k}": v for k, v in scalars.items() if k not in headline}, sync_dist=True)
+        self.log_dict({f"{stage}/{k}": scalars[k] for k in headline}, prog_bar=True, sync_dist=True)
         self._log_table(stage, values)
         stats.reset()
 

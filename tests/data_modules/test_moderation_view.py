@@ -432,3 +432,17 @@ def test_encoder_moderation_items_and_stable_location(minilm_tokenizer, pku_real
     meta = json.loads((Path(location) / "meta.json").read_text())
     assert meta["settings"]["tokenizer"] == tokenizer_fingerprint(tok)
     assert module().prepared_location() == location
+
+
+def test_given_test_split_reports_prompts_shared_with_training(tmp_path):
+    category = dict.fromkeys(BEAVERTAILS_CATEGORIES, False)
+    rows = [{"prompt": f"p{i}", "response": f"r{i}", "category": category, "is_safe": True} for i in range(6)]
+    _write_jsonl(tmp_path / "src" / "train.jsonl", rows[:4])
+    # two test prompts also occur in training (with other responses), one does not
+    test_rows = [dict(rows[0], response="x"), dict(rows[1], response="y"), rows[5]]
+    _write_jsonl(tmp_path / "src" / "test.jsonl", test_rows)
+    dm = BeaverTailsDataModule(source=str(tmp_path / "src"), train_split="train", test_split="test",
+                               val_fraction=0.0, prepared_dir=str(tmp_path / "prep"), num_workers=0)
+    report = dm.prepare()
+    assert report.splits["test"].notes["prompts_shared_with_train"] == 2
+    assert "prompts_shared_with_train" not in report.splits["train"].notes

@@ -298,3 +298,41 @@ def test_minilm_moderation_model_trains(minilm_tokenizer):
     with torch.no_grad():
         last = loss_of_batch()
     assert last.item() < first.item() - 0.1
+
+
+def test_decide_applies_the_rule_saved_with_the_model(tiny_tokenizer):
+    from lit_safe.models.moderation import ModerationOutput
+
+    torch.manual_seed(0)
+    model = ModerationModel(load_backbone("tiny", tiny_tokenizer), ["a", "b"], severity_levels=4)
+    logit = torch.logit
+    out = ModerationOutput(
+        category_logits=logit(torch.tensor([[0.2, 0.6], [0.4, 0.1]])),
+        unsafe_logits=logit(torch.tensor([0.7, 0.3])),
+        severity_logits=torch.log(torch.tensor([[0.1, 0.5, 0.3, 0.1], [0.2, 0.1, 0.3, 0.4]])),
+    )
+    assert model.decide(out)["flagged"].tolist() == [True, False]  # default: P(unsafe) >= 0.5
+    model.decision = {"flag_rule": "severity", "flag_threshold": 0.5, "flag_min_severity": 2}
+    assert model.decide(out)["flagged"].tolist() == [False, True]  # P(sev >= 2): 0.4 and 0.7
+    model.decision = {"flag_rule": "categories", "category_thresholds": {"a": 0.3, "b": 0.9}}
+    decided = model.decide(out)
+    assert decided["detected"].tolist() == [[False, False], [True, False]]
+    assert decided["flagged"].tolist() == [False, True]
+
+
+@pytest.mark.parametrize(
+    ("decision", "levels", "message"),
+    [
+        ({"flag_rule": "loud"}, 4, "flag_rule must be"),
+        ({"flag_rule": "unsafe", "flag_threshold": 0.0}, 4, "flag_threshold must be"),
+        ({"flag_rule": "severity", "flag_min_severity": 2}, 0, "needs severity labels"),
+        ({"flag_rule": "severity", "flag_min_severity": 0}, 4, r"flag_min_severity must be in \[1, 3\]"),
+        ({"flag_rule": "unsafe", "category_thresholds": {"c": 0.5}}, 4, "unknown categories"),
+        ({"flag_rule": "unsafe", "category_thresholds": {"a": 1.5}}, 4, "must be in \\[0, 1\\]"),
+    ],
+)
+def test_validate_decision_rejects_rules_that_cannot_work(decision, levels, message):
+    from lit_safe.models.moderation import validate_decision
+
+    with pytest.raises(ValueError, match=message):
+        validate_decision(decision, ["a", "b"], levels)
