@@ -26,6 +26,7 @@ import hashlib
 import json
 import os
 import shutil
+from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -77,7 +78,7 @@ def check_prediction_row(row: Any) -> list[tuple[str, str]]:
     return problems
 
 
-class PreparedDataModule(LightningDataModule):
+class PreparedDataModule(LightningDataModule, ABC):
     """Base class of the text DataModules (see the module docstring). Subclasses define ``dataset_name``,
     :meth:`check_row`, :meth:`make_view` and their ``__init__`` (the arguments LightningCLI shows), which passes
     every common argument here.
@@ -158,13 +159,13 @@ class PreparedDataModule(LightningDataModule):
         self.report: PrepareReport | None = None
 
     # ------------------------------------------------------------------------------------- what subclasses define
+    @abstractmethod
     def make_view(self, name: str) -> Any:
         """The view object for ``name`` (one of ``self.views``)."""
-        raise NotImplementedError(f"{type(self).__name__} must define make_view")
 
+    @abstractmethod
     def check_row(self, row: Any) -> list[tuple[str, str]]:
         """Schema problems of one row as ``[(field, message)]``; empty when valid."""
-        raise NotImplementedError(f"{type(self).__name__} must define check_row")
 
     def row_notes(self, row: dict[str, Any]) -> list[str]:
         """Label disagreements of a valid row that are counted in the report but kept."""

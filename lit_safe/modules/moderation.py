@@ -243,7 +243,7 @@ class ModerationModule(BackboneModule):
         )
         # The configured rule wins over one saved with a backbone that is itself a moderation model.
         self.model.decision = self.decision_config()
-        if hp.pos_weight and self.pos_weight is None:  # outside fit: a placeholder the checkpoint's values replace
+        if hp.pos_weight and self.pos_weight is None:  # outside fit: ones, until a checkpoint's values are loaded
             self.pos_weight = torch.ones(len(hp.categories))
         self.shard(self.model)
 
