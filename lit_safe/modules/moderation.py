@@ -168,11 +168,7 @@ class ModerationModule(BackboneModule):
         gradient_checkpointing: bool = False,
     ) -> None:
         super().__init__()
-        if flag_rule not in ("unsafe", "severity", "categories"):
-            raise ValueError(f"flag_rule must be unsafe, severity or categories, got {flag_rule!r}")
-        if not 0 < flag_threshold <= 1:
-            raise ValueError(f"flag_threshold must be in (0, 1], got {flag_threshold}")
-        self.save_hyperparameters()
+        self.save_hyperparameters()  # the decision rule is checked in setup, once categories and severity are known
         self.tokenizer = load_tokenizer(backbone, revision=revision)
         self.model: ModerationModel | None = None
         # Saved in checkpoints (so that val/loss of a later validate or test weighs as during fit); filled in setup.
