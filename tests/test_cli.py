@@ -117,6 +117,11 @@ def test_every_full_config_parses(path, capsys):
     printed = yaml.safe_load(capsys.readouterr().out)
     assert printed["model"]["class_path"].startswith("lit_safe.modules.")
     assert printed["data"]["class_path"].startswith("lit_safe.data_modules.")
+    for callback in printed["trainer"]["callbacks"] or []:
+        if callback["class_path"].endswith("ModelCheckpoint") and callback["init_args"]["save_last"]:
+            # a rerun must overwrite last.ckpt: with the version counter it writes last-v1.ckpt, and the documented
+            # `test --ckpt_path .../last.ckpt` silently evaluates the previous run
+            assert callback["init_args"]["enable_version_counter"] is False
 
 
 @pytest.mark.parametrize("path", FRAGMENTS, ids=lambda p: str(p.relative_to(REPO)))

@@ -17,22 +17,19 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.slow
-def test_moderation_trains_validates_and_exports_under_fsdp2(tmp_path):
+def test_moderation_trains_validates_and_exports_under_fsdp2(tmp_path, quickstart_config):
     lit_safe = Path(sys.executable).parent / "lit-safe"
+    config = quickstart_config("moderation", tmp_path, synthetic_rows=600)  # every output under tmp_path
     command = [
-        str(lit_safe), "fit", "--config", "configs/quickstart/moderation.yaml",
-        "--config", "configs/trainer/fsdp2_cpu.yaml",
+        str(lit_safe), "fit", "--config", str(config), "--config", "configs/trainer/fsdp2_cpu.yaml",
         "--trainer.max_steps", "24", "--trainer.val_check_interval", "12", "--trainer.limit_val_batches", "4",
-        "--trainer.enable_progress_bar", "false", "--trainer.logger.init_args.save_dir", str(tmp_path / "tb"),
-        "--data.synthetic_rows", "600", "--data.num_workers", "0", "--data.prepared_dir", str(tmp_path / "prep"),
-        "--trainer.callbacks.init_args.dirpath", str(tmp_path / "hf"),  # the last callback: ExportPretrained
     ]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
     proc = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600, cwd=REPO)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     assert "returned a view tensor" not in proc.stderr  # FSDP2's warning about outputs that can skip its hooks
 
-    events = sorted((tmp_path / "tb").rglob("events.out.tfevents.*"))
+    events = sorted((tmp_path / "runs").rglob("events.out.tfevents.*"))
     accumulator = EventAccumulator(str(events[-1].parent)).Reload()
     accuracy = [e.value for e in accumulator.Scalars("val/accuracy")]
     assert len(accuracy) == 2 and accuracy[-1] >= 0.8
@@ -40,5 +37,6 @@ def test_moderation_trains_validates_and_exports_under_fsdp2(tmp_path):
     losses = [e.value for e in accumulator.Scalars("train/loss")]
     assert losses[-1] < losses[0]
 
-    model = ModerationModel.from_pretrained(tmp_path / "hf")
+    assert (tmp_path / "checkpoints" / "last.ckpt").is_file()
+    model = ModerationModel.from_pretrained(tmp_path / "moderation_model")
     assert model.categories == list(PKU_HARM_CATEGORIES) and model.severity_levels == 4
