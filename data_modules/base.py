@@ -244,7 +244,12 @@ class PreparedDataModule(LightningDataModule, ABC):
             "tokenizer": tokenizer_fingerprint(self.tokenizer),
             "on_bad_row": hp.on_bad_row,
             "seed": hp.seed,
+            **self.view_settings(),
         }
+
+    def view_settings(self) -> dict[str, Any]:
+        """Dataset-specific settings that change the prepared items (part of the fingerprint)."""
+        return {}
 
     def prepared_location(self) -> str:
         """The prepared dataset this configuration streams from (a local directory or a URL)."""

@@ -12,6 +12,9 @@ Views turn a validated row into training items:
   ``is_response_k_safe``: the cost model (self-contradicting rows are dropped and counted).
 - ``moderation``: one item per distinct response (deduplicated by ``response_k_sha256``) with its 19 harm
   categories, severity 0-3 and ``is_safe``: the moderation model (:mod:`lit_safe.data_modules.moderation`).
+- ``sft``: (prompt, response) for supervised fine-tuning of the initial policy, prompt tokens masked; which
+  responses is ``sft_responses`` (:mod:`lit_safe.data_modules.policy`).
+- ``prompts``: the distinct prompts, left-padded, for PPO rollouts and the arena.
 
 The generic machinery (sources, validation, split carving, preparation, streaming, ``predict_file``) is in
 :class:`~lit_safe.data_modules.base.PreparedDataModule`.
@@ -32,6 +35,7 @@ import numpy as np
 
 from lit_safe.data_modules.base import PreparedDataModule, Valid, prompt_bucket
 from lit_safe.data_modules.moderation import ModerationView, pku_responses, uses_pair_input
+from lit_safe.data_modules.policy import PromptView, SFTView
 from lit_safe.data_modules.preparation import SplitReport
 from lit_safe.data_modules.schemas import (
     PKU_HARM_CATEGORIES,
@@ -176,6 +180,16 @@ class SafetyView(PairView):
 VIEWS = {"preference": PreferenceView, "safety": SafetyView}
 
 
+def pku_sft_pairs(row: dict[str, Any], which: str) -> list[tuple[str, str]]:
+    """The (prompt, response) pairs a PKU-SafeRLHF row gives the ``sft`` view: ``both`` responses, the ``better``
+    one or the ``safer`` one."""
+    if which == "both":
+        ids = [0, 1]
+    else:
+        ids = [row["better_response_id" if which == "better" else "safer_response_id"]]
+    return [(row["prompt"], row[f"response_{k}"]) for k in ids]
+
+
 class PKUSafeRLHFDataModule(PreparedDataModule):
     """PKU-SafeRLHF (or any file in its schema), prepared once with litdata and streamed.
 
@@ -184,8 +198,9 @@ class PKUSafeRLHFDataModule(PreparedDataModule):
         source: ``synthetic`` (the embedded default), a hub id (``PKU-Alignment/PKU-SafeRLHF``), a local
             JSON/JSONL/parquet file, a directory of split files (``train.jsonl``, ``test.jsonl``) or a local clone
             of the hub repository, or an already prepared directory / object-store URL.
-        view: which items to build from a row: ``preference`` (reward model), ``safety`` (cost model) or
-            ``moderation`` (one item per distinct response, for the moderation model).
+        view: which items to build from a row: ``preference`` (reward model), ``safety`` (cost model),
+            ``moderation`` (one item per distinct response, for the moderation model), ``sft`` (policy fine-tuning)
+            or ``prompts`` (distinct prompts for generation).
         subset: the hub config name (``default``, ``alpaca-7b``, ``alpaca2-7b``, ``alpaca3-8b``); ``None`` for
             the 2023 release.
         revision: the hub revision to pin (``v0`` is the 2023 release of the Safe RLHF paper).
@@ -215,18 +230,20 @@ class PKUSafeRLHFDataModule(PreparedDataModule):
             ``~/.cache/lit_safe/prepared``).
         predict_file: a JSONL of ``{"prompt", "response"}`` lines that ``lit-safe predict`` scores (reward, cost)
             or classifies (moderation), one output line per input line; ``None`` predicts on the test split.
+        sft_responses: (``sft`` view) which responses of a row to fine-tune on: ``both``, the ``better`` one
+            (``better_response_id``) or the ``safer`` one (``safer_response_id``).
         seed: seeds the split carving, the synthetic data and the shuffling.
     """
 
     dataset_name = "pku_saferlhf"
-    views = ("preference", "safety", "moderation")
+    views = ("preference", "safety", "moderation", "sft", "prompts")
     has_synthetic = True
 
     def __init__(
         self,
         tokenizer: str = "tiny",
         source: str = "synthetic",
-        view: Literal["preference", "safety", "moderation"] = "preference",
+        view: Literal["preference", "safety", "moderation", "sft", "prompts"] = "preference",
         subset: str | None = "default",
         revision: str | None = None,
         train_split: str = "train",
@@ -246,8 +263,12 @@ class PKUSafeRLHFDataModule(PreparedDataModule):
         on_bad_row: Literal["error", "skip"] = "error",
         prepared_dir: str | None = None,
         predict_file: str | None = None,
+        sft_responses: Literal["both", "better", "safer"] = "both",
         seed: int = 42,
     ) -> None:
+        if sft_responses not in ("both", "better", "safer"):
+            raise ValueError(f"sft_responses must be both, better or safer, got {sft_responses!r}")
+        self.sft_responses = sft_responses
         super().__init__(
             tokenizer=tokenizer, source=source, view=view, subset=subset, revision=revision,
             train_split=train_split, val_split=val_split, test_split=test_split, val_fraction=val_fraction,
@@ -258,12 +279,19 @@ class PKUSafeRLHFDataModule(PreparedDataModule):
         )
 
     def make_view(self, name: str) -> Any:
+        if name == "sft":
+            return SFTView(lambda row: pku_sft_pairs(row, self.sft_responses))
+        if name == "prompts":
+            return PromptView()
         if name == "moderation":
             return ModerationView(
                 PKU_HARM_CATEGORIES, pku_responses, severity_levels=len(PKU_SEVERITY_LEVELS), dedup=True,
                 pair_input=uses_pair_input(self.tokenizer),
             )
         return VIEWS[name](pack_pairs=self.hparams.pack_pairs)
+
+    def view_settings(self) -> dict[str, Any]:
+        return {"sft_responses": self.sft_responses} if self.hparams.view == "sft" else {}
 
     def check_row(self, row: Any) -> list[tuple[str, str]]:
         return check_pku_saferlhf_row(row)

@@ -166,3 +166,26 @@ def moderation_loss(
         total = total + severity_part
     parts = {"category": category.detach(), "unsafe": flag.detach(), "severity": severity_part.detach()}
     return total, parts
+
+
+def sft_loss(logits: Tensor, labels: Tensor, ignore_index: int = -100) -> tuple[Tensor, Tensor, Tensor]:
+    """Causal-LM cross entropy on the labelled tokens (the response; prompt and padding are ``ignore_index``).
+
+    Token ``t + 1`` is predicted from ``logits[:, t]``: ``L = mean over labelled t of -log softmax(logits[:, t])
+    [labels[:, t + 1]]``.
+
+    Args:
+        logits: ``(B, L, V)``.
+        labels: ``(B, L)`` token ids, ``ignore_index`` where no loss is taken.
+
+    Returns:
+        ``(loss, labelled tokens, correctly predicted labelled tokens)``: the mean over labelled tokens (0 when there
+        are none), and the two counts (for token-weighted epoch means and token accuracy).
+    """
+    logits, targets = logits[:, :-1].float(), labels[:, 1:]
+    labelled = targets != ignore_index
+    count = labelled.sum()
+    losses = F.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1), ignore_index=ignore_index,
+                             reduction="sum")
+    correct = ((logits.argmax(-1) == targets) & labelled).sum()
+    return losses / count.clamp_min(1), count, correct

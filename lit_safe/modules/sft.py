@@ -1,0 +1,139 @@
+"""SFTModule: supervised fine-tuning of a causal LM on (prompt, response) pairs, the initial policy of Safe RLHF.
+
+Causal-LM cross entropy on the response tokens only (prompt and padding are masked to -100; ALGORITHMS.md section
+6, :func:`lit_safe.losses.sft_loss`), on the data module's ``sft`` view. The same loss is the PTX term of
+PPO-Lagrangian. Defaults follow the reference SFT script (lr 2e-5, no weight decay, cosine with 3% warm-up,
+gradient clip 1.0). Metrics per stage: ``loss`` (token mean), ``perplexity`` and ``token_accuracy``; the model
+exports as a plain Hugging Face causal LM (``AutoModelForCausalLM.from_pretrained`` reads it) with its tokenizer.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import torch
+from torchmetrics import MeanMetric
+
+from lit_safe.losses import sft_loss
+from lit_safe.models.backbone import load_backbone
+from lit_safe.models.sharding import full_state_dict
+from lit_safe.models.tokenizer import load_tokenizer
+from lit_safe.modules.base import BackboneModule
+
+
+class TokenStats(torch.nn.Module):
+    """Token-weighted loss and accuracy of one stage (synchronised across ranks by torchmetrics)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.loss, self.accuracy = MeanMetric(), MeanMetric()
+        for metric in self.children():
+            metric.persistent(True)
+
+    def update(self, loss: torch.Tensor, count: torch.Tensor, correct: torch.Tensor) -> None:
+        if int(count) == 0:
+            return
+        self.loss.update(loss.detach(), weight=count)
+        self.accuracy.update(correct / count, weight=count)
+
+    def compute(self) -> dict[str, torch.Tensor]:
+        loss = self.loss.compute()
+        return {"loss": loss, "perplexity": loss.exp(), "token_accuracy": self.accuracy.compute()}
+
+    def reset(self) -> None:
+        for metric in self.children():
+            metric.reset()
+
+
+class SFTModule(BackboneModule):
+    """Fine-tune a causal LM on responses.
+
+    Args:
+        backbone: preset (``tiny``, ``small``), hub id or local path of a causal LM.
+        revision: hub revision of the backbone.
+        dtype: parameter dtype.
+        lr: peak learning rate.
+        weight_decay: AdamW weight decay (not applied to biases and norms).
+        betas: AdamW betas.
+        warmup_ratio: share of the optimiser steps spent warming up linearly.
+        lr_schedule: ``cosine`` or ``constant`` after warm-up.
+        max_grad_norm: clip gradients to this global norm (``None``: measure only).
+        gradient_checkpointing: recompute activations in backward (for big models).
+    """
+
+    def __init__(
+        self,
+        backbone: str = "tiny",
+        revision: str | None = None,
+        dtype: Literal["float32", "bfloat16", "float16"] = "float32",
+        lr: float = 2e-5,
+        weight_decay: float = 0.0,
+        betas: tuple[float, float] = (0.9, 0.95),
+        warmup_ratio: float = 0.03,
+        lr_schedule: Literal["cosine", "constant"] = "cosine",
+        max_grad_norm: float | None = 1.0,
+        gradient_checkpointing: bool = False,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.tokenizer = load_tokenizer(backbone, revision=revision)
+        self.model = None
+        self.train_stats, self.val_stats, self.test_stats = TokenStats(), TokenStats(), TokenStats()
+
+    def configure_model(self) -> None:
+        if self.model is not None:
+            return
+        hp = self.hparams
+        self.model = load_backbone(hp.backbone, self.tokenizer, causal_lm=True, dtype=hp.dtype, revision=hp.revision)
+        if hp.gradient_checkpointing:
+            self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        self.shard(self.model)
+
+    def model_step(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        if "labels" not in batch:
+            raise ValueError("SFTModule needs the data module's 'sft' view (batches with labels)")
+        logits = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                            use_cache=False).logits
+        return sft_loss(logits, batch["labels"])
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        loss, count, correct = self.model_step(batch)
+        self.train_stats.update(loss, count, correct)
+        self.log("train/loss", loss, prog_bar=True)
+        self.log("train/token_accuracy", correct / count.clamp_min(1))
+        return loss
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        self.val_stats.update(*self.model_step(batch))
+
+    def test_step(self, batch: dict, batch_idx: int) -> None:
+        self.test_stats.update(*self.model_step(batch))
+
+    def _log_epoch(self, stage: str) -> None:
+        stats = getattr(self, f"{stage}_stats")
+        values = stats.compute()
+        if stage == "train":
+            values.pop("loss")  # logged per step
+        self.log_dict({f"{stage}/{k}": v for k, v in values.items()}, prog_bar=stage == "val", sync_dist=True)
+        stats.reset()
+
+    def on_train_epoch_end(self) -> None:
+        self._log_epoch("train")
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_epoch("val")
+
+    def on_test_epoch_end(self) -> None:
+        self._log_epoch("test")
+
+    def export_pretrained(self, path: str | Path) -> Path | None:
+        """Write the policy as a Hugging Face causal LM (config, safetensors, tokenizer). Call on every rank."""
+        root = self._trainer.model if self._trainer is not None else self.model
+        state = full_state_dict(self.model, root, prefix="model.")
+        if self._trainer is not None and not self._trainer.is_global_zero:
+            return None
+        path = Path(path)
+        self.model.save_pretrained(path, state_dict=state)
+        self.tokenizer.save_pretrained(path)
+        return path
