@@ -8,6 +8,8 @@ Project subcommands:
 - ``lit-safe prepare --config X.yaml [--force true]``: validate, tokenise and write the ``data`` section's dataset
   as litdata chunks, and print the report (rows read, kept, dropped by reason). ``fit`` prepares on its own when
   needed; ``prepare`` is for doing it once, ahead of a multi-GPU job.
+- ``lit-safe arena ...``: compare two policies with the same reward and cost models (:mod:`lit_safe.arena`);
+  ``lit-safe arena --help`` lists the options, which can also come from a ``--config`` YAML.
 """
 
 from __future__ import annotations
@@ -22,9 +24,11 @@ from lightning.pytorch import LightningDataModule, LightningModule
 from lightning.pytorch.cli import LightningCLI
 
 USAGE = """usage: lit-safe {fit,validate,test,predict,prepare} --config CONFIG.yaml [options]
+       lit-safe arena --policy_a DIR --policy_b DIR --reward_model DIR --cost_model DIR --prompts FILE --output DIR
 
   fit, validate, test, predict   the Lightning commands (lit-safe fit --help lists every option)
   prepare                        validate and prepare the data section's dataset, print the report
+  arena                          two policies answer the same prompts, scored by one reward and one cost model
 """
 
 
@@ -91,8 +95,23 @@ def prepare_main(argv: list[str]) -> Any:
     return data.prepare(force=cfg.force)  # prints the report
 
 
+def arena_main(argv: list[str]) -> Any:
+    """``lit-safe arena``: the options of :func:`lit_safe.arena.run_arena`, from the command line or a YAML."""
+    from jsonargparse import ActionConfigFile, ArgumentParser
+
+    from lit_safe.arena import run_arena
+
+    parser = ArgumentParser(prog="lit-safe arena", description="Compare two policies with one reward and one cost "
+                            "model: mean reward, mean cost, share of safe answers, win rates and the 2x2 table.")
+    parser.add_argument("--config", action=ActionConfigFile, help="a YAML with any of the options below")
+    parser.add_function_arguments(run_arena)
+    cfg = parser.parse_args(argv)
+    return run_arena(**{k: v for k, v in cfg.items() if k != "config"})
+
+
 def run(args: list[str] | None = None) -> Any:
-    """Run ``lit-safe`` with ``args`` (default ``sys.argv[1:]``); returns the CLI object or the prepare report."""
+    """Run ``lit-safe`` with ``args`` (default ``sys.argv[1:]``); returns the CLI object, the prepare report or the
+    arena summary."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     argv = sys.argv[1:] if args is None else list(args)
     if not argv or argv[0] in ("-h", "--help"):
@@ -100,6 +119,8 @@ def run(args: list[str] | None = None) -> Any:
         return None
     if argv[0] == "prepare":
         return prepare_main(argv[1:])
+    if argv[0] == "arena":
+        return arena_main(argv[1:])
     # Without explicit args LightningCLI reads sys.argv itself (passing both makes it warn).
     return LitSafeCLI(args=None if args is None else argv)
 

@@ -79,11 +79,12 @@ def shaped_rewards(
     Returns:
         ``(B, L - 1)`` float32.
     """
-    mask = mask.to(kl.dtype)
-    values = kl_sign * kl_coeff * kl * mask
+    mask = mask.bool()
+    # torch.where, not a product with the mask: a non-finite KL outside the response must not leak in as NaN
+    values = torch.where(mask, kl_sign * kl_coeff * kl, 0.0)
     end = end_positions(mask)
     values = values.scatter_add(1, end.unsqueeze(1), score.to(values.dtype).unsqueeze(1))
-    return values.clamp(-clip, clip) * mask
+    return torch.where(mask, values.clamp(-clip, clip), 0.0)
 
 
 def gae(rewards: Tensor, values: Tensor, mask: Tensor, gamma: float = 1.0, lam: float = 0.95) -> tuple[Tensor, Tensor]:
