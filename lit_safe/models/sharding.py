@@ -9,6 +9,8 @@ YAML; it needs no class import in the config).
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 from torch import nn
 from torch.distributed.fsdp.wrap import ModuleWrapPolicy
@@ -131,3 +133,22 @@ def full_state_dict(module: nn.Module, root: nn.Module, prefix: str) -> dict[str
 
         return get_model_state_dict(module, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
     return {k: v.detach().cpu() for k, v in module.state_dict().items()}
+
+
+def export_causal_lm(model: nn.Module, trainer, tokenizer, path: str | Path) -> Path | None:
+    """Write a (possibly sharded) causal LM in the Hugging Face format with its tokenizer; call on every rank
+    (gathering is a collective), rank 0 writes.
+
+    Args:
+        model: the causal LM, the attribute ``model`` of the LightningModule the trainer wraps.
+        trainer: the Lightning trainer, or ``None`` outside one.
+        tokenizer: saved beside the weights.
+        path: output directory.
+    """
+    state = full_state_dict(model, trainer.model if trainer is not None else model, prefix="model.")
+    if trainer is not None and not trainer.is_global_zero:
+        return None
+    path = Path(path)
+    model.save_pretrained(path, state_dict=state)
+    tokenizer.save_pretrained(path)
+    return path

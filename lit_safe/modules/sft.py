@@ -9,15 +9,14 @@ exports as a plain Hugging Face causal LM (``AutoModelForCausalLM.from_pretraine
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from torchmetrics import MeanMetric
 
 from lit_safe.losses import sft_loss
 from lit_safe.models.backbone import load_backbone
-from lit_safe.models.sharding import full_state_dict
+from lit_safe.models.sharding import export_causal_lm
 from lit_safe.models.tokenizer import load_tokenizer
 from lit_safe.modules.base import BackboneModule
 
@@ -127,13 +126,7 @@ class SFTModule(BackboneModule):
     def on_test_epoch_end(self) -> None:
         self._log_epoch("test")
 
-    def export_pretrained(self, path: str | Path) -> Path | None:
-        """Write the policy as a Hugging Face causal LM (config, safetensors, tokenizer). Call on every rank."""
-        root = self._trainer.model if self._trainer is not None else self.model
-        state = full_state_dict(self.model, root, prefix="model.")
-        if self._trainer is not None and not self._trainer.is_global_zero:
-            return None
-        path = Path(path)
-        self.model.save_pretrained(path, state_dict=state)
-        self.tokenizer.save_pretrained(path)
-        return path
+    def export_pretrained(self, path) -> Any:
+        """Write the trained policy as a Hugging Face causal LM (config, safetensors, tokenizer). Call on every
+        rank."""
+        return export_causal_lm(self.model, self._trainer, self.tokenizer, path)

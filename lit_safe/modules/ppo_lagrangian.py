@@ -1,0 +1,416 @@
+"""PPOLagrangianModule: Safe RLHF's constrained policy optimisation (Dai et al., arXiv 2310.12773), in Lightning.
+
+Maximise the reward subject to the expected cost staying at or below ``cost_threshold``, with PPO on the Lagrangian:
+the actor follows the combined advantage ``(A_R - lambda A_C) / (1 + lambda)``, and the Lagrange multiplier lambda
+(parameterised as ``log lambda``, updated by its own SGD step) grows while the mean episode cost of a window of
+recent rollouts exceeds the threshold and shrinks once it does not (ALGORITHMS.md section 7; the math is in
+:mod:`lit_safe.rl`).
+
+One training step takes a batch of prompts (the data module's ``prompts`` view) and:
+
+1. **rolls out**: the actor samples responses (KV cache, ``temperature``/``top_p``); the frozen reference gives the
+   per-token KL, the frozen reward and cost models score the responses (decoding and re-encoding when their
+   tokenizer is not the actor's), the reward and cost critics give values; both streams are KL-shaped and go
+   through GAE;
+2. **moves lambda** once, on the all-ranks window of episode costs (after ``lambda_update_delay`` rollouts);
+3. **updates** actor and critics for ``ppo_epochs`` passes over ``num_minibatches`` minibatches of the rollout,
+   so that the PPO clip can act (with one pass over one minibatch the ratio is always 1).
+
+``algorithm`` selects the same machinery as plain PPO (``ppo``: reward only, no cost model) or PPO with fixed
+reward shaping (``reward_shaping``: the score is ``R - shaping_lambda * C``). Optimisation is manual: the actor's
+optimizer is Lightning's (``trainer.global_step`` counts actor updates), the critics' and lambda's are stepped
+directly. Strategies: one device, or FSDP2 (``configs/trainer/fsdp2.yaml``); DDP is not supported (several
+backward passes per step over different networks). Not implemented yet: the PTX term and the generated-samples
+table (issue 4 continues).
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+from torch import Tensor
+
+from lit_safe.data_modules.streaming import pad_right
+from lit_safe.data_modules.text import encode_with_eos
+from lit_safe.models.backbone import load_backbone
+from lit_safe.models.score_model import ScoreModel, build_score_model
+from lit_safe.models.sharding import clip_grad_norm, export_causal_lm
+from lit_safe.models.tokenizer import load_tokenizer, tokenizer_fingerprint
+from lit_safe.modules.base import BackboneModule
+from lit_safe.optim import adamw_with_schedule, schedule_steps
+from lit_safe.rl import (
+    clamp_log_lambda,
+    combined_advantage,
+    critic_loss,
+    gae,
+    gather_log_probs,
+    lagrange_loss,
+    masked_mean,
+    ppo_actor_loss,
+    shaped_rewards,
+)
+
+Algorithm = Literal["ppo_lagrangian", "ppo", "reward_shaping"]
+
+
+@dataclass
+class Rollout:
+    """One batch of experience. Shapes: ``(B, L)`` for sequences, ``(B, L - 1)`` for per-action tensors, ``(B,)``
+    for per-episode scores."""
+
+    sequences: Tensor
+    attention_mask: Tensor
+    position_ids: Tensor
+    action_mask: Tensor
+    old_log_probs: Tensor
+    kl: Tensor
+    reward: Tensor
+    cost: Tensor | None
+    reward_values: Tensor
+    reward_returns: Tensor
+    cost_values: Tensor | None
+    cost_returns: Tensor | None
+    advantages: Tensor
+
+    def select(self, index: Tensor) -> Rollout:
+        return Rollout(**{k: None if v is None else v[index] for k, v in vars(self).items()})
+
+
+def positions_from_mask(attention_mask: Tensor) -> Tensor:
+    """Position ids that count only attended tokens (left-padded prompts start at position 0, as in generation)."""
+    return (attention_mask.long().cumsum(-1) - 1).clamp_min(0)
+
+
+def response_masks(sequences: Tensor, prompt_mask: Tensor, eos_id: int) -> tuple[Tensor, Tensor]:
+    """Attention mask ``(B, L)`` and action mask ``(B, L - 1)`` of generated sequences.
+
+    A response runs from the first generated token up to and including its first EOS (everything after is
+    padding, also when the pad token is the EOS); action ``t`` generates token ``t + 1``.
+    """
+    prompt_length = prompt_mask.size(1)
+    response = sequences[:, prompt_length:]
+    is_eos = (response == eos_id).long()
+    in_response = (is_eos.cumsum(-1) - is_eos) == 0  # no EOS strictly before this token
+    attention = torch.cat([prompt_mask.long(), in_response.long()], dim=1)
+    actions = torch.cat([torch.zeros_like(prompt_mask[:, 1:]).bool(), in_response], dim=1)
+    return attention, actions
+
+
+class PPOLagrangianModule(BackboneModule):
+    """PPO-Lagrangian (and, by ``algorithm``, plain PPO or fixed reward shaping) on prompts.
+
+    Args:
+        actor: the initial policy (usually the SFT export): preset, hub id or directory of a causal LM; the frozen
+            reference is a second copy of it.
+        reward_model: a saved reward score model (lit_safe export or a reference ``beaver-7b-*-reward``).
+        cost_model: a saved cost model (cost > 0 = unsafe); not used by ``algorithm: ppo``.
+        reward_critic: initialises the reward critic (default: the reward model when it shares the actor's
+            tokenizer, else the actor's backbone with a new head).
+        cost_critic: the same for the cost critic.
+        algorithm: ``ppo_lagrangian``, ``ppo`` or ``reward_shaping``.
+        dtype: parameter dtype of all networks.
+        max_new_tokens: longest response.
+        temperature: sampling temperature of rollouts.
+        top_p: nucleus sampling mass of rollouts.
+        kl_coeff: beta of the per-token KL penalty (0.01 for PPO-Lagrangian, 0.02 for PPO in the reference).
+        clip_eps: PPO ratio clip.
+        value_clip: critic value clip around the rollout-time values.
+        score_clip: clip of the shaped per-token rewards and costs.
+        gamma: discount.
+        gae_lambda: GAE lambda.
+        ppo_epochs: passes over each rollout batch.
+        num_minibatches: minibatches per pass (the rollout batch size must be divisible by it).
+        cost_threshold: the constraint ``E[C] <= cost_threshold`` (0: on average safe).
+        lambda_init: initial Lagrange multiplier.
+        lambda_lr: SGD step size on ``log lambda``.
+        lambda_max: cap of lambda (``None``: none).
+        lambda_update_delay: rollouts before lambda starts moving.
+        episode_window: episode costs (over all ranks) in the window lambda's update averages.
+        shaping_lambda: the fixed weight of ``reward_shaping``.
+        actor_lr: actor peak learning rate (AdamW, cosine with warm-up).
+        actor_weight_decay: actor weight decay.
+        critic_lr: critics' learning rate (AdamW, constant).
+        critic_weight_decay: critics' weight decay.
+        betas: AdamW betas.
+        warmup_ratio: share of actor updates spent warming up.
+        max_grad_norm: gradient clip of each network.
+        gradient_checkpointing: recompute activations in backward (actor and critics).
+    """
+
+    def __init__(
+        self,
+        actor: str = "tiny",
+        reward_model: str = "runs/quickstart/reward_model",
+        cost_model: str | None = "runs/quickstart/cost_model",
+        reward_critic: str | None = None,
+        cost_critic: str | None = None,
+        algorithm: Algorithm = "ppo_lagrangian",
+        dtype: Literal["float32", "bfloat16", "float16"] = "float32",
+        max_new_tokens: int = 128,
+        temperature: float = 1.0,
+        top_p: float = 1.0,
+        kl_coeff: float = 0.01,
+        clip_eps: float = 0.2,
+        value_clip: float = 5.0,
+        score_clip: float = 50.0,
+        gamma: float = 1.0,
+        gae_lambda: float = 0.95,
+        ppo_epochs: int = 1,
+        num_minibatches: int = 1,
+        cost_threshold: float = 0.0,
+        lambda_init: float = 1.0,
+        lambda_lr: float = 0.1,
+        lambda_max: float | None = 5.0,
+        lambda_update_delay: int = 0,
+        episode_window: int = 128,
+        shaping_lambda: float = 1.0,
+        actor_lr: float = 1e-5,
+        actor_weight_decay: float = 0.01,
+        critic_lr: float = 5e-6,
+        critic_weight_decay: float = 0.0,
+        betas: tuple[float, float] = (0.9, 0.95),
+        warmup_ratio: float = 0.03,
+        max_grad_norm: float | None = 1.0,
+        gradient_checkpointing: bool = False,
+    ) -> None:
+        super().__init__()
+        if algorithm not in ("ppo_lagrangian", "ppo", "reward_shaping"):
+            raise ValueError(f"algorithm must be ppo_lagrangian, ppo or reward_shaping, got {algorithm!r}")
+        if algorithm != "ppo" and cost_model is None:
+            raise ValueError(f"algorithm {algorithm!r} needs a cost_model")
+        if lambda_init <= 0:
+            raise ValueError(f"lambda_init must be > 0 (lambda is parameterised as log lambda), got {lambda_init}")
+        self.save_hyperparameters()
+        self.automatic_optimization = False
+        self.tokenizer = load_tokenizer(actor, padding_side="left")
+        self.log_lambda = torch.nn.Parameter(torch.tensor(math.log(lambda_init)))
+        self.episode_costs: deque[float] = deque(maxlen=episode_window)
+        self.rollouts_done = 0
+        self.model = None  # the actor (BackboneModule's name for the trained network)
+
+    @property
+    def uses_cost(self) -> bool:
+        return self.hparams.algorithm != "ppo"
+
+    @property
+    def lagrangian(self) -> bool:
+        return self.hparams.algorithm == "ppo_lagrangian"
+
+    # ------------------------------------------------------------------------------------------------ models
+    def _frozen_scorer(self, path: str) -> tuple[ScoreModel, Any, bool]:
+        tokenizer = load_tokenizer(path)
+        model = ScoreModel.from_pretrained(path, dtype=self.hparams.dtype).eval().requires_grad_(False)
+        return model, tokenizer, tokenizer_fingerprint(tokenizer) == tokenizer_fingerprint(self.tokenizer)
+
+    def _critic(self, init: str | None, scorer_path: str, same_tokenizer: bool) -> ScoreModel:
+        source = init or (scorer_path if same_tokenizer else self.hparams.actor)
+        critic = build_score_model(source, self.tokenizer, "critic", dtype=self.hparams.dtype)
+        if self.hparams.gradient_checkpointing:
+            critic.backbone.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        return critic
+
+    def configure_model(self) -> None:
+        if self.model is not None:
+            return
+        hp = self.hparams
+        self.model = load_backbone(hp.actor, self.tokenizer, causal_lm=True, dtype=hp.dtype)
+        if hp.gradient_checkpointing:
+            self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        self.reference = load_backbone(hp.actor, self.tokenizer, causal_lm=True, dtype=hp.dtype)
+        self.reference.eval().requires_grad_(False)
+        self.reward_model, self.reward_tokenizer, same = self._frozen_scorer(hp.reward_model)
+        self.reward_critic = self._critic(hp.reward_critic, hp.reward_model, same)
+        self.cost_model = self.cost_tokenizer = self.cost_critic = None
+        if self.uses_cost:
+            self.cost_model, self.cost_tokenizer, same = self._frozen_scorer(hp.cost_model)
+            if self.lagrangian:
+                self.cost_critic = self._critic(hp.cost_critic, hp.cost_model, same)
+        for network in (self.model, self.reference, self.reward_model, self.reward_critic, self.cost_model,
+                        self.cost_critic):
+            if network is not None:
+                self.shard(network)
+
+    def configure_optimizers(self):
+        hp = self.hparams
+        actor, schedule = adamw_with_schedule(self.model.named_parameters(), lr=hp.actor_lr,
+                                              weight_decay=hp.actor_weight_decay, betas=tuple(hp.betas),
+                                              total_steps=max(1, self._actor_updates()), warmup_ratio=hp.warmup_ratio,
+                                              schedule="cosine")
+        optimizers = [actor]
+        for critic in (self.reward_critic, self.cost_critic):
+            if critic is not None:
+                optimizers.append(adamw_with_schedule(critic.named_parameters(), lr=hp.critic_lr,
+                                                      weight_decay=hp.critic_weight_decay, betas=tuple(hp.betas),
+                                                      total_steps=1, warmup_ratio=0.0, schedule="constant")[0])
+        optimizers.append(torch.optim.SGD([self.log_lambda], lr=hp.lambda_lr))
+        return optimizers, [{"scheduler": schedule, "interval": "step"}]
+
+    def _actor_updates(self) -> int:
+        """Actor optimiser steps of the whole run: rollout batches x PPO epochs x minibatches."""
+        return schedule_steps(self.trainer) * self.hparams.ppo_epochs * self.hparams.num_minibatches
+
+    def on_before_optimizer_step(self, optimizer) -> None:
+        """Gradients are clipped per network in :meth:`_step` (manual optimisation)."""
+
+    # ------------------------------------------------------------------------------------------------ rollout
+    def _score(self, model: ScoreModel, tokenizer, same: bool, sequences: Tensor, attention: Tensor,
+               positions: Tensor) -> Tensor:
+        """End scores of the generated sequences; a scorer with another tokenizer reads decoded, re-encoded text."""
+        if same:
+            return model(sequences, attention, position_ids=positions).end_scores
+        texts = self.tokenizer.batch_decode(sequences.masked_fill(attention == 0, self.tokenizer.pad_token_id),
+                                            skip_special_tokens=True)
+        encoded, _ = encode_with_eos(tokenizer, texts, 4096)
+        ids, mask = pad_right(encoded, tokenizer.pad_token_id)
+        return model(ids.to(sequences.device), mask.to(sequences.device)).end_scores
+
+    @torch.no_grad()
+    def rollout(self, batch: dict) -> Rollout:
+        """Generate, score and shape one batch of prompts (left-padded ``input_ids``/``attention_mask``)."""
+        hp = self.hparams
+        prompt_ids, prompt_mask = batch["input_ids"], batch["attention_mask"]
+        self.model.eval()
+        sequences = self.model.generate(
+            input_ids=prompt_ids, attention_mask=prompt_mask, do_sample=True, temperature=hp.temperature,
+            top_p=hp.top_p, max_new_tokens=hp.max_new_tokens, pad_token_id=self.tokenizer.pad_token_id,
+            eos_token_id=self.tokenizer.eos_token_id, use_cache=True,
+        )
+        self.model.train()
+        attention, actions = response_masks(sequences, prompt_mask, self.tokenizer.eos_token_id)
+        positions = positions_from_mask(attention)
+        old_log_probs = gather_log_probs(self._logits(self.model, sequences, attention, positions), sequences)
+        ref_log_probs = gather_log_probs(self._logits(self.reference, sequences, attention, positions), sequences)
+        kl = old_log_probs - ref_log_probs
+        same_reward = tokenizer_fingerprint(self.reward_tokenizer) == tokenizer_fingerprint(self.tokenizer)
+        reward = self._score(self.reward_model, self.reward_tokenizer, same_reward, sequences, attention, positions)
+        cost = None
+        if self.uses_cost:
+            same_cost = tokenizer_fingerprint(self.cost_tokenizer) == tokenizer_fingerprint(self.tokenizer)
+            cost = self._score(self.cost_model, self.cost_tokenizer, same_cost, sequences, attention, positions)
+        score = reward - hp.shaping_lambda * cost if hp.algorithm == "reward_shaping" else reward
+        reward_values = self._values(self.reward_critic, sequences, attention, positions)
+        rewards = shaped_rewards(kl, score, actions, hp.kl_coeff, -1.0, hp.score_clip)
+        reward_advantages, reward_returns = gae(rewards, reward_values, actions, hp.gamma, hp.gae_lambda)
+        cost_values = cost_returns = None
+        advantages = reward_advantages
+        if self.lagrangian:
+            cost_values = self._values(self.cost_critic, sequences, attention, positions)
+            costs = shaped_rewards(kl, cost, actions, hp.kl_coeff, +1.0, hp.score_clip)
+            cost_advantages, cost_returns = gae(costs, cost_values, actions, hp.gamma, hp.gae_lambda)
+            advantages = combined_advantage(reward_advantages, cost_advantages, self.log_lambda.exp())
+        return Rollout(sequences, attention, positions, actions, old_log_probs, kl, reward, cost, reward_values,
+                       reward_returns, cost_values, cost_returns, advantages)
+
+    @staticmethod
+    def _logits(model, sequences: Tensor, attention: Tensor, positions: Tensor) -> Tensor:
+        return model(input_ids=sequences, attention_mask=attention, position_ids=positions, use_cache=False).logits
+
+    @staticmethod
+    def _values(critic: ScoreModel, sequences: Tensor, attention: Tensor, positions: Tensor) -> Tensor:
+        """Critic values ``(B, L - 1)``: the value of action ``t`` is the critic's score at token ``t``."""
+        return critic(sequences, attention, position_ids=positions).scores[:, :-1]
+
+    # ------------------------------------------------------------------------------------------------ lambda
+    def update_lambda(self, episode_costs: Tensor) -> Tensor:
+        """Fold this rollout's episode costs (gathered from every rank) into the window and, after the delay, take
+        one SGD step on ``log lambda``; returns the window's mean cost."""
+        gathered = self.all_gather(episode_costs.detach().float()).flatten()
+        self.episode_costs.extend(gathered.cpu().tolist())
+        window_cost = torch.tensor(sum(self.episode_costs) / len(self.episode_costs))
+        if self.lagrangian and self.rollouts_done >= self.hparams.lambda_update_delay:
+            optimizer = self.optimizers(use_pl_optimizer=False)[-1]
+            optimizer.zero_grad()
+            lagrange_loss(self.log_lambda, window_cost.to(self.log_lambda), self.hparams.cost_threshold).backward()
+            optimizer.step()
+            clamp_log_lambda(self.log_lambda, self.hparams.lambda_max)
+        return window_cost
+
+    # ------------------------------------------------------------------------------------------------ update
+    def _step(self, optimizer, loss: Tensor, parameters, lightning_optimizer: bool) -> Tensor:
+        optimizer.zero_grad()
+        self.manual_backward(loss)
+        norm = clip_grad_norm(self.trainer.model, list(parameters), self.hparams.max_grad_norm)
+        optimizer.step()
+        return norm
+
+    def training_step(self, batch: dict, batch_idx: int) -> None:
+        hp = self.hparams
+        rollout = self.rollout(batch)
+        window_cost = self.update_lambda(rollout.cost) if self.uses_cost else None
+        self.rollouts_done += 1
+        optimizers = self.optimizers()
+        raw = self.optimizers(use_pl_optimizer=False)
+        actor_optimizer = optimizers[0]
+        size = rollout.sequences.size(0)
+        if size % hp.num_minibatches:
+            raise ValueError(f"the rollout batch ({size}) is not divisible by num_minibatches ({hp.num_minibatches})")
+        stats: dict[str, list[Tensor]] = {"actor_loss": [], "clip_fraction": [], "reward_critic_loss": [],
+                                          "cost_critic_loss": [], "actor_grad_norm": []}
+        for _ in range(hp.ppo_epochs):
+            for index in torch.randperm(size, device=rollout.sequences.device).chunk(hp.num_minibatches):
+                mb = rollout.select(index)
+                log_probs = gather_log_probs(self._logits(self.model, mb.sequences, mb.attention_mask,
+                                                          mb.position_ids), mb.sequences)
+                loss, clip_fraction = ppo_actor_loss(log_probs, mb.old_log_probs, mb.advantages, mb.action_mask,
+                                                     hp.clip_eps)
+                stats["actor_grad_norm"].append(self._step(actor_optimizer, loss, self.model.parameters(), True))
+                self.lr_schedulers().step()
+                stats["actor_loss"].append(loss.detach())
+                stats["clip_fraction"].append(clip_fraction)
+                critics = [("reward", self.reward_critic, raw[1], mb.reward_values, mb.reward_returns)]
+                if self.cost_critic is not None:
+                    critics.append(("cost", self.cost_critic, raw[2], mb.cost_values, mb.cost_returns))
+                for name, critic, optimizer, old_values, returns in critics:
+                    values = self._values(critic, mb.sequences, mb.attention_mask, mb.position_ids)
+                    value_loss = critic_loss(values, old_values, returns, mb.action_mask, hp.value_clip)
+                    self._step(optimizer, value_loss, critic.parameters(), False)
+                    stats[f"{name}_critic_loss"].append(value_loss.detach())
+        self._log_rollout(rollout, window_cost, stats)
+
+    def _log_rollout(self, rollout: Rollout, window_cost: Tensor | None, stats: dict[str, list[Tensor]]) -> None:
+        mask = rollout.action_mask
+        lengths = mask.sum(-1).float()
+        logs = {
+            "train/reward": rollout.reward.mean(),
+            "train/kl": masked_mean(rollout.kl, mask, dim=-1).mean(),
+            "train/reward_with_kl": (rollout.reward - self.hparams.kl_coeff * (rollout.kl * mask).sum(-1)).mean(),
+            "train/reward_value": masked_mean(rollout.reward_values, mask),
+            "train/reward_return": masked_mean(rollout.reward_returns, mask),
+            "train/advantage": masked_mean(rollout.advantages, mask),
+            "train/mean_generated_length": lengths.mean(),
+            "train/max_generated_length": lengths.max(),
+            "train/lambda": self.log_lambda.detach().exp(),
+        }
+        if rollout.cost is not None:
+            logs["train/cost"] = rollout.cost.mean()
+            logs["train/cost_with_kl"] = (rollout.cost + self.hparams.kl_coeff * (rollout.kl * mask).sum(-1)).mean()
+            logs["train/episode_cost"] = window_cost
+            logs["train/safe_share"] = (rollout.cost <= 0).float().mean()
+        if rollout.cost_values is not None:
+            logs["train/cost_value"] = masked_mean(rollout.cost_values, mask)
+            logs["train/cost_return"] = masked_mean(rollout.cost_returns, mask)
+        for key, values in stats.items():
+            if values:
+                logs[f"train/{key}"] = torch.stack(values).float().mean()
+        self.log_dict({k: v.float() for k, v in logs.items()}, prog_bar=False)
+        self.log_dict({"reward": logs["train/reward"], **({"cost": logs["train/cost"]} if "train/cost" in logs
+                                                            else {}), "lambda": logs["train/lambda"]}, prog_bar=True,
+                      logger=False)
+
+    # ------------------------------------------------------------------------------------------------ state
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["ppo_state"] = {"episode_costs": list(self.episode_costs), "rollouts_done": self.rollouts_done}
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        state = checkpoint.get("ppo_state", {})
+        self.episode_costs = deque(state.get("episode_costs", []), maxlen=self.hparams.episode_window)
+        self.rollouts_done = int(state.get("rollouts_done", 0))
+
+    def export_pretrained(self, path) -> Any:
+        """Write the trained policy as a Hugging Face causal LM (config, safetensors, tokenizer). Call on every
+        rank."""
+        return export_causal_lm(self.model, self._trainer, self.tokenizer, path)

@@ -1,0 +1,100 @@
+"""PPO-Lagrangian through the lit-safe command line on tiny saved models: rollouts, several PPO epochs over
+minibatches, the Lagrange multiplier's update from the logged episode costs, and a checkpoint with lambda."""
+
+import math
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from lit_safe.cli import run
+from lit_safe.models.backbone import load_backbone
+from lit_safe.models.score_model import ScoreModel
+from lit_safe.modules.ppo_lagrangian import response_masks
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_response_masks_stop_at_the_first_eos_and_shift_actions_by_one():
+    eos, pad = 2, 0
+    prompt_mask = torch.tensor([[0, 1, 1], [1, 1, 1]])
+    sequences = torch.tensor([[pad, 5, 6, 7, eos, pad, pad], [4, 5, 6, 7, 8, 9, eos]])
+    attention, actions = response_masks(sequences, prompt_mask, eos)
+    assert attention.tolist() == [[0, 1, 1, 1, 1, 0, 0], [1, 1, 1, 1, 1, 1, 1]]
+    # action t generates token t + 1: responses start at token 3, so at action 2
+    assert actions.long().tolist() == [[0, 0, 1, 1, 0, 0], [0, 0, 1, 1, 1, 1]]
+    # a pad token equal to EOS: everything after the first EOS is padding all the same
+    attention, actions = response_masks(torch.tensor([[1, 1, 5, eos, eos, eos]]), torch.tensor([[1, 1]]), eos)
+    assert attention.tolist() == [[1, 1, 1, 1, 0, 0]] and actions.long().tolist() == [[0, 1, 1, 0, 0]]
+
+
+@pytest.fixture(scope="module")
+def tiny_models(tmp_path_factory, tiny_tokenizer):
+    root = tmp_path_factory.mktemp("ppo_models")
+    torch.manual_seed(0)
+    load_backbone("tiny", tiny_tokenizer, causal_lm=True).save_pretrained(root / "actor")
+    tiny_tokenizer.save_pretrained(root / "actor")
+    for seed, kind in ((1, "reward"), (2, "cost")):
+        torch.manual_seed(seed)
+        model = ScoreModel(load_backbone("tiny", tiny_tokenizer), score_type=kind)
+        model.score_head.bias.data.fill_(3.0 if kind == "cost" else 0.0)  # every answer unsafe: lambda must rise
+        model.save_pretrained(root / kind, tokenizer=tiny_tokenizer)
+    return root
+
+
+def ppo_config(tmp, models, **model_args) -> str:
+    config = yaml.safe_load((REPO / "configs/quickstart/ppo_lagrangian.yaml").read_text())
+    config["trainer"].update({"max_steps": 8, "enable_progress_bar": False})
+    config["trainer"]["logger"]["init_args"]["save_dir"] = str(tmp / "runs")
+    config["trainer"]["callbacks"][0]["init_args"].update({"dirpath": str(tmp / "ckpt"), "every_n_train_steps": 4})
+    config["trainer"]["callbacks"][1]["init_args"]["dirpath"] = str(tmp / "actor_out")
+    config["model"]["init_args"].update({"actor": str(models / "actor"), "reward_model": str(models / "reward"),
+                                         "cost_model": str(models / "cost"), "max_new_tokens": 8, **model_args})
+    config["data"]["init_args"].update({"tokenizer": str(models / "actor"), "synthetic_rows": 80, "batch_size": 4,
+                                        "num_workers": 0, "prepared_dir": str(tmp / "prepared")})
+    path = tmp / "ppo.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return str(path)
+
+
+def test_ppo_lagrangian_updates_actor_critics_and_lambda(tiny_models, tmp_path):
+    config = ppo_config(tmp_path, tiny_models)
+    cli = run(["fit", "--config", config])
+    module = cli.model
+    # 8 actor updates = 2 rollouts x 2 PPO epochs x 2 minibatches
+    assert cli.trainer.global_step == 8 and module.rollouts_done == 2
+    events = sorted((tmp_path / "runs").rglob("events.out.tfevents.*"))
+    acc = EventAccumulator(str(events[-1].parent)).Reload()
+    episode_cost = [e.value for e in acc.Scalars("train/episode_cost")]
+    lam = [e.value for e in acc.Scalars("train/lambda")]
+    assert len(episode_cost) == 2 and all(c > 0 for c in episode_cost)  # the cost model calls everything unsafe
+    # log lambda moves by lr * lambda * (window cost - threshold) per rollout, from log 1 = 0
+    expected = 0.0
+    for cost in episode_cost:
+        expected += 0.1 * math.exp(expected) * cost
+        expected = min(expected, math.log(5.0))
+    assert math.log(lam[-1]) == pytest.approx(expected, rel=1e-4)
+    assert lam[-1] > 1.0
+    for tag in ("train/reward", "train/cost", "train/kl", "train/actor_loss", "train/reward_critic_loss",
+                "train/cost_critic_loss", "train/clip_fraction", "train/advantage", "train/mean_generated_length"):
+        assert tag in acc.Tags()["scalars"], tag
+    # the checkpoint carries lambda and the episode-cost window
+    state = torch.load(tmp_path / "ckpt" / "last.ckpt", weights_only=False)
+    assert math.exp(float(state["state_dict"]["log_lambda"])) == pytest.approx(lam[-1], rel=1e-5)
+    assert len(state["ppo_state"]["episode_costs"]) == 8 and state["ppo_state"]["rollouts_done"] == 2
+    # the exported actor moved away from its initial weights
+    from safetensors.torch import load_file
+
+    before, after = load_file(tiny_models / "actor" / "model.safetensors"), load_file(tmp_path / "actor_out" /
+                                                                                      "model.safetensors")
+    assert before.keys() == after.keys()
+    assert any(not torch.equal(before[k], after[k]) for k in before)
+
+
+def test_plain_ppo_needs_no_cost_model_and_keeps_lambda(tiny_models, tmp_path):
+    config = ppo_config(tmp_path, tiny_models, algorithm="ppo", cost_model=None)
+    cli = run(["fit", "--config", config])
+    assert cli.model.cost_model is None and cli.model.cost_critic is None
+    assert float(cli.model.log_lambda) == 0.0
