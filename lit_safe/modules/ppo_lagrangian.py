@@ -139,6 +139,9 @@ class PPOLagrangianModule(BackboneModule):
         warmup_ratio: share of actor updates spent warming up.
         max_grad_norm: gradient clip of each network.
         gradient_checkpointing: recompute activations in backward (actor and critics).
+        samples_every_n_rollouts: log a table of generated samples (prompt, response, reward, cost) to TensorBoard
+            every N rollouts (0: never).
+        samples_per_table: rows of that table.
     """
 
     def __init__(
@@ -176,6 +179,8 @@ class PPOLagrangianModule(BackboneModule):
         warmup_ratio: float = 0.03,
         max_grad_norm: float | None = 1.0,
         gradient_checkpointing: bool = False,
+        samples_every_n_rollouts: int = 10,
+        samples_per_table: int = 4,
     ) -> None:
         super().__init__()
         if algorithm not in ("ppo_lagrangian", "ppo", "reward_shaping"):
@@ -370,6 +375,29 @@ class PPOLagrangianModule(BackboneModule):
                     self._step(optimizer, value_loss, critic.parameters(), False)
                     stats[f"{name}_critic_loss"].append(value_loss.detach())
         self._log_rollout(rollout, window_cost, stats)
+        every = hp.samples_every_n_rollouts
+        if every and (self.rollouts_done - 1) % every == 0:
+            self._log_samples(rollout)
+
+    def _log_samples(self, rollout: Rollout) -> None:
+        """A markdown table of generated samples as TensorBoard text (``train/samples``), on rank 0."""
+        from lightning.pytorch.loggers import TensorBoardLogger
+
+        if not self.trainer.is_global_zero:
+            return
+        lines = ["| prompt | response | reward | cost |", "|---|---|---:|---:|"]
+        for i in range(min(self.hparams.samples_per_table, rollout.sequences.size(0))):
+            tokens = rollout.sequences[i][rollout.attention_mask[i].bool()]
+            start = int(rollout.action_mask[i].long().argmax()) + 1  # the first response token
+            start -= int((rollout.attention_mask[i] == 0)[:start].sum())  # minus the left padding before it
+            prompt = self.tokenizer.decode(tokens[:start], skip_special_tokens=True)
+            response = self.tokenizer.decode(tokens[start:], skip_special_tokens=True)
+            cost = "" if rollout.cost is None else f"{float(rollout.cost[i]):.2f}"
+            cells = [text.replace("|", "\\|").replace("\n", " ") for text in (prompt, response)]
+            lines.append(f"| {cells[0]} | {cells[1]} | {float(rollout.reward[i]):.2f} | {cost} |")
+        for logger in self.loggers:
+            if isinstance(logger, TensorBoardLogger):
+                logger.experiment.add_text("train/samples", "\n".join(lines), self.global_step)
 
     def _log_rollout(self, rollout: Rollout, window_cost: Tensor | None, stats: dict[str, list[Tensor]]) -> None:
         mask = rollout.action_mask

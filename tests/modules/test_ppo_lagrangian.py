@@ -98,3 +98,36 @@ def test_plain_ppo_needs_no_cost_model_and_keeps_lambda(tiny_models, tmp_path):
     cli = run(["fit", "--config", config])
     assert cli.model.cost_model is None and cli.model.cost_critic is None
     assert float(cli.model.log_lambda) == 0.0
+
+
+def test_a_resumed_run_continues_with_the_saved_lambda_window_and_step(tiny_models, tmp_path):
+    config = ppo_config(tmp_path, tiny_models)
+    config_data = yaml.safe_load(open(config))
+    config_data["trainer"]["callbacks"][0]["init_args"]["save_top_k"] = -1  # keep the step-4 checkpoint too
+    Path(config).write_text(yaml.safe_dump(config_data))
+    run(["fit", "--config", config])
+    middle = next((tmp_path / "ckpt").glob("*step=4.ckpt"))  # after the first rollout ("killed" here)
+    saved = torch.load(middle, weights_only=False)
+    assert saved["global_step"] == 4 and saved["ppo_state"]["rollouts_done"] == 1
+
+    resumed = run(["fit", "--config", config, "--ckpt_path", str(middle),
+                   "--trainer.logger.init_args.save_dir", str(tmp_path / "resumed_runs")]).model
+    assert resumed.trainer.global_step == 8 and resumed.rollouts_done == 2
+    window = list(resumed.episode_costs)
+    assert window[:4] == saved["ppo_state"]["episode_costs"] and len(window) == 8
+    # one more lambda step from the saved value, on the mean of the whole window
+    saved_log_lambda = float(saved["state_dict"]["log_lambda"])
+    expected = saved_log_lambda + 0.1 * math.exp(saved_log_lambda) * (sum(window) / len(window))
+    assert float(resumed.log_lambda) == pytest.approx(min(expected, math.log(5.0)), rel=1e-5)
+
+
+def test_generated_samples_table_is_logged(tiny_models, tmp_path):
+    run(["fit", "--config", ppo_config(tmp_path, tiny_models, samples_every_n_rollouts=1, samples_per_table=3)])
+    events = sorted((tmp_path / "runs").rglob("events.out.tfevents.*"))
+    acc = EventAccumulator(str(events[-1].parent)).Reload()
+    tables = acc.Tensors("train/samples/text_summary")
+    assert len(tables) == 2  # one per rollout
+    text = tables[-1].tensor_proto.string_val[0].decode()
+    rows = text.splitlines()[2:]
+    assert len(rows) == 3 and all(row.count(" | ") >= 3 for row in rows)
+    assert "BEGINNING OF CONVERSATION: USER:" in rows[0]  # the prompt, decoded from its left-padded ids
