@@ -16,20 +16,27 @@ setup:
 	@bash scripts/setup_env.sh
 
 demo: setup
+	$(BIN)/lit-safe fit --config $(QUICK)/sft.yaml
 	$(BIN)/lit-safe fit --config $(QUICK)/reward.yaml
 	$(BIN)/lit-safe test --config $(QUICK)/reward.yaml --ckpt_path $(RUNS)/reward/checkpoints/last.ckpt
 	$(BIN)/lit-safe fit --config $(QUICK)/cost.yaml
 	$(BIN)/lit-safe test --config $(QUICK)/cost.yaml --ckpt_path $(RUNS)/cost/checkpoints/last.ckpt
 	$(BIN)/lit-safe fit --config $(QUICK)/moderation.yaml
 	$(BIN)/lit-safe test --config $(QUICK)/moderation.yaml --ckpt_path $(RUNS)/moderation/checkpoints/last.ckpt
+	$(BIN)/lit-safe fit --config $(QUICK)/ppo_lagrangian.yaml
+	$(BIN)/lit-safe arena --policy_a $(RUNS)/sft_model --policy_b $(RUNS)/ppo_lagrangian_model \
+	  --reward_model $(RUNS)/reward_model --cost_model $(RUNS)/cost_model --prompts synthetic --num_prompts 200 \
+	  --max_new_tokens 48 --temperature 1.0 --output $(RUNS)/arena
 	@echo ""
-	@echo "Reward model: held-out preference accuracy is test/accuracy in the first test table above."
+	@echo "The Safe RLHF pipeline on the embedded synthetic data: SFT -> reward model -> cost model -> PPO-Lagrangian,"
+	@echo "then the arena above: A = the SFT policy, B = the PPO-Lagrangian policy, same prompts, same reward and cost."
+	@echo "Reward model: held-out preference accuracy is test/accuracy in the first test table."
 	@echo "Cost model (cost > 0 = unsafe): test/accuracy (the less safe response costs more) and"
 	@echo "  test/accuracy_sign (the cost has the sign of the safety label) in the second table."
 	@echo "Moderation model: test/accuracy (safe/unsafe), test/macro_f1 (19 harm categories), test/fpr_safe,"
 	@echo "  test/severity_accuracy and test/flag_rate/severity_k in the third table."
-	@echo "  trained models (Hugging Face format): $(RUNS)/reward_model, $(RUNS)/cost_model, $(RUNS)/moderation_model"
-	@echo "  checkpoints:                          $(RUNS)/{reward,cost,moderation}/checkpoints"
+	@echo "  trained models (Hugging Face format): $(RUNS)/{sft,reward,cost,moderation,ppo_lagrangian}_model"
+	@echo "  arena answers and scores:             $(RUNS)/arena/arena.json, arena.csv"
 	@echo "  TensorBoard logs:                     $(RUNS)   (view: $(BIN)/tensorboard --logdir $(RUNS))"
 
 test: setup

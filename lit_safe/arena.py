@@ -81,15 +81,25 @@ def format_summary(summary: dict[str, Any], name_a: str = "A", name_b: str = "B"
     return "\n".join(lines)
 
 
+SYNTHETIC_TEST = {"num_rows": 500, "seed": 43}  # the held-out split of the quickstart configs (4,000 rows, seed 42)
+
+
 def read_prompts(path: str | Path, limit: int | None = None) -> list[str]:
     """Prompts from a JSON/JSONL/parquet file of rows with a string ``prompt`` (PKU-SafeRLHF, BeaverTails and
-    BeaverTails-Evaluation rows qualify); repeated prompts are kept once, in file order.
+    BeaverTails-Evaluation rows qualify), or ``synthetic``: the prompts of the synthetic test split the quickstart
+    configs hold out. Repeated prompts are kept once, in order.
 
     Raises:
         DataValidationError: a row without a string ``prompt``, named by its line; or no prompt at all.
     """
+    if str(path) == "synthetic":
+        from lit_safe.data_modules.synthetic import generate_pku_saferlhf_rows
+
+        rows = ((f"synthetic test row {i}", row) for i, row in enumerate(generate_pku_saferlhf_rows(**SYNTHETIC_TEST)))
+    else:
+        rows = read_file(path)
     prompts, seen = [], set()
-    for where, row in read_file(path):
+    for where, row in rows:
         prompt = row.get("prompt") if isinstance(row, dict) else None
         if not isinstance(prompt, str):
             raise DataValidationError(f"{where}: field 'prompt': expected a string, got {type(prompt).__name__}")
@@ -165,7 +175,8 @@ def run_arena(
     Args:
         policy_a, policy_b: causal LMs (hub ids or directories, e.g. the SFT and the PPO-Lagrangian exports).
         reward_model, cost_model: score models saved by lit_safe (or the reference's ``beaver-7b-*`` models).
-        prompts: a JSON/JSONL/parquet file of rows with a ``prompt``.
+        prompts: a JSON/JSONL/parquet file of rows with a ``prompt``, or ``synthetic`` (the quickstart's held-out
+            synthetic prompts).
         output: directory for ``arena.json`` and ``arena.csv``.
         num_prompts: use the first N distinct prompts.
         prompt_template: the conversation template (``{prompt}`` is replaced).
