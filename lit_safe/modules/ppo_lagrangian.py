@@ -107,7 +107,8 @@ class PPOLagrangianModule(BackboneModule):
         actor: the initial policy (usually the SFT export): preset, hub id or directory of a causal LM; the frozen
             reference is a second copy of it.
         reward_model: a saved reward score model (lit_safe export or a reference ``beaver-7b-*-reward``).
-        cost_model: a saved cost model (cost > 0 = unsafe); not used by ``algorithm: ppo``.
+        cost_model: a saved cost model (cost > 0 = unsafe). With ``algorithm: ppo`` it is optional and only
+            scores responses for the logs (``train/cost``, ``train/episode_cost``); it never enters the objective.
         reward_critic: initialises the reward critic (default: the reward model when it shares the actor's
             tokenizer, else the actor's backbone with a new head).
         cost_critic: the same for the cost critic.
@@ -199,7 +200,9 @@ class PPOLagrangianModule(BackboneModule):
 
     @property
     def uses_cost(self) -> bool:
-        return self.hparams.algorithm != "ppo"
+        """Whether responses are scored by the cost model (plain PPO with a cost model scores them only to log
+        the cost, e.g. to show that it ignores the constraint)."""
+        return self.hparams.cost_model is not None
 
     @property
     def lagrangian(self) -> bool:

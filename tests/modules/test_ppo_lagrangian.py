@@ -100,6 +100,14 @@ def test_plain_ppo_needs_no_cost_model_and_keeps_lambda(tiny_models, tmp_path):
     assert float(cli.model.log_lambda) == 0.0
 
 
+def test_plain_ppo_with_a_cost_model_logs_the_cost_but_ignores_it(tiny_models, tmp_path):
+    cli = run(["fit", "--config", ppo_config(tmp_path, tiny_models, algorithm="ppo")])
+    assert cli.model.cost_critic is None and float(cli.model.log_lambda) == 0.0  # lambda never moves
+    events = sorted((tmp_path / "runs").rglob("events.out.tfevents.*"))
+    costs = [e.value for e in EventAccumulator(str(events[-1].parent)).Reload().Scalars("train/episode_cost")]
+    assert len(costs) == 2 and all(c > 0 for c in costs)  # the cost model calls everything unsafe
+
+
 def test_a_resumed_run_continues_with_the_saved_lambda_window_and_step(tiny_models, tmp_path):
     config = ppo_config(tmp_path, tiny_models)
     config_data = yaml.safe_load(open(config))
