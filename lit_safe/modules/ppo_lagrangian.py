@@ -196,6 +196,7 @@ class PPOLagrangianModule(BackboneModule):
         self.log_lambda = torch.nn.Parameter(torch.tensor(math.log(lambda_init)))
         self.episode_costs: deque[float] = deque(maxlen=episode_window)
         self.rollouts_done = 0
+        self.timings: dict[str, float] = {}
         self.model = None  # the actor (BackboneModule's name for the trained network)
 
     @property
@@ -281,6 +282,7 @@ class PPOLagrangianModule(BackboneModule):
         """Generate, score and shape one batch of prompts (left-padded ``input_ids``/``attention_mask``)."""
         hp = self.hparams
         prompt_ids, prompt_mask = batch["input_ids"], batch["attention_mask"]
+        start = self._clock()
         self.model.eval()
         sequences = self.model.generate(
             input_ids=prompt_ids, attention_mask=prompt_mask, do_sample=True, temperature=hp.temperature,
@@ -288,6 +290,7 @@ class PPOLagrangianModule(BackboneModule):
             eos_token_id=self.tokenizer.eos_token_id, use_cache=True,
         )
         self.model.train()
+        generated = self._clock()
         attention, actions = response_masks(sequences, prompt_mask, self.tokenizer.eos_token_id)
         positions = positions_from_mask(attention)
         old_log_probs = gather_log_probs(self._logits(self.model, sequences, attention, positions), sequences)
@@ -310,8 +313,19 @@ class PPOLagrangianModule(BackboneModule):
             costs = shaped_rewards(kl, cost, actions, hp.kl_coeff, +1.0, hp.score_clip)
             cost_advantages, cost_returns = gae(costs, cost_values, actions, hp.gamma, hp.gae_lambda)
             advantages = combined_advantage(reward_advantages, cost_advantages, self.log_lambda.exp())
+        scored = self._clock()
+        self.timings = {"generation_seconds": generated - start, "scoring_seconds": scored - generated,
+                        "generated_tokens": float(actions.sum())}
         return Rollout(sequences, attention, positions, actions, old_log_probs, kl, reward, cost, reward_values,
                        reward_returns, cost_values, cost_returns, advantages)
+
+    def _clock(self) -> float:
+        """Wall time, after the device has finished its queued work (so that phases are timed, not queued)."""
+        import time
+
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        return time.perf_counter()
 
     @staticmethod
     def _logits(model, sequences: Tensor, attention: Tensor, positions: Tensor) -> Tensor:
@@ -358,6 +372,7 @@ class PPOLagrangianModule(BackboneModule):
             raise ValueError(f"the rollout batch ({size}) is not divisible by num_minibatches ({hp.num_minibatches})")
         stats: dict[str, list[Tensor]] = {"actor_loss": [], "clip_fraction": [], "reward_critic_loss": [],
                                           "cost_critic_loss": [], "actor_grad_norm": []}
+        update_start = self._clock()
         for _ in range(hp.ppo_epochs):
             for index in torch.randperm(size, device=rollout.sequences.device).chunk(hp.num_minibatches):
                 mb = rollout.select(index)
@@ -377,6 +392,15 @@ class PPOLagrangianModule(BackboneModule):
                     value_loss = critic_loss(values, old_values, returns, mb.action_mask, hp.value_clip)
                     self._step(optimizer, value_loss, critic.parameters(), False)
                     stats[f"{name}_critic_loss"].append(value_loss.detach())
+        update_seconds = self._clock() - update_start
+        t = self.timings
+        self.log_dict({
+            "perf/generation_seconds": t["generation_seconds"],
+            "perf/scoring_seconds": t["scoring_seconds"],
+            "perf/update_seconds": update_seconds,
+            "perf/rollout_tokens_per_s": t["generated_tokens"] / max(t["generation_seconds"], 1e-9),
+            "perf/update_samples_per_s": size * hp.ppo_epochs / max(update_seconds, 1e-9),
+        })
         self._log_rollout(rollout, window_cost, stats)
         every = hp.samples_every_n_rollouts
         if every and (self.rollouts_done - 1) % every == 0:
