@@ -139,3 +139,31 @@ def test_generated_samples_table_is_logged(tiny_models, tmp_path):
     rows = text.splitlines()[2:]
     assert len(rows) == 3 and all(row.count(" | ") >= 3 for row in rows)
     assert "BEGINNING OF CONVERSATION: USER:" in rows[0]  # the prompt, decoded from its left-padded ids
+
+
+def test_score_models_with_another_tokenizer_read_decoded_text(tiny_models, tmp_path):
+    """A reward model with its own tokenizer (the 4,096-token preset) scores the decoded, re-encoded responses, and
+    the reward critic, which must read the actor's ids, starts from the actor instead of that reward model."""
+    import re
+
+    from lit_safe.data_modules.text import encode_with_eos
+    from lit_safe.models.tokenizer import load_tokenizer
+
+    other = load_tokenizer("small")
+    torch.manual_seed(5)
+    reward = ScoreModel(load_backbone("tiny", other), score_type="reward")
+    reward.save_pretrained(tmp_path / "other_reward", tokenizer=other)
+    config = ppo_config(tmp_path, tiny_models, reward_model=str(tmp_path / "other_reward"), samples_every_n_rollouts=1,
+                        samples_per_table=4)
+    module = run(["fit", "--config", config]).model
+    assert module.reward_critic.backbone.get_input_embeddings().num_embeddings == len(module.tokenizer)
+    events = sorted((tmp_path / "runs").rglob("events.out.tfevents.*"))
+    table = EventAccumulator(str(events[-1].parent)).Reload().Tensors("train/samples/text_summary")[0]
+    rows = table.tensor_proto.string_val[0].decode().splitlines()[2:]
+    reward.eval()
+    for row in rows:
+        prompt, response, logged = re.match(r"\| (.*) \| (.*) \| (\S+) \| \S* \|$", row).groups()
+        ids, _ = encode_with_eos(other, [prompt + response], 4096)
+        with torch.no_grad():
+            expected = reward(torch.as_tensor(ids[0])[None].long(), torch.ones(1, len(ids[0]))).end_scores
+        assert float(logged) == pytest.approx(float(expected), abs=0.006)  # the table rounds to 2 decimals
