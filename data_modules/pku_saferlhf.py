@@ -232,6 +232,9 @@ class PKUSafeRLHFDataModule(PreparedDataModule):
             or classifies (moderation), one output line per input line; ``None`` predicts on the test split.
         sft_responses: (``sft`` view) which responses of a row to fine-tune on: ``both``, the ``better`` one
             (``better_response_id``) or the ``safer`` one (``safer_response_id``).
+        ptx: (``prompts`` view) also stream ``sft`` batches of the same source (``sft_responses``), for the PTX term
+            of PPO-Lagrangian: training batches become ``{"prompts": ..., "ptx": ...}``, one of each per step, and
+            an epoch ends with the shorter stream.
         seed: seeds the split carving, the synthetic data and the shuffling.
     """
 
@@ -264,10 +267,13 @@ class PKUSafeRLHFDataModule(PreparedDataModule):
         prepared_dir: str | None = None,
         predict_file: str | None = None,
         sft_responses: Literal["both", "better", "safer"] = "both",
+        ptx: bool = False,
         seed: int = 42,
     ) -> None:
         if sft_responses not in ("both", "better", "safer"):
             raise ValueError(f"sft_responses must be both, better or safer, got {sft_responses!r}")
+        if ptx and view != "prompts":
+            raise ValueError(f"ptx streams sft batches beside prompts: it needs view 'prompts', not {view!r}")
         self.sft_responses = sft_responses
         super().__init__(
             tokenizer=tokenizer, source=source, view=view, subset=subset, revision=revision,
@@ -289,6 +295,38 @@ class PKUSafeRLHFDataModule(PreparedDataModule):
                 pair_input=uses_pair_input(self.tokenizer),
             )
         return VIEWS[name](pack_pairs=self.hparams.pack_pairs)
+
+    @property
+    def ptx_data(self) -> PKUSafeRLHFDataModule | None:
+        """The ``sft`` data module of the same source that ``ptx`` streams (``None`` without ``ptx``)."""
+        if not self.hparams.ptx:
+            return None
+        if getattr(self, "_ptx_data", None) is None:
+            import inspect
+
+            accepted = set(inspect.signature(PKUSafeRLHFDataModule.__init__).parameters) - {"self", "view", "ptx",
+                                                                                             "predict_file"}
+            settings = {k: v for k, v in self.hparams.items() if k in accepted}
+            self._ptx_data = PKUSafeRLHFDataModule(**settings, view="sft")
+        return self._ptx_data
+
+    def prepare(self, force: bool = False):
+        if self.ptx_data is not None:
+            self.ptx_data.prepare(force=force)
+        return super().prepare(force=force)
+
+    def setup(self, stage: str | None = None) -> None:
+        super().setup(stage)
+        if self.ptx_data is not None and not self._predicting_from_file(stage):
+            self.ptx_data.setup(stage)
+
+    def train_dataloader(self):
+        prompts = super().train_dataloader()
+        if self.ptx_data is None:
+            return prompts
+        from lightning.pytorch.utilities import CombinedLoader
+
+        return CombinedLoader({"prompts": prompts, "ptx": self.ptx_data.train_dataloader()}, mode="min_size")
 
     def view_settings(self) -> dict[str, Any]:
         return {"sft_responses": self.sft_responses} if self.hparams.view == "sft" else {}

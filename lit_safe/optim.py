@@ -93,7 +93,12 @@ def schedule_steps(trainer) -> int:
     """
     if trainer.datamodule is None:
         return int(trainer.estimated_stepping_batches)
-    batches = len(trainer.datamodule.train_dataloader())
+    loader = trainer.datamodule.train_dataloader()
+    if hasattr(loader, "flattened") and hasattr(loader, "_mode"):  # a CombinedLoader (len() needs iter() first)
+        lengths = [len(part) for part in loader.flattened]
+        batches = min(lengths) if loader._mode == "min_size" else max(lengths)
+    else:
+        batches = len(loader)
     limit = trainer.limit_train_batches
     batches = min(batches, int(limit) if isinstance(limit, int) else int(batches * limit))
     return total_optimizer_steps(trainer.max_steps, trainer.max_epochs, batches, trainer.accumulate_grad_batches)

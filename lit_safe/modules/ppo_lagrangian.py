@@ -20,8 +20,8 @@ One training step takes a batch of prompts (the data module's ``prompts`` view) 
 reward shaping (``reward_shaping``: the score is ``R - shaping_lambda * C``). Optimisation is manual: the actor's
 optimizer is Lightning's (``trainer.global_step`` counts actor updates), the critics' and lambda's are stepped
 directly. Strategies: one device, or FSDP2 (``configs/trainer/fsdp2.yaml``); DDP is not supported (several
-backward passes per step over different networks). Not implemented yet: the PTX term and the generated-samples
-table (issue 4 continues).
+backward passes per step over different networks). PTX (``ptx_coeff``) needs the data module's ``ptx: true``, which
+streams an SFT batch beside every batch of prompts.
 """
 
 from __future__ import annotations
@@ -36,6 +36,7 @@ from torch import Tensor
 
 from lit_safe.data_modules.streaming import pad_right
 from lit_safe.data_modules.text import encode_with_eos
+from lit_safe.losses import sft_loss
 from lit_safe.models.backbone import load_backbone
 from lit_safe.models.score_model import ScoreModel, build_score_model
 from lit_safe.models.sharding import clip_grad_norm, export_causal_lm
@@ -140,6 +141,8 @@ class PPOLagrangianModule(BackboneModule):
         warmup_ratio: share of actor updates spent warming up.
         max_grad_norm: gradient clip of each network.
         gradient_checkpointing: recompute activations in backward (actor and critics).
+        ptx_coeff: weight of the PTX term, the SFT loss on a batch of the data module's ``ptx`` stream added to
+            every actor step (0: off; the reference uses 16 with its PTX data).
         samples_every_n_rollouts: log a table of generated samples (prompt, response, reward, cost) to TensorBoard
             every N rollouts (0: never).
         samples_per_table: rows of that table.
@@ -180,6 +183,7 @@ class PPOLagrangianModule(BackboneModule):
         warmup_ratio: float = 0.03,
         max_grad_norm: float | None = 1.0,
         gradient_checkpointing: bool = False,
+        ptx_coeff: float = 0.0,
         samples_every_n_rollouts: int = 10,
         samples_per_table: int = 4,
     ) -> None:
@@ -361,6 +365,11 @@ class PPOLagrangianModule(BackboneModule):
 
     def training_step(self, batch: dict, batch_idx: int) -> None:
         hp = self.hparams
+        ptx_batch = None
+        if "prompts" in batch:  # the data module streams prompts and PTX (sft) batches together
+            batch, ptx_batch = batch["prompts"], batch["ptx"]
+        if hp.ptx_coeff > 0 and ptx_batch is None:
+            raise ValueError("ptx_coeff > 0 needs PTX batches: set the data module's ptx: true")
         rollout = self.rollout(batch)
         window_cost = self.update_lambda(rollout.cost) if self.uses_cost else None
         self.rollouts_done += 1
@@ -371,7 +380,11 @@ class PPOLagrangianModule(BackboneModule):
         if size % hp.num_minibatches:
             raise ValueError(f"the rollout batch ({size}) is not divisible by num_minibatches ({hp.num_minibatches})")
         stats: dict[str, list[Tensor]] = {"actor_loss": [], "clip_fraction": [], "reward_critic_loss": [],
-                                          "cost_critic_loss": [], "actor_grad_norm": []}
+                                          "cost_critic_loss": [], "actor_grad_norm": [], "ptx_loss": []}
+        ptx_chunks = None
+        if ptx_batch is not None and hp.ptx_coeff > 0:
+            ptx_size = ptx_batch["input_ids"].size(0)
+            ptx_chunks = torch.arange(ptx_size, device=rollout.sequences.device).chunk(hp.num_minibatches)
         update_start = self._clock()
         for _ in range(hp.ppo_epochs):
             for index in torch.randperm(size, device=rollout.sequences.device).chunk(hp.num_minibatches):
@@ -380,9 +393,16 @@ class PPOLagrangianModule(BackboneModule):
                                                           mb.position_ids), mb.sequences)
                 loss, clip_fraction = ppo_actor_loss(log_probs, mb.old_log_probs, mb.advantages, mb.action_mask,
                                                      hp.clip_eps)
+                if ptx_chunks is not None:  # the PTX term joins the same actor step
+                    part = ptx_chunks[len(stats["actor_loss"]) % len(ptx_chunks)]
+                    ptx_logits = self.model(input_ids=ptx_batch["input_ids"][part],
+                                            attention_mask=ptx_batch["attention_mask"][part], use_cache=False).logits
+                    ptx_loss = sft_loss(ptx_logits, ptx_batch["labels"][part])[0]
+                    stats["ptx_loss"].append(ptx_loss.detach())
+                    loss = loss + hp.ptx_coeff * ptx_loss
                 stats["actor_grad_norm"].append(self._step(actor_optimizer, loss, self.model.parameters(), True))
                 self.lr_schedulers().step()
-                stats["actor_loss"].append(loss.detach())
+                stats["actor_loss"].append(loss.detach())  # PPO loss (+ ptx_coeff x PTX loss)
                 stats["clip_fraction"].append(clip_fraction)
                 critics = [("reward", self.reward_critic, raw[1], mb.reward_values, mb.reward_returns)]
                 if self.cost_critic is not None:

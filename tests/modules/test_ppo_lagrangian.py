@@ -167,3 +167,27 @@ def test_score_models_with_another_tokenizer_read_decoded_text(tiny_models, tmp_
         with torch.no_grad():
             expected = reward(torch.as_tensor(ids[0])[None].long(), torch.ones(1, len(ids[0]))).end_scores
         assert float(logged) == pytest.approx(float(expected), abs=0.006)  # the table rounds to 2 decimals
+
+
+def test_ptx_adds_the_sft_loss_of_a_second_stream_to_every_actor_step(tiny_models, tmp_path):
+    config = ppo_config(tmp_path, tiny_models, ptx_coeff=16.0)
+    data = yaml.safe_load(open(config))
+    data["data"]["init_args"]["ptx"] = True
+    Path(config).write_text(yaml.safe_dump(data))
+    cli = run(["fit", "--config", config])
+    assert cli.trainer.global_step == 8
+    events = sorted((tmp_path / "runs").rglob("events.out.tfevents.*"))
+    acc = EventAccumulator(str(events[-1].parent)).Reload()
+    ptx = [e.value for e in acc.Scalars("train/ptx_loss")]
+    actor = [e.value for e in acc.Scalars("train/actor_loss")]
+    assert len(ptx) == 2 and all(5.0 < p < 9.0 for p in ptx)  # an untrained tiny model: about log(2048) = 7.6
+    assert all(a > 16.0 * 5.0 for a in actor)  # the logged actor loss includes ptx_coeff x the PTX loss
+
+
+def test_ptx_needs_the_ptx_stream(tiny_models, tmp_path):
+    with pytest.raises(ValueError, match="ptx: true"):
+        run(["fit", "--config", ppo_config(tmp_path, tiny_models, ptx_coeff=1.0)])
+    from lit_safe.data_modules.pku_saferlhf import PKUSafeRLHFDataModule
+
+    with pytest.raises(ValueError, match="needs view 'prompts'"):
+        PKUSafeRLHFDataModule(view="sft", ptx=True, prepared_dir=str(tmp_path))
