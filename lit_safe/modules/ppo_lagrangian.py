@@ -235,13 +235,13 @@ class PPOLagrangianModule(BackboneModule):
             self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         self.reference = load_backbone(hp.actor, self.tokenizer, causal_lm=True, dtype=hp.dtype)
         self.reference.eval().requires_grad_(False)
-        self.reward_model, self.reward_tokenizer, same = self._frozen_scorer(hp.reward_model)
-        self.reward_critic = self._critic(hp.reward_critic, hp.reward_model, same)
+        self.reward_model, self.reward_tokenizer, self.reward_same_tokenizer = self._frozen_scorer(hp.reward_model)
+        self.reward_critic = self._critic(hp.reward_critic, hp.reward_model, self.reward_same_tokenizer)
         self.cost_model = self.cost_tokenizer = self.cost_critic = None
         if self.uses_cost:
-            self.cost_model, self.cost_tokenizer, same = self._frozen_scorer(hp.cost_model)
+            self.cost_model, self.cost_tokenizer, self.cost_same_tokenizer = self._frozen_scorer(hp.cost_model)
             if self.lagrangian:
-                self.cost_critic = self._critic(hp.cost_critic, hp.cost_model, same)
+                self.cost_critic = self._critic(hp.cost_critic, hp.cost_model, self.cost_same_tokenizer)
         for network in (self.model, self.reference, self.reward_model, self.reward_critic, self.cost_model,
                         self.cost_critic):
             if network is not None:
@@ -300,12 +300,12 @@ class PPOLagrangianModule(BackboneModule):
         old_log_probs = gather_log_probs(self._logits(self.model, sequences, attention, positions), sequences)
         ref_log_probs = gather_log_probs(self._logits(self.reference, sequences, attention, positions), sequences)
         kl = old_log_probs - ref_log_probs
-        same_reward = tokenizer_fingerprint(self.reward_tokenizer) == tokenizer_fingerprint(self.tokenizer)
-        reward = self._score(self.reward_model, self.reward_tokenizer, same_reward, sequences, attention, positions)
+        reward = self._score(self.reward_model, self.reward_tokenizer, self.reward_same_tokenizer, sequences, attention,
+                             positions)
         cost = None
         if self.uses_cost:
-            same_cost = tokenizer_fingerprint(self.cost_tokenizer) == tokenizer_fingerprint(self.tokenizer)
-            cost = self._score(self.cost_model, self.cost_tokenizer, same_cost, sequences, attention, positions)
+            cost = self._score(self.cost_model, self.cost_tokenizer, self.cost_same_tokenizer, sequences, attention,
+                               positions)
         score = reward - hp.shaping_lambda * cost if hp.algorithm == "reward_shaping" else reward
         reward_values = self._values(self.reward_critic, sequences, attention, positions)
         rewards = shaped_rewards(kl, score, actions, hp.kl_coeff, -1.0, hp.score_clip)
@@ -356,7 +356,7 @@ class PPOLagrangianModule(BackboneModule):
         return window_cost
 
     # ------------------------------------------------------------------------------------------------ update
-    def _step(self, optimizer, loss: Tensor, parameters, lightning_optimizer: bool) -> Tensor:
+    def _step(self, optimizer, loss: Tensor, parameters) -> Tensor:
         optimizer.zero_grad()
         self.manual_backward(loss)
         norm = clip_grad_norm(self.trainer.model, list(parameters), self.hparams.max_grad_norm)
@@ -400,7 +400,7 @@ class PPOLagrangianModule(BackboneModule):
                     ptx_loss = sft_loss(ptx_logits, ptx_batch["labels"][part])[0]
                     stats["ptx_loss"].append(ptx_loss.detach())
                     loss = loss + hp.ptx_coeff * ptx_loss
-                stats["actor_grad_norm"].append(self._step(actor_optimizer, loss, self.model.parameters(), True))
+                stats["actor_grad_norm"].append(self._step(actor_optimizer, loss, self.model.parameters()))
                 self.lr_schedulers().step()
                 stats["actor_loss"].append(loss.detach())  # PPO loss (+ ptx_coeff x PTX loss)
                 stats["clip_fraction"].append(clip_fraction)
@@ -410,7 +410,7 @@ class PPOLagrangianModule(BackboneModule):
                 for name, critic, optimizer, old_values, returns in critics:
                     values = self._values(critic, mb.sequences, mb.attention_mask, mb.position_ids)
                     value_loss = critic_loss(values, old_values, returns, mb.action_mask, hp.value_clip)
-                    self._step(optimizer, value_loss, critic.parameters(), False)
+                    self._step(optimizer, value_loss, critic.parameters())
                     stats[f"{name}_critic_loss"].append(value_loss.detach())
         update_seconds = self._clock() - update_start
         t = self.timings
