@@ -111,6 +111,7 @@ class PreparedDataModule(LightningDataModule, ABC):
     dataset_name = "dataset"  # names the prepared directories: <dataset_name>-<view>-<fingerprint>
     views: tuple[str, ...] = ()
     has_synthetic = False
+    prompt_field = "prompt"  # the row field whose hash carves held-out splits (SafeSora: prompt_text)
     format_version = 2  # of the prepared items; 2: item 'row' is the position in the source split
 
     def __init__(
@@ -247,6 +248,11 @@ class PreparedDataModule(LightningDataModule, ABC):
             **self.view_settings(),
         }
 
+    def item_transform(self):
+        """A picklable callable applied to every streamed item in the loader workers (e.g. decoding stored video
+        clips), or ``None``."""
+        return None
+
     def view_settings(self) -> dict[str, Any]:
         """Dataset-specific settings that change the prepared items (part of the fingerprint)."""
         return {}
@@ -321,7 +327,7 @@ class PreparedDataModule(LightningDataModule, ABC):
         test_cut = val_cut + (hp.test_fraction if carve_test else 0.0)
 
         def assign_train(row: Any) -> str:
-            prompt = row.get("prompt") if isinstance(row, dict) else None
+            prompt = row.get(self.prompt_field) if isinstance(row, dict) else None
             if not isinstance(prompt, str):
                 return "train"
             bucket = prompt_bucket(prompt, hp.seed)
@@ -336,9 +342,10 @@ class PreparedDataModule(LightningDataModule, ABC):
                 "test"
             ]
         # Given (not carved) held-out splits may share prompts with training: count them, since they inflate scores.
-        train_prompts = {row["prompt"] for _, row in rows["train"]}
+        field = self.prompt_field
+        train_prompts = {row[field] for _, row in rows["train"] if field in row}
         for split in ("val", "test"):
-            shared = {row["prompt"] for _, row in rows.get(split, [])} & train_prompts
+            shared = {row[field] for _, row in rows.get(split, []) if field in row} & train_prompts
             if shared:
                 reports[split].notes["prompts_shared_with_train"] += len(shared)
         tmp = staging_dir(final)
@@ -422,7 +429,7 @@ class PreparedDataModule(LightningDataModule, ABC):
             if not self.has_split(split):
                 raise ValueError(f"the prepared dataset {location} has no {split!r} split")
             self.datasets[split] = StreamingDataset(f"{location}/{split}", shuffle=split == "train",
-                                                    seed=self.hparams.seed)
+                                                    seed=self.hparams.seed, transform=self.item_transform())
         return self.datasets[split]
 
     def _loader(self, split: str, train: bool) -> LengthGroupedLoader:

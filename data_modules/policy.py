@@ -1,5 +1,5 @@
-"""Views for training policies: ``sft`` (supervised fine-tuning on responses) and ``prompts`` (prompts to generate
-from, for PPO rollouts and the arena).
+"""Views for training policies: ``sft`` (supervised fine-tuning on responses), ``prompts`` (prompts to generate
+from, for PPO rollouts and the arena) and ``preference_pairs`` (a preferred and a dispreferred response, for DPO).
 
 ``sft`` items are ``{"input_ids": int32 (L,), "prompt_length": int, "row": int}``: the prompt in the conversation
 template (with the tokenizer's BOS), then the response and EOS. The prompt and the response are tokenised
@@ -12,6 +12,13 @@ for a response token is dropped and counted (``prompt_too_long``).
 ``prompts`` items are ``{"input_ids": int32 (P,), "row": int}``, one per distinct prompt (repeats are dropped and
 counted as ``duplicate_prompt``). Batches: ``input_ids`` and ``attention_mask (B, P)`` *left*-padded, as generation
 needs, and ``row (B,)``.
+
+``preference_pairs`` items (DPO) are ``{"chosen": int32 (Lc,), "rejected": int32 (Lr,), "prompt_length": int,
+"row": int}``: two ``sft`` sequences of the same prompt (identical prompt tokens), the preferred response first.
+Batches: ``input_ids``, ``attention_mask`` and ``labels (2B, L)``, the B chosen sequences then the B rejected ones
+(labels -100 on prompt and padding), and ``row (B,)``. Pairs with identical responses are dropped and counted
+(``identical_responses``, or ``identical_after_truncation`` when cutting made them equal), as are prompts that leave no
+room (``prompt_too_long``); cut responses are counted in ``truncated_sequences``.
 """
 
 from __future__ import annotations
@@ -155,4 +162,69 @@ class PromptView:
         return {"input_ids": ids, "attention_mask": mask, "row": torch.as_tensor([int(i["row"]) for i in items])}
 
 
-__all__ = ["IGNORE_INDEX", "PromptView", "SFTView", "encode_prompts", "encode_sft"]
+class PreferencePairView:
+    """(prompt, chosen, rejected) items for DPO: both responses after the same prompt tokens, labels on the responses.
+
+    Args:
+        pairs: lists the (prompt, chosen response, rejected response) triples a valid row contributes (e.g. for
+            SafeSora, the user prompt with the winning and the losing video's rewritten prompt).
+    """
+
+    name = "preference_pairs"
+
+    def __init__(self, pairs: Callable[[dict[str, Any]], list[tuple[str, str, str]]]) -> None:
+        self.pairs = pairs
+
+    def encode(self, rows: list[tuple[int, dict[str, Any]]], tokenizer: Any, template: str, max_length: int,
+               report: SplitReport) -> Iterator[dict[str, Any]]:
+        kept: list[tuple[int, str, str, str]] = []
+        for index, row in rows:
+            for prompt, chosen, rejected in self.pairs(row):
+                if chosen == rejected:
+                    report.dropped["identical_responses"] += 1
+                    continue
+                kept.append((index, prompt, chosen, rejected))
+        for start in range(0, len(kept), ENCODE_CHUNK):
+            chunk = kept[start : start + ENCODE_CHUNK]
+            prompts = [c[1] for c in chunk]
+            encoded, cut = encode_sft(tokenizer, prompts + prompts, [c[2] for c in chunk] + [c[3] for c in chunk],
+                                      template, max_length)
+            report.notes["truncated_sequences"] += cut
+            for (index, _, _, _), chosen, rejected in zip(chunk, encoded[: len(chunk)], encoded[len(chunk) :]):
+                if chosen is None or rejected is None:  # the same prompt: both or neither
+                    report.dropped["prompt_too_long"] += 1
+                    continue
+                if np.array_equal(chosen[0], rejected[0]):
+                    report.dropped["identical_after_truncation"] += 1
+                    continue
+                report.kept += 1
+                yield {"chosen": chosen[0], "rejected": rejected[0], "prompt_length": chosen[1], "row": index}
+
+    def encode_inputs(self, tokenizer: Any, prompts: list[str], responses: list[str], template: str,
+                      max_length: int) -> tuple[list[np.ndarray], int]:
+        """Token ids of single (prompt, response) texts as the policy sees them (for ``predict_file``), as in
+        :meth:`SFTView.encode_inputs`."""
+        encoded, cut = encode_sft(tokenizer, prompts, responses, template, max_length)
+        if any(e is None for e in encoded):
+            raise ValueError(f"a prompt leaves no room for a response within max_length {max_length}")
+        return [e[0] for e in encoded], cut
+
+    @staticmethod
+    def length(item: dict[str, Any]) -> int:
+        """Padded length the pair costs in a batch (what length grouping sorts by)."""
+        return max(len(item["chosen"]), len(item["rejected"]))
+
+    @staticmethod
+    def collate(items: list[dict[str, Any]], pad_id: int, multiple_of: int = 1) -> dict[str, Any]:
+        import torch
+
+        sequences = [i["chosen"] for i in items] + [i["rejected"] for i in items]
+        ids, mask = pad_right(sequences, pad_id, multiple_of)
+        labels = ids.masked_fill(mask == 0, IGNORE_INDEX)
+        for row, item in enumerate(items + items):
+            labels[row, : int(item["prompt_length"])] = IGNORE_INDEX
+        return {"input_ids": ids, "attention_mask": mask, "labels": labels,
+                "row": torch.as_tensor([int(i["row"]) for i in items])}
+
+
+__all__ = ["IGNORE_INDEX", "PreferencePairView", "PromptView", "SFTView", "encode_prompts", "encode_sft"]

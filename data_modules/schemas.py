@@ -200,3 +200,131 @@ def beavertails_label_notes(row: dict) -> list[str]:
     """``is_safe_vs_categories`` when a valid BeaverTails row's ``is_safe`` disagrees with its categories
     (counted, never asserted; the released data is consistent)."""
     return ["is_safe_vs_categories"] if row["is_safe"] == any(row["category"].values()) else []
+
+
+# ------------------------------------------------------------------------------------------------------- SafeSora
+# The 12 harm categories of SafeSora-Label (S1..S12), as the data spells its keys. ``racism`` is optional in the data.
+SAFESORA_CATEGORIES: list[str] = [
+    "porn",
+    "violence",
+    "hate",
+    "terrorism",
+    "contraband",
+    "controversial",
+    "racism",
+    "other_discrimination",
+    "animal_abuse",
+    "child_abuse",
+    "crime",
+    "other_harmful",
+]
+SAFESORA_OPTIONAL_CATEGORIES = {"racism"}
+SAFESORA_PROMPT_TYPES = ("safety_critical", "safety_neutral")
+SAFESORA_CHOICES = ("video_0", "video_1")
+# Sub-preferences of helpfulness; older files spell ``information`` as ``informativeness`` (both accepted).
+SAFESORA_SUB_PREFERENCES = ("instruction_following", "correctness", "information", "aesthetics")
+SAFESORA_SUB_ALIASES = {"informativeness": "information"}
+
+
+def _check_fields(row: dict, fields: dict[str, Any], prefix: str = "", optional: bool = False) -> list:
+    problems = []
+    for name, expected in fields.items():
+        value = row.get(name)
+        if value is None:
+            if not optional:
+                problems.append((f"{prefix}{name}", "missing required field"))
+        elif not _is_type(value, expected):
+            problems.append((f"{prefix}{name}", f"expected {expected.__name__}, got {_type_name(value)} {value!r:.40}"))
+    return problems
+
+
+def check_safesora_labels(labels: Any, field: str) -> list[tuple[str, str]]:
+    """A ``prompt_labels``/``video_labels`` dict: the 12 category keys (``racism`` optional) with bool values."""
+    if not isinstance(labels, dict):
+        return [(field, f"expected dict, got {_type_name(labels)}")]
+    problems = []
+    for name in SAFESORA_CATEGORIES:
+        if name not in labels:
+            if name not in SAFESORA_OPTIONAL_CATEGORIES:
+                problems.append((f"{field}.{name}", "missing harm category"))
+        elif not isinstance(labels[name], bool):
+            problems.append((f"{field}.{name}", f"expected bool, got {_type_name(labels[name])} {labels[name]!r:.20}"))
+    unknown = sorted(set(labels) - set(SAFESORA_CATEGORIES))
+    if unknown:
+        problems.append((field, f"unknown harm categories {unknown}; known: {SAFESORA_CATEGORIES}"))
+    return problems
+
+
+def check_safesora_video(record: Any, prefix: str = "") -> list[tuple[str, str]]:
+    """A video record: ``prompt_id, prompt_text, prompt_type, video_id, video_text, video_path`` (str), optional
+    ``is_safe`` (bool), ``generated_from`` (str), and, in SafeSora-Label rows, ``prompt_labels``/``video_labels``."""
+    if not isinstance(record, dict):
+        return [(prefix.rstrip(".") or "<row>", f"expected a JSON object, got {_type_name(record)}")]
+    required = {k: str for k in ("prompt_id", "prompt_text", "prompt_type", "video_id", "video_text", "video_path")}
+    problems = _check_fields(record, required, prefix)
+    problems += _check_fields(record, {"is_safe": bool, "generated_from": str}, prefix, optional=True)
+    if isinstance(record.get("prompt_type"), str) and record["prompt_type"] not in SAFESORA_PROMPT_TYPES:
+        problems.append((f"{prefix}prompt_type",
+                         f"expected one of {SAFESORA_PROMPT_TYPES}, got {record['prompt_type']!r}"))
+    for field in ("prompt_labels", "video_labels"):
+        if record.get(field) is not None:
+            problems += check_safesora_labels(record[field], f"{prefix}{field}")
+    return problems
+
+
+def check_safesora_pair(row: Any) -> list[tuple[str, str]]:
+    """A SafeSora preference pair (see DATA.md): ids and prompt, two video records, ``helpfulness`` and
+    ``harmlessness`` in ``{"video_0", "video_1"}``, and ``sub_preferences`` (``information`` or
+    ``informativeness``), each ``"video_0"``/``"video_1"``."""
+    if not isinstance(row, dict):
+        return [("<row>", f"expected a JSON object, got {_type_name(row)}")]
+    problems = _check_fields(row, {"pair_id": str, "prompt_id": str, "prompt_text": str, "prompt_type": str})
+    for key in ("video_0", "video_1"):
+        if row.get(key) is None:
+            problems.append((key, "missing required field"))
+        else:
+            problems += check_safesora_video(row[key], f"{key}.")
+    for key in ("helpfulness", "harmlessness"):
+        if row.get(key) is None:
+            problems.append((key, "missing required field"))
+        elif row[key] not in SAFESORA_CHOICES:
+            problems.append((key, f"expected 'video_0' or 'video_1', got {row[key]!r:.40}"))
+    subs = row.get("sub_preferences")
+    if subs is None:
+        problems.append(("sub_preferences", "missing required field"))
+    elif not isinstance(subs, dict):
+        problems.append(("sub_preferences", f"expected dict, got {_type_name(subs)}"))
+    else:
+        named = {SAFESORA_SUB_ALIASES.get(k, k): v for k, v in subs.items()}
+        for name in SAFESORA_SUB_PREFERENCES:
+            if name not in named:
+                problems.append((f"sub_preferences.{name}", "missing sub-preference"))
+            elif named[name] not in SAFESORA_CHOICES:
+                problems.append((f"sub_preferences.{name}",
+                                 f"expected 'video_0' or 'video_1', got {named[name]!r:.40}"))
+    return problems
+
+
+def check_safesora_label_row(row: Any) -> list[tuple[str, str]]:
+    """A SafeSora-Label row: a video record with ``prompt_labels`` and ``video_labels`` (12 bools each)."""
+    problems = check_safesora_video(row)
+    if isinstance(row, dict):
+        for field in ("prompt_labels", "video_labels"):
+            if row.get(field) is None:
+                problems.append((field, "missing required field"))
+    return problems
+
+
+def check_safesora_eval_row(row: Any) -> list[tuple[str, str]]:
+    """A SafeSora-Eval row: ``prompt_id``, ``prompt_text``, ``prompt_type`` (str)."""
+    if not isinstance(row, dict):
+        return [("<row>", f"expected a JSON object, got {_type_name(row)}")]
+    problems = _check_fields(row, {"prompt_id": str, "prompt_text": str, "prompt_type": str})
+    if isinstance(row.get("prompt_type"), str) and row["prompt_type"] not in SAFESORA_PROMPT_TYPES:
+        problems.append(("prompt_type", f"expected one of {SAFESORA_PROMPT_TYPES}, got {row['prompt_type']!r}"))
+    return problems
+
+
+def safesora_sub_preferences(row: dict) -> dict[str, str]:
+    """The four sub-preferences of a valid pair under their current names (``informativeness`` -> ``information``)."""
+    return {SAFESORA_SUB_ALIASES.get(k, k): v for k, v in row["sub_preferences"].items()}

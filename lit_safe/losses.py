@@ -189,3 +189,109 @@ def sft_loss(logits: Tensor, labels: Tensor, ignore_index: int = -100) -> tuple[
                              reduction="sum")
     correct = ((logits.argmax(-1) == targets) & labelled).sum()
     return losses / count.clamp_min(1), count, correct
+
+
+def sequence_logprobs(logits: Tensor, labels: Tensor, ignore_index: int = -100) -> Tensor:
+    """Summed log-probabilities of the labelled tokens (the response) of each sequence, under a causal LM.
+
+    Token ``t + 1`` is predicted from ``logits[:, t]``: ``out[n] = sum over t with labels[n, t + 1] != ignore_index
+    of log softmax(logits[n, t])[labels[n, t + 1]]``. Every labelled token counts, the first response token (predicted
+    from the prompt's last position) included; the reference DPO implementation dropped that token (ALGORITHMS.md
+    section 8). Log-softmax runs in float32.
+
+    Args:
+        logits: ``(N, L, V)``.
+        labels: ``(N, L)`` token ids, ``ignore_index`` on the prompt and on padding.
+
+    Returns:
+        ``(N,)`` float32; 0 for a sequence with no labelled token.
+    """
+    logits, targets = logits[:, :-1].float(), labels[:, 1:]
+    token_nll = F.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1), ignore_index=ignore_index,
+                                reduction="none")
+    return -token_nll.view(targets.shape).sum(dim=1)
+
+
+def dpo_loss(
+    policy_chosen: Tensor, policy_rejected: Tensor, ref_chosen: Tensor, ref_rejected: Tensor, beta: float = 0.1
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Direct Preference Optimization loss (Rafailov et al., arXiv 2305.18290; ALGORITHMS.md section 8).
+
+    With implicit rewards ``r_w = beta (log pi(y_w) - log ref(y_w))`` and ``r_l = beta (log pi(y_l) - log ref(y_l))``:
+    ``L = -mean_i log sigmoid(r_w,i - r_l,i)``. It is ``log 2`` while the policy equals the reference.
+
+    Args:
+        policy_chosen, policy_rejected: ``(B,)`` summed response log-probs under the trained policy
+            (:func:`sequence_logprobs`).
+        ref_chosen, ref_rejected: ``(B,)`` the same under the frozen reference (no gradient needed).
+        beta: inverse temperature of the implicit reward (strength of the pull towards the reference).
+
+    Returns:
+        ``(loss, rewards_chosen, rewards_rejected)``: the scalar loss and the ``(B,)`` implicit rewards, detached
+        (for metrics: accuracy is ``rewards_chosen > rewards_rejected``).
+    """
+    chosen = beta * (policy_chosen.float() - ref_chosen.float())
+    rejected = beta * (policy_rejected.float() - ref_rejected.float())
+    loss = -F.logsigmoid(chosen - rejected).mean()
+    return loss, chosen.detach(), rejected.detach()
+
+
+def denoising_errors(pred: Tensor, target: Tensor, reduction: str = "mean") -> Tensor:
+    """Per-sample denoising error of a diffusion model: ``e_n = mean (or sum) over all non-batch elements of
+    (pred_n - target_n)^2`` (ALGORITHMS.md section 9; the reference implementations take the mean).
+
+    Args:
+        pred: ``(N, ...)`` the network's prediction (epsilon, or velocity for v-prediction models), e.g. video
+            latents ``(N, C, F, h, w)``.
+        target: same shape as ``pred``: the noise that was added (or the velocity).
+        reduction: ``mean`` (default) or ``sum`` over the non-batch elements. ``sum`` multiplies every error, and so
+            the effective Diffusion-DPO beta, by the number of elements per sample.
+
+    Returns:
+        ``(N,)`` float32.
+    """
+    if pred.shape != target.shape:
+        raise ValueError(f"pred and target differ in shape: {tuple(pred.shape)} vs {tuple(target.shape)}")
+    if reduction not in ("mean", "sum"):
+        raise ValueError(f"reduction must be 'mean' or 'sum', got {reduction!r}")
+    squared = (pred.float() - target.float()).pow(2).flatten(1)
+    return squared.mean(dim=1) if reduction == "mean" else squared.sum(dim=1)
+
+
+# Factor in front of beta inside the sigmoid, per convention: Salesforce's DiffusionDPO writes -0.5 * beta (their
+# beta 5000), the diffusers research example writes -beta (its beta 2500): the same objective.
+DIFFUSION_DPO_BETA_FACTORS: dict[str, float] = {"salesforce": 0.5, "diffusers": 1.0}
+
+
+def diffusion_dpo_loss(
+    policy_w: Tensor, policy_l: Tensor, ref_w: Tensor, ref_l: Tensor, beta: float, convention: str = "salesforce"
+) -> tuple[Tensor, Tensor]:
+    """Diffusion-DPO loss (Wallace et al., arXiv 2311.12908, Eq. 14; ALGORITHMS.md section 9).
+
+    With per-sample denoising errors (:func:`denoising_errors`) of the trained policy (theta) and the frozen
+    reference on the winner (w) and the loser (l) of each pair, noised with the same timestep and noise:
+    ``inside = -beta_eff * [(e_theta^w - e_ref^w) - (e_theta^l - e_ref^l)]``, ``L = -mean log sigmoid(inside)``,
+    with ``beta_eff = beta / 2`` (``convention="salesforce"``, beta 5000) or ``beta`` (``"diffusers"``, beta 2500).
+    ``L = log 2`` exactly while the policy equals the reference.
+
+    Args:
+        policy_w, policy_l: ``(B,)`` errors of the policy on the winners and on the losers.
+        ref_w, ref_l: ``(B,)`` errors of the reference (no gradient needed).
+        beta: the DPO inverse temperature, in the units of ``convention``.
+        convention: ``salesforce`` (factor 1/2) or ``diffusers`` (factor 1).
+
+    Returns:
+        ``(loss, inside)``: the scalar loss and the ``(B,)`` inside term (the implicit reward margin; not detached).
+    """
+    if convention not in DIFFUSION_DPO_BETA_FACTORS:
+        raise ValueError(f"convention must be one of {sorted(DIFFUSION_DPO_BETA_FACTORS)}, got {convention!r}")
+    beta_eff = beta * DIFFUSION_DPO_BETA_FACTORS[convention]
+    gap = (policy_w.float() - ref_w.float()) - (policy_l.float() - ref_l.float())
+    inside = -beta_eff * gap
+    return -F.logsigmoid(inside).mean(), inside
+
+
+def implicit_accuracy(inside: Tensor) -> Tensor:
+    """Share of pairs the implicit reward ranks right: ``mean 1[inside > 0]`` (a tie counts as wrong, as in the
+    reference). ``(B,) -> ()``."""
+    return (inside > 0).float().mean()

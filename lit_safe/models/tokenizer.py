@@ -109,7 +109,7 @@ def load_tokenizer(
     if is_preset(name_or_path):
         tokenizer = preset_tokenizer(name_or_path)
     else:
-        tokenizer = AutoTokenizer.from_pretrained(resolve_pretrained(name_or_path), revision=revision)
+        tokenizer = _from_pretrained(resolve_pretrained(name_or_path), revision)
     added = {}
     if tokenizer.eos_token is None and tokenizer.sep_token is not None:
         tokenizer.eos_token = tokenizer.sep_token  # encoders (BERT): [SEP] ends a sequence; no new token needed
@@ -121,6 +121,22 @@ def load_tokenizer(
         tokenizer.add_special_tokens(added)
     tokenizer.padding_side = padding_side
     return tokenizer
+
+
+def _from_pretrained(name_or_path: str, revision: str | None) -> PreTrainedTokenizerBase:
+    """``AutoTokenizer.from_pretrained``, also for diffusers checkpoints (``model_index.json``), whose tokenizer is in
+    the ``tokenizer/`` subfolder (a hub id without a tokenizer at its root is retried there)."""
+    from pathlib import Path
+
+    local = Path(name_or_path).expanduser()
+    if (local / "model_index.json").is_file():
+        return AutoTokenizer.from_pretrained(str(local / "tokenizer"))
+    try:
+        return AutoTokenizer.from_pretrained(name_or_path, revision=revision)
+    except (OSError, ValueError):
+        if local.exists():
+            raise
+        return AutoTokenizer.from_pretrained(name_or_path, revision=revision, subfolder="tokenizer")
 
 
 def tokenizer_fingerprint(tokenizer: PreTrainedTokenizerBase) -> str:

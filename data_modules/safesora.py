@@ -1,0 +1,666 @@
+"""SafeSora (text-to-video preferences, harm labels and evaluation prompts) as a LightningDataModule.
+
+Sources, as :class:`~lit_safe.data_modules.base.PreparedDataModule` reads them, plus SafeSora's own layouts:
+
+- a gzip'd JSON array (``config-train.json.gz``) or a ``.json`` file (one split: train);
+- a directory with ``config-<split>.json.gz`` files (``config.json`` is the training split) and ``videos/``; with
+  ``view: moderation`` a ``label/`` subfolder (SafeSora-Label) is read when present;
+- ``synthetic`` (the embedded default): :mod:`lit_safe.data_modules.safesora_synthetic` writes a dataset in the exact
+  upstream layout, with real mp4 files, once per (size, seed) under ``<prepared_dir>/../synthetic``;
+- a hub id (``PKU-Alignment/SafeSora``, ``-Label``): the configs from the hub, the videos from ``video_dir`` (the
+  31.8 GB tarball is not on the hub's datasets API);
+- an already prepared litdata directory or URL.
+
+``video_path`` values are resolved against ``video_dir`` (default: the source's directory and its parent). A
+missing video is a validation error naming the row, the field and the path; an unreadable one stops preparation
+naming the row and the file (with ``on_bad_row: skip`` both are dropped and counted, never silently).
+
+Videos are decoded with PyAV (:mod:`lit_safe.data_modules.video`), ``num_frames`` frames sampled uniformly and
+resized to ``frame_size`` (short side, centre crop), then stored in the litdata chunks either as decoded ``uint8``
+frames (``video_storage: frames``) or re-encoded as a small H.264 clip of exactly those frames (``mp4``; decoded in
+the loader workers). ``benchmarks/video_loading.py`` measures both: decoded frames stream several times faster
+(no decoding in the loop) at about 10-20x the disk of the clips; ``mp4`` is for datasets too large for the disk or
+read from object storage.
+
+Views (``view``):
+
+- ``preference``: video pairs, the first preferred by ``dimension``: ``helpfulness``, ``harmlessness``,
+  ``safety_first`` (when both videos are labelled safe the more helpful wins, otherwise the safer by
+  ``harmlessness``), or a helpfulness sub-preference (``instruction_following``, ``correctness``, ``information``
+  (``informativeness`` in older files), ``aesthetics``). Video reward models and Diffusion-DPO.
+- ``safety``: the first video is the less safe one by ``harmlessness`` and each video carries its cost sign from
+  ``is_safe`` (+1 unsafe, -1 safe, 0 unlabelled); pairs whose safer video is labelled unsafe while the other is
+  labelled safe contradict themselves and are dropped and counted. The video cost model.
+- ``moderation``: one item per labelled video of SafeSora-Label (``prompt_labels``/``video_labels``, 12 categories;
+  ``unsafe`` is ``not is_safe``, or any category where ``is_safe`` is absent). Text-video moderation.
+- ``rewrites``: (user prompt -> the winning video's ``video_text``) for SFT of a prompt-augmentation LM, in
+  ``prompt_template`` (default :data:`REWRITE_TEMPLATE`).
+- ``rewrite_pairs``: (user prompt, winning ``video_text``, losing ``video_text``) for DPO of that LM.
+- ``prompts``: the distinct user prompts (pair rows or SafeSora-Eval rows) in ``prompt_template``, left-padded.
+
+Batches of the video views: ``input_ids``/``attention_mask (B, L)`` (the user prompt, ``prompt_text``) and
+``frames uint8 (N, F, 3, H, W)`` (pairs: ``N = 2B``, the B first videos then the B second ones), with ``row``,
+``first_sign``/``second_sign`` (pairs) or ``categories``/``unsafe``/``severity``/``response`` (moderation).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from lit_safe.data_modules import sources
+from lit_safe.data_modules.base import PreparedDataModule, Row, Valid
+from lit_safe.data_modules.policy import PreferencePairView, PromptView, SFTView
+from lit_safe.data_modules.preparation import SplitReport
+from lit_safe.data_modules.schemas import (
+    SAFESORA_CATEGORIES,
+    SAFESORA_SUB_PREFERENCES,
+    check_safesora_eval_row,
+    check_safesora_label_row,
+    check_safesora_pair,
+    safesora_sub_preferences,
+)
+from lit_safe.data_modules.sources import DataValidationError
+from lit_safe.data_modules.streaming import pad_right
+from lit_safe.data_modules.text import encode_with_eos, format_prompt
+from lit_safe.data_modules.video import VideoDecodeError, encode_mp4, read_video, to_batch_layout
+
+REWRITE_TEMPLATE = (
+    "Rewrite the user's request as a detailed prompt for a text-to-video model.\nRequest: {prompt}\nVideo prompt: "
+)
+VIDEO_TEMPLATE = "{prompt}"
+DIMENSIONS = ("helpfulness", "harmlessness", "safety_first", *SAFESORA_SUB_PREFERENCES)
+VIDEO_VIEWS = ("preference", "safety", "moderation")
+STORAGES = ("frames", "mp4")
+DECODE_CHUNK = 64  # rows whose videos are decoded together (in threads) during preparation
+
+
+# ------------------------------------------------------------------------------------------------ pair labels
+def preferred(row: dict[str, Any], dimension: str) -> tuple[int, str]:
+    """``(index of the preferred video (0 or 1), which label decided)`` of a valid pair under ``dimension``.
+
+    ``safety_first``: when both videos are labelled safe (``is_safe``), ``helpfulness`` decides; otherwise
+    ``harmlessness`` (the safer wins; two unsafe videos: the less harmful).
+    """
+    if dimension in ("helpfulness", "harmlessness"):
+        return int(row[dimension][-1]), dimension
+    if dimension == "safety_first":
+        both_safe = row["video_0"].get("is_safe") is True and row["video_1"].get("is_safe") is True
+        label = "helpfulness" if both_safe else "harmlessness"
+        return int(row[label][-1]), label
+    if dimension in SAFESORA_SUB_PREFERENCES:
+        return int(safesora_sub_preferences(row)[dimension][-1]), dimension
+    raise ValueError(f"unknown preference dimension {dimension!r}; dimensions: {list(DIMENSIONS)}")
+
+
+def cost_sign(video: dict[str, Any]) -> int:
+    """+1 for a video labelled unsafe, -1 for one labelled safe, 0 without an ``is_safe`` label."""
+    is_safe = video.get("is_safe")
+    return 0 if is_safe is None else (-1 if is_safe else 1)
+
+
+def encode_prompt_texts(tokenizer: Any, prompts: list[str], template: str, max_length: int) -> tuple[list, int]:
+    """The user prompts as the video models read them: template, BOS, cut to ``max_length`` with EOS."""
+    return encode_with_eos(tokenizer, [format_prompt(p, template) for p in prompts], max_length)
+
+
+# ----------------------------------------------------------------------------------------------- video reading
+class VideoReader:
+    """Resolves ``video_path`` values and decodes them (``num_frames`` x ``frame_size``), in threads, for a chunk of
+    rows; stores what a view keeps (frames or an mp4 clip of them)."""
+
+    def __init__(self, roots: list[Path] | Callable[[], list[Path]], num_frames: int, frame_size: int, storage: str,
+                 threads: int) -> None:
+        self._roots, self.num_frames, self.frame_size = roots, num_frames, frame_size
+        self.storage, self.threads = storage, max(1, threads)
+
+    @property
+    def roots(self) -> list[Path]:
+        """Where relative paths are looked up (a callable is asked when first needed: the synthetic source writes
+        its videos only then)."""
+        if callable(self._roots):
+            self._roots = self._roots()
+        return self._roots
+
+    def resolve(self, video_path: str) -> Path | None:
+        """The existing file ``video_path`` names (absolute, or relative to one of the roots), else ``None``."""
+        path = Path(video_path).expanduser()
+        if path.is_absolute():
+            return path if path.is_file() else None
+        for root in self.roots:
+            if (root / path).is_file():
+                return root / path
+        return None
+
+    def _one(self, video_path: str) -> np.ndarray | str:
+        path = self.resolve(video_path)
+        if path is None:
+            return f"video file not found: {video_path} (looked in {', '.join(map(str, self.roots))})"
+        try:
+            return read_video(path, self.num_frames, self.frame_size)
+        except VideoDecodeError as error:
+            return str(error)
+
+    def read(self, video_paths: list[str]) -> dict[str, np.ndarray | str]:
+        """Decode the distinct paths: ``{path: uint8 (F, S, S, 3) frames, or the error message}``."""
+        distinct = list(dict.fromkeys(video_paths))
+        if self.threads == 1 or len(distinct) == 1:
+            return {p: self._one(p) for p in distinct}
+        with ThreadPoolExecutor(self.threads) as pool:  # PyAV decodes without holding the GIL
+            return dict(zip(distinct, pool.map(self._one, distinct)))
+
+    def stored(self, frames: np.ndarray) -> np.ndarray | bytes:
+        """What an item keeps of decoded frames: the frames, or an mp4 clip of exactly those frames."""
+        return frames if self.storage == "frames" else encode_mp4(frames, fps=max(1, self.num_frames // 2))
+
+
+def _decoded_chunks(rows: list[Valid], paths_of: Callable[[dict], list[str]], reader: VideoReader,
+                    report: SplitReport, on_bad_row: str) -> Iterator[tuple[int, dict, list[np.ndarray]]]:
+    """``(index, row, frames per path)`` for rows whose videos all decode; a bad video raises naming the row and the
+    file, or (``on_bad_row: skip``) drops the row as ``unreadable_video``."""
+    for start in range(0, len(rows), DECODE_CHUNK):
+        chunk = rows[start : start + DECODE_CHUNK]
+        decoded = reader.read([p for _, row in chunk for p in paths_of(row)])
+        for index, row in chunk:
+            videos = [decoded[p] for p in paths_of(row)]
+            bad = next((v for v in videos if isinstance(v, str)), None)
+            if bad is not None:
+                if on_bad_row == "error":
+                    raise DataValidationError(f"row {index} (pair_id/video_id {row.get('pair_id', row.get('video_id'))}"
+                                              f"): {bad}\n(set on_bad_row: skip to drop and count such rows instead)")
+                report.dropped["unreadable_video"] += 1
+                continue
+            yield index, row, videos
+
+
+class VideoPairView:
+    """Two videos of one prompt, ordered by ``rank`` (see :func:`preferred`; the safety view puts the less safe first).
+
+    Items: ``{"input_ids": int32 (L,), "first", "second": uint8 (F, S, S, 3) frames or mp4 bytes, "row": int,
+    "first_sign", "second_sign": int}``. Batches: see the module docstring.
+    """
+
+    def __init__(self, name: str, rank: Callable[[dict, SplitReport], int | None], reader: VideoReader,
+                 on_bad_row: str) -> None:
+        self.name, self.rank, self.reader, self.on_bad_row = name, rank, reader, on_bad_row
+
+    @staticmethod
+    def _paths(row: dict[str, Any]) -> list[str]:
+        return [row["video_0"]["video_path"], row["video_1"]["video_path"]]
+
+    def encode(self, rows: list[Valid], tokenizer: Any, template: str, max_length: int, report: SplitReport):
+        ordered: list[tuple[int, dict, int]] = []
+        for index, row in rows:
+            if row["video_0"]["video_path"] == row["video_1"]["video_path"]:
+                report.dropped["identical_videos"] += 1
+                continue
+            first = self.rank(row, report)
+            if first is not None:
+                ordered.append((index, row, first))
+        firsts = {index: first for index, _, first in ordered}
+        for index, row, (video_0, video_1) in _decoded_chunks([(i, r) for i, r, _ in ordered], self._paths,
+                                                               self.reader, report, self.on_bad_row):
+            first = firsts[index]
+            ids, cut = encode_prompt_texts(tokenizer, [row["prompt_text"]], template, max_length)
+            report.notes["truncated_prompts"] += cut
+            videos = (video_0, video_1) if first == 0 else (video_1, video_0)
+            records = (row["video_0"], row["video_1"]) if first == 0 else (row["video_1"], row["video_0"])
+            report.kept += 1
+            yield {"input_ids": ids[0], "first": self.reader.stored(videos[0]), "second": self.reader.stored(videos[1]),
+                   "row": index, "first_sign": cost_sign(records[0]), "second_sign": cost_sign(records[1])}
+
+    @staticmethod
+    def length(item: dict[str, Any]) -> int:
+        return len(item["input_ids"])
+
+    @staticmethod
+    def collate(items: list[dict[str, Any]], pad_id: int, multiple_of: int = 1) -> dict[str, Any]:
+        import torch
+
+        ids, mask = pad_right([i["input_ids"] for i in items], pad_id, multiple_of)
+        frames = [to_batch_layout(i["first"]) for i in items] + [to_batch_layout(i["second"]) for i in items]
+        return {
+            "input_ids": ids,
+            "attention_mask": mask,
+            "frames": torch.stack(frames),
+            **{key: torch.as_tensor([int(i[key]) for i in items]) for key in ("row", "first_sign", "second_sign")},
+        }
+
+    @staticmethod
+    def encode_inputs(tokenizer: Any, prompts: list[str], responses: list[str], template: str, max_length: int):
+        return encode_prompt_texts(tokenizer, prompts, template, max_length)
+
+
+class VideoModerationView:
+    """One item per SafeSora-Label video: ``{"input_ids", "frames", "categories": uint8 (12,), "unsafe", "severity":
+    -1, "row", "response": 0}``; batches as the text moderation view's plus ``frames uint8 (B, F, 3, S, S)``."""
+
+    name = "moderation"
+    categories = tuple(SAFESORA_CATEGORIES)
+    severity_levels = 0  # SafeSora labels have no severity
+
+    def __init__(self, reader: VideoReader, on_bad_row: str) -> None:
+        self.reader, self.on_bad_row = reader, on_bad_row
+        self._counts: dict[str, Any] = {}
+
+    def encode(self, rows: list[Valid], tokenizer: Any, template: str, max_length: int, report: SplitReport):
+        positives = np.zeros(len(self.categories), dtype=np.int64)
+        items = unsafe_count = 0
+        for index, row, (frames,) in _decoded_chunks(rows, lambda r: [r["video_path"]], self.reader, report,
+                                                     self.on_bad_row):
+            labels = np.asarray([bool(row["video_labels"].get(c, False)) for c in self.categories], dtype=np.uint8)
+            unsafe = (not row["is_safe"]) if row.get("is_safe") is not None else bool(labels.any())
+            ids, cut = encode_prompt_texts(tokenizer, [row["prompt_text"]], template, max_length)
+            report.notes["truncated_prompts"] += cut
+            positives += labels
+            unsafe_count += unsafe
+            items += 1
+            report.kept += 1
+            yield {"input_ids": ids[0], "frames": self.reader.stored(frames), "categories": labels,
+                   "unsafe": int(unsafe), "severity": -1, "row": index, "response": 0}
+        self._counts = {"items": items, "unsafe": unsafe_count, "categories": list(self.categories),
+                        "category_positives": positives.tolist(), "severity_levels": 0, "severity_counts": []}
+
+    def label_summary(self) -> dict[str, Any]:
+        """Label counts of the split encoded last (the moderation module's per-class ``pos_weight``)."""
+        return dict(self._counts)
+
+    @staticmethod
+    def length(item: dict[str, Any]) -> int:
+        return len(item["input_ids"])
+
+    @staticmethod
+    def collate(items: list[dict[str, Any]], pad_id: int, multiple_of: int = 1) -> dict[str, Any]:
+        import torch
+
+        ids, mask = pad_right([i["input_ids"] for i in items], pad_id, multiple_of)
+        return {
+            "input_ids": ids,
+            "attention_mask": mask,
+            "frames": torch.stack([to_batch_layout(i["frames"]) for i in items]),
+            "categories": torch.as_tensor(np.stack([i["categories"] for i in items]), dtype=torch.float32),
+            **{key: torch.as_tensor([int(i[key]) for i in items]) for key in ("unsafe", "severity", "row", "response")},
+        }
+
+    @staticmethod
+    def encode_inputs(tokenizer: Any, prompts: list[str], responses: list[str], template: str, max_length: int):
+        return encode_prompt_texts(tokenizer, prompts, template, max_length)
+
+
+class RowsAs:
+    """A text view fed converted rows (SafeSora rows -> the ``{"prompt", ...}`` rows the text views read)."""
+
+    def __init__(self, view: Any, convert: Callable[[dict[str, Any]], dict[str, Any]]) -> None:
+        self.view, self.convert = view, convert
+
+    def encode(self, rows: list[Valid], tokenizer: Any, template: str, max_length: int, report: SplitReport):
+        return self.view.encode([(i, self.convert(r)) for i, r in rows], tokenizer, template, max_length, report)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.view, name)
+
+
+class DecodeClips:
+    """Item transform of ``video_storage: mp4`` (runs in the loader workers): stored clips -> ``uint8`` frames."""
+
+    def __init__(self, num_frames: int, frame_size: int) -> None:
+        self.num_frames, self.frame_size = num_frames, frame_size
+
+    def __call__(self, item: dict[str, Any]) -> dict[str, Any]:
+        for key in ("first", "second", "frames"):
+            if isinstance(item.get(key), bytes | bytearray | memoryview):
+                item[key] = read_video(bytes(item[key]), self.num_frames, self.frame_size, name=f"stored clip {key}")
+        return item
+
+
+# ---------------------------------------------------------------------------------------------- the DataModule
+class SafeSoraDataModule(PreparedDataModule):
+    """SafeSora, SafeSora-Label and SafeSora-Eval (see the module docstring).
+
+    Args:
+        tokenizer: the model's tokenizer (preset, hub id, path, or a diffusers checkpoint, whose ``tokenizer/`` is
+            used).
+        source: ``synthetic``, a config file, a SafeSora directory, a hub id, or a prepared directory/URL.
+        view: ``preference``, ``safety``, ``moderation``, ``rewrites``, ``rewrite_pairs`` or ``prompts``.
+        dimension: which label orders a pair (see :func:`preferred`); for ``rewrites``/``rewrite_pairs`` which video's
+            rewrite wins.
+        video_dir: where relative ``video_path`` values are found (default: the source's directory and its parent).
+        num_frames: frames sampled uniformly per video (8: the released SafeSora preference models).
+        frame_size: frame height and width after resizing (224 for CLIP-size encoders).
+        video_storage: ``frames`` (decoded uint8 frames in the chunks) or ``mp4`` (small clips decoded while loading).
+        subset: for a directory or the synthetic source, the subfolder to read: ``label`` (SafeSora-Label; the
+            default of ``view: moderation`` when present) or ``eval`` (SafeSora-Eval prompts, split ``eval``); for a hub
+            id, its config name.
+        max_length: longest token sequence; default 77 (CLIP) for the video views, 256 for the text views.
+        prompt_template: where the user prompt goes; default ``{prompt}`` for the video views and
+            :data:`REWRITE_TEMPLATE` for ``rewrites``, ``rewrite_pairs`` and ``prompts``.
+        synthetic_rows: pairs of the synthetic source (train and test together; 3 videos and 3 pairs per prompt).
+        predict_file: a JSONL of ``{"prompt", "video_path"}`` lines (paths relative to the file's folder or absolute)
+            for ``lit-safe predict`` with a video model.
+        Other arguments: see :class:`~lit_safe.data_modules.base.PreparedDataModule`.
+    """
+
+    dataset_name = "safesora"
+    views = ("preference", "safety", "moderation", "rewrites", "rewrite_pairs", "prompts")
+    has_synthetic = True
+    prompt_field = "prompt_text"
+    format_version = 1
+
+    def __init__(
+        self,
+        tokenizer: str = "tiny",
+        source: str = "synthetic",
+        view: str = "preference",
+        dimension: str = "helpfulness",
+        subset: str | None = None,
+        revision: str | None = None,
+        train_split: str = "train",
+        val_split: str | None = None,
+        test_split: str | None = "test",
+        val_fraction: float = 0.1,
+        test_fraction: float = 0.1,
+        synthetic_rows: int = 600,
+        video_dir: str | None = None,
+        num_frames: int = 8,
+        frame_size: int = 224,
+        video_storage: str = "frames",
+        prompt_template: str | None = None,
+        max_length: int | None = None,
+        batch_size: int = 8,
+        eval_batch_size: int | None = None,
+        num_workers: int = 2,
+        group_size: int = 1,
+        pad_to_multiple_of: int = 1,
+        on_bad_row: str = "error",
+        prepared_dir: str | None = None,
+        predict_file: str | None = None,
+        seed: int = 42,
+    ) -> None:
+        if dimension not in DIMENSIONS:
+            raise ValueError(f"unknown dimension {dimension!r}; dimensions: {list(DIMENSIONS)}")
+        if video_storage not in STORAGES:
+            raise ValueError(f"video_storage must be one of {STORAGES}, got {video_storage!r}")
+        if num_frames < 1 or frame_size < 2 or frame_size % 2:
+            raise ValueError(f"num_frames must be >= 1 and frame_size even and >= 2, got {num_frames}, {frame_size}")
+        if prompt_template is None:
+            prompt_template = VIDEO_TEMPLATE if view in VIDEO_VIEWS else REWRITE_TEMPLATE
+        if max_length is None:  # CLIP text encoders read 77 tokens; a rewrite needs room for prompt and answer
+            max_length = 77 if view in VIDEO_VIEWS else 256
+        self.categories = list(SAFESORA_CATEGORIES)
+        super().__init__(tokenizer, source, view, subset, revision, train_split, val_split, test_split, val_fraction,
+                         test_fraction, synthetic_rows, prompt_template, max_length, batch_size, eval_batch_size,
+                         num_workers, group_size, pad_to_multiple_of, False, on_bad_row, prepared_dir, predict_file,
+                         seed)
+
+    # --------------------------------------------------------------------------------------------- the views
+    def _reader(self) -> VideoReader:
+        hp = self.hparams
+        return VideoReader(self._video_roots, hp.num_frames, hp.frame_size, hp.video_storage,
+                           threads=max(1, hp.num_workers))
+
+    def make_view(self, name: str) -> Any:
+        hp = self.hparams
+
+        def winner_first(row: dict, report: SplitReport) -> int:
+            first, label = preferred(row, hp.dimension)
+            if hp.dimension == "safety_first":
+                report.notes[f"decided_by_{label}"] += 1
+            return first
+
+        def less_safe_first(row: dict, report: SplitReport) -> int | None:
+            safer = int(row["harmlessness"][-1])
+            safer_safe, other_safe = row[f"video_{safer}"].get("is_safe"), row[f"video_{1 - safer}"].get("is_safe")
+            if safer_safe is False and other_safe is True:
+                report.dropped["safer_labelled_unsafe"] += 1
+                return None
+            return 1 - safer
+
+        def rewrites(row: dict) -> dict:
+            first, _ = preferred(row, hp.dimension)
+            return {"prompt": row["prompt_text"], "response": row[f"video_{first}"]["video_text"]}
+
+        def rewrite_pairs(row: dict) -> list[tuple[str, str, str]]:
+            first, _ = preferred(row, hp.dimension)
+            win, lose = row[f"video_{first}"]["video_text"], row[f"video_{1 - first}"]["video_text"]
+            return [(row["prompt_text"], win, lose)]
+
+        if name == "preference":
+            return VideoPairView("preference", winner_first, self._reader(), hp.on_bad_row)
+        if name == "safety":
+            return VideoPairView("safety", less_safe_first, self._reader(), hp.on_bad_row)
+        if name == "moderation":
+            return VideoModerationView(self._reader(), hp.on_bad_row)
+        if name == "rewrites":
+            return RowsAs(SFTView(lambda r: [(r["prompt"], r["response"])]), rewrites)
+        if name == "rewrite_pairs":
+            return PreferencePairView(rewrite_pairs)
+        if name == "prompts":
+            return RowsAs(PromptView(), lambda row: {"prompt": row["prompt_text"]})
+        raise ValueError(f"unknown view {name!r}; views: {list(self.views)}")
+
+    def item_transform(self):
+        hp = self.hparams
+        if hp.view in VIDEO_VIEWS and hp.video_storage == "mp4":
+            return DecodeClips(hp.num_frames, hp.frame_size)
+        return None
+
+    def view_settings(self) -> dict[str, Any]:
+        hp = self.hparams
+        settings: dict[str, Any] = {"dimension": hp.dimension}
+        if hp.view in VIDEO_VIEWS:
+            settings.update({"num_frames": hp.num_frames, "frame_size": hp.frame_size, "storage": hp.video_storage,
+                             "video_dir": str(Path(hp.video_dir).expanduser().resolve()) if hp.video_dir else None})
+        return settings
+
+    # ------------------------------------------------------------------------------------------------ row checks
+    def _row_kind(self) -> str:
+        return {"moderation": "label", "prompts": "prompt"}.get(self.hparams.view, "pair")
+
+    def check_row(self, row: Any) -> list[tuple[str, str]]:
+        kind = self._row_kind()
+        if kind == "label":
+            if isinstance(row, dict) and "video_0" in row:
+                return [("video_labels", "a preference pair where a SafeSora-Label video row is expected; point "
+                                         "source at SafeSora-Label (or a directory with label/) for view moderation")]
+            problems = check_safesora_label_row(row)
+            return problems or self._check_videos(row, [("video_path", row["video_path"])])
+        if kind == "prompt":
+            return check_safesora_pair(row) if isinstance(row, dict) and "video_0" in row else \
+                check_safesora_eval_row(row)
+        problems = check_safesora_pair(row)
+        if problems or self.hparams.view not in VIDEO_VIEWS:
+            return problems
+        return self._check_videos(row, [(f"{k}.video_path", row[k]["video_path"]) for k in ("video_0", "video_1")])
+
+    def _check_videos(self, row: dict, fields: list[tuple[str, str]]) -> list[tuple[str, str]]:
+        reader = self._reader()
+        return [(field, f"video file not found: {path} (looked in {', '.join(map(str, reader.roots))})")
+                for field, path in fields if reader.resolve(path) is None]
+
+    def row_notes(self, row: dict[str, Any]) -> list[str]:
+        notes = []
+        if self._row_kind() == "pair":
+            if "informativeness" in row["sub_preferences"]:
+                notes.append("sub_preference_informativeness")
+            safer = row[row["harmlessness"]]
+            other = row["video_1" if row["harmlessness"] == "video_0" else "video_0"]
+            if safer.get("is_safe") is None or other.get("is_safe") is None:
+                notes.append("missing_is_safe")
+        elif self._row_kind() == "label" and row.get("is_safe") is not None:
+            any_label = any(row["video_labels"].values())
+            if row["is_safe"] and any_label:
+                notes.append("safe_with_harm_label")
+            elif not row["is_safe"] and not any_label:
+                notes.append("unsafe_without_harm_label")
+        return notes
+
+    # ---------------------------------------------------------------------------------------- where the data is
+    def _synthetic_root(self) -> Path:
+        from lit_safe.data_modules.safesora_synthetic import GENERATOR_VERSION
+
+        hp = self.hparams
+        return self.prepared_root.parent / "synthetic" / f"safesora-v{GENERATOR_VERSION}-{hp.synthetic_rows}-{hp.seed}"
+
+    def synthetic_dataset(self) -> Path:
+        """The synthetic dataset's directory, generated on first use (atomically: a temporary folder renamed)."""
+        from lit_safe.data_modules.safesora_synthetic import generate
+
+        root = self._synthetic_root()
+        if not (root / "synthetic.json").is_file():
+            root.parent.mkdir(parents=True, exist_ok=True)
+            tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}-", dir=root.parent))
+            try:
+                generate(tmp, self.hparams.synthetic_rows, seed=self.hparams.seed)
+                os.replace(tmp, root)
+            except OSError:
+                shutil.rmtree(tmp, ignore_errors=True)
+                if not (root / "synthetic.json").is_file():
+                    raise
+            except BaseException:
+                shutil.rmtree(tmp, ignore_errors=True)
+                raise
+        return root
+
+    def _config_dir(self) -> Path | None:
+        """The directory whose ``config-<split>`` files are read (synthetic and directory sources)."""
+        kind = self._source_kind()
+        if kind == "synthetic":
+            base = self.synthetic_dataset()
+        elif kind == "dir":
+            base = Path(self.hparams.source).expanduser()
+        else:
+            return None
+        subset = self.hparams.subset or ("label" if self.hparams.view == "moderation" else None)
+        if subset is not None and (base / subset).is_dir():
+            return base / subset
+        if self.hparams.subset is not None:
+            raise DataValidationError(f"{base} has no subset folder {self.hparams.subset!r} (label: SafeSora-Label, "
+                                      f"eval: SafeSora-Eval)")
+        return base
+
+    def _source_kind(self) -> str:
+        source = Path(self.hparams.source).expanduser()
+        if self.hparams.source != "synthetic" and source.is_dir() and _config_files(source):
+            return "dir"
+        return super()._source_kind()
+
+    def _video_roots(self) -> list[Path]:
+        hp = self.hparams
+        if hp.video_dir:
+            return [Path(hp.video_dir).expanduser()]
+        kind = self._source_kind()
+        if kind in ("synthetic", "dir"):
+            base = self.synthetic_dataset() if kind == "synthetic" else Path(hp.source).expanduser()
+            return [base, base.parent]
+        if kind == "file":
+            base = Path(hp.source).expanduser().parent
+            return [base, base.parent]
+        return [Path.cwd()]
+
+    def _source_splits(self) -> list[str]:
+        directory = self._config_dir()
+        if directory is not None:
+            return list(_config_files(directory))
+        return super()._source_splits()
+
+    def _read(self, split: str) -> Iterator[Row]:
+        directory = self._config_dir()
+        if directory is None:
+            yield from super()._read(split)
+            return
+        files = _config_files(directory)
+        if split not in files:
+            raise DataValidationError(f"{directory} has no split {split!r}; splits: {list(files)}")
+        yield from sources.read_file(files[split])
+
+    def _settings(self) -> dict[str, Any]:
+        settings = super()._settings()
+        directory = self._config_dir()
+        if directory is not None:
+            settings["source"] = [[str(f.resolve()), f.stat().st_size, f.stat().st_mtime_ns]
+                                  for f in _config_files(directory).values()]
+        return settings
+
+    # ------------------------------------------------------------------------------------------------ predicting
+    def prediction_loader(self, path: str | Path):
+        """A loader over a JSONL of ``{"prompt", "video_path"}`` lines (video views), in file order; batches
+        ``input_ids``/``attention_mask (B, L)``, ``frames uint8 (B, F, 3, S, S)`` and ``line (B,)``. Text views
+        (``rewrites``...) predict on ``{"prompt", "response"}`` lines as the text data modules do.
+
+        Raises:
+            DataValidationError: naming every bad line (up to ten) and every missing or unreadable video, unless
+                ``on_bad_row: skip``.
+        """
+        import torch
+
+        if self.hparams.view not in VIDEO_VIEWS:
+            return super().prediction_loader(path)
+        path = Path(path).expanduser()
+        if not path.name.endswith((".jsonl", ".jsonl.gz")):
+            raise DataValidationError(f"{path}: predict_file must be a JSONL file of {{'prompt', 'video_path'}} lines")
+        hp = self.hparams
+        reader = VideoReader([path.parent], hp.num_frames, hp.frame_size, "frames", threads=max(1, hp.num_workers))
+
+        def check(row: Any) -> list[tuple[str, str]]:
+            if not isinstance(row, dict):
+                return [("<row>", f"expected a JSON object, got {type(row).__name__}")]
+            problems = [(name, "missing required field" if row.get(name) is None else
+                         f"expected str, got {type(row[name]).__name__}") for name in ("prompt", "video_path")
+                        if not isinstance(row.get(name), str)]
+            if not problems and reader.resolve(row["video_path"]) is None:
+                problems.append(("video_path", f"video file not found: {row['video_path']}"))
+            return problems
+
+        report = SplitReport()
+        rows = self._validated(sources.read_file(path), {"predict": report}, lambda _: "predict", check=check,
+                               notes=lambda row: [], source=str(path), with_location=True)["predict"]
+        decoded = reader.read([row["video_path"] for _, row in rows])
+        items, problems = [], []
+        for where, row in rows:
+            frames = decoded[row["video_path"]]
+            if isinstance(frames, str):
+                problems.append(f"{where}: field 'video_path': {frames}")
+                continue
+            ids, _ = encode_prompt_texts(self.tokenizer, [row["prompt"]], hp.prompt_template, hp.max_length)
+            items.append({"input_ids": ids[0], "frames": frames, "line": int(where.rsplit(" ", 1)[1])})
+        if problems and hp.on_bad_row == "error":
+            listed = "\n  ".join(problems[:10])
+            raise DataValidationError(f"{len(problems)} unreadable video(s) in {path}:\n  {listed}")
+        if problems:
+            print(f"{path}: skipped {len(problems)} line(s) with unreadable videos")
+        skipped = sum(report.dropped.values())
+        if skipped:
+            print(f"{path}: skipped {skipped} invalid line(s): {dict(report.dropped)}")
+        if not items:
+            raise DataValidationError(f"{path}: no valid lines to predict on")
+        pad_id, multiple = self.tokenizer.pad_token_id, hp.pad_to_multiple_of
+
+        def collate(batch: list[dict[str, Any]]) -> dict[str, Any]:
+            ids, mask = pad_right([i["input_ids"] for i in batch], pad_id, multiple)
+            return {"input_ids": ids, "attention_mask": mask,
+                    "frames": torch.stack([to_batch_layout(i["frames"]) for i in batch]),
+                    "line": torch.as_tensor([i["line"] for i in batch])}
+
+        return torch.utils.data.DataLoader(items, batch_size=self.eval_batch_size, shuffle=False, collate_fn=collate)
+
+
+def _config_files(directory: Path) -> dict[str, Path]:
+    """SafeSora's split files in ``directory``: ``config-<split>.json(.gz)`` -> split, ``config.json(.gz)`` -> train;
+    other data files by their stem (``train.jsonl`` -> train)."""
+    out: dict[str, Path] = {}
+    for split, path in sources.local_splits(directory).items():
+        name = "train" if split == "config" else split.removeprefix("config-")
+        if name in out:
+            raise DataValidationError(f"{directory}: two files for split {name!r}: {out[name]} and {path}")
+        out[name] = path
+    return out
+
+
+__all__ = ["DIMENSIONS", "REWRITE_TEMPLATE", "SafeSoraDataModule", "cost_sign", "preferred"]
