@@ -58,7 +58,7 @@ import numpy as np
 from lit_safe.data_modules import sources
 from lit_safe.data_modules.base import PreparedDataModule, Row, Valid
 from lit_safe.data_modules.policy import PreferencePairView, PromptView, SFTView
-from lit_safe.data_modules.preparation import SplitReport
+from lit_safe.data_modules.preparation import SplitReport, is_prepared
 from lit_safe.data_modules.schemas import (
     SAFESORA_CATEGORIES,
     SAFESORA_SUB_PREFERENCES,
@@ -398,6 +398,8 @@ class SafeSoraDataModule(PreparedDataModule):
                          test_fraction, synthetic_rows, prompt_template, max_length, batch_size, eval_batch_size,
                          num_workers, group_size, pad_to_multiple_of, False, on_bad_row, prepared_dir, predict_file,
                          seed)
+        # the resolved defaults (save_hyperparameters may have recorded the None the caller passed)
+        self.hparams.prompt_template, self.hparams.max_length = prompt_template, max_length
 
     # --------------------------------------------------------------------------------------------- the views
     def _reader(self) -> VideoReader:
@@ -547,7 +549,7 @@ class SafeSoraDataModule(PreparedDataModule):
 
     def _source_kind(self) -> str:
         source = Path(self.hparams.source).expanduser()
-        if self.hparams.source != "synthetic" and source.is_dir() and _config_files(source):
+        if self.hparams.source != "synthetic" and source.is_dir() and not is_prepared(source) and _config_files(source):
             return "dir"
         return super()._source_kind()
 

@@ -100,8 +100,11 @@ def read_video(source: str | Path | bytes, num_frames: int, size: int, name: str
     return resize_array(picked, size)
 
 
-def encode_mp4(frames: np.ndarray, fps: int = 8, codec: str = "libx264", crf: int = 18) -> bytes:
-    """Encode ``uint8 (F, H, W, 3)`` frames (H and W even) as mp4 bytes (H.264, yuv420p, constant quality ``crf``)."""
+def encode_mp4(frames: np.ndarray, fps: int = 8, codec: str = "libx264", qp: int = 18) -> bytes:
+    """Encode ``uint8 (F, H, W, 3)`` frames (H and W even) as mp4 bytes (H.264, yuv420p, constant quantiser ``qp``).
+
+    A constant quantiser, not x264's ``crf``: with ``crf`` the same frames gave different bytes in a few percent of
+    encodes (rate control), and the synthetic dataset must be byte-for-byte reproducible from its seed."""
     import av
 
     frames = np.asarray(frames, dtype=np.uint8)
@@ -114,7 +117,7 @@ def encode_mp4(frames: np.ndarray, fps: int = 8, codec: str = "libx264", crf: in
         stream = container.add_stream(codec, rate=Fraction(fps))
         stream.width, stream.height, stream.pix_fmt = frames.shape[2], frames.shape[1], "yuv420p"
         if codec == "libx264":
-            stream.options = {"crf": str(crf), "preset": "veryfast"}
+            stream.options = {"qp": str(qp), "preset": "veryfast"}
         for frame in frames:
             for packet in stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")):
                 container.mux(packet)
@@ -123,11 +126,11 @@ def encode_mp4(frames: np.ndarray, fps: int = 8, codec: str = "libx264", crf: in
     return buffer.getvalue()
 
 
-def write_mp4(path: str | Path, frames: np.ndarray, fps: int = 8, crf: int = 18) -> Path:
+def write_mp4(path: str | Path, frames: np.ndarray, fps: int = 8, qp: int = 18) -> Path:
     """Write ``uint8 (F, H, W, 3)`` frames to an mp4 file (folders created); returns the path."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(encode_mp4(frames, fps=fps, crf=crf))
+    path.write_bytes(encode_mp4(frames, fps=fps, qp=qp))
     return path
 
 

@@ -10,6 +10,8 @@ Project subcommands:
   needed; ``prepare`` is for doing it once, ahead of a multi-GPU job.
 - ``lit-safe arena ...``: compare two policies with the same reward and cost models (:mod:`lit_safe.arena`);
   ``lit-safe arena --help`` lists the options, which can also come from a ``--config`` YAML.
+- ``lit-safe video-arena ...``: compare two prompt augmenters: their rewrites are rendered by one video generator and
+  scored by the same video reward and cost models (:mod:`lit_safe.video_arena`).
 """
 
 from __future__ import annotations
@@ -25,10 +27,12 @@ from lightning.pytorch.cli import LightningCLI
 
 USAGE = """usage: lit-safe {fit,validate,test,predict,prepare} --config CONFIG.yaml [options]
        lit-safe arena --policy_a DIR --policy_b DIR --reward_model DIR --cost_model DIR --prompts FILE --output DIR
+       lit-safe video-arena --rewriter_a none --rewriter_b DIR --reward_model DIR --cost_model DIR --output DIR
 
   fit, validate, test, predict   the Lightning commands (lit-safe fit --help lists every option)
   prepare                        validate and prepare the data section's dataset, print the report
   arena                          two policies answer the same prompts, scored by one reward and one cost model
+  video-arena                    two prompt rewriters, one video generator, one video reward and one cost model
 """
 
 
@@ -109,6 +113,20 @@ def arena_main(argv: list[str]) -> Any:
     return run_arena(**{k: v for k, v in cfg.items() if k != "config"})
 
 
+def video_arena_main(argv: list[str]) -> Any:
+    """``lit-safe video-arena``: the options of :func:`lit_safe.video_arena.run_video_arena`."""
+    from jsonargparse import ActionConfigFile, ArgumentParser
+
+    from lit_safe.video_arena import run_video_arena
+
+    parser = ArgumentParser(prog="lit-safe video-arena", description="Compare two prompt augmenters: one video "
+                            "generator renders their rewrites, one video reward and one cost model score the videos.")
+    parser.add_argument("--config", action=ActionConfigFile, help="a YAML with any of the options below")
+    parser.add_function_arguments(run_video_arena)
+    cfg = parser.parse_args(argv)
+    return run_video_arena(**{k: v for k, v in cfg.items() if k != "config"})
+
+
 def run(args: list[str] | None = None) -> Any:
     """Run ``lit-safe`` with ``args`` (default ``sys.argv[1:]``); returns the CLI object, the prepare report or the
     arena summary."""
@@ -121,6 +139,8 @@ def run(args: list[str] | None = None) -> Any:
         return prepare_main(argv[1:])
     if argv[0] == "arena":
         return arena_main(argv[1:])
+    if argv[0] == "video-arena":
+        return video_arena_main(argv[1:])
     # Without explicit args LightningCLI reads sys.argv itself (passing both makes it warn).
     return LitSafeCLI(args=None if args is None else argv)
 

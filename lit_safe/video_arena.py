@@ -1,0 +1,202 @@
+"""The video arena: two prompt augmenters rewrite the same user prompts, one video generator renders each rewrite, and
+the same video reward (helpfulness) and cost (harmlessness) models score both videos against the *user's* prompt.
+
+This is how a prompt-augmentation module is evaluated (SafeSora's first alignment route): the rewriter that makes the
+generator produce more helpful and safer videos wins. A side is ``none`` (the user prompt sent as is) or a causal LM
+trained by ``SFTModule``/``DPOModule`` on the ``rewrites``/``rewrite_pairs`` views. The generator is a diffusers
+text-to-video checkpoint (:func:`~lit_safe.models.video_diffusion.load_video_diffusion`, sampled with DDIM and
+classifier-free guidance) or ``synthetic``: the renderer that made the synthetic SafeSora videos
+(:func:`~lit_safe.data_modules.safesora_synthetic.render`), which draws exactly what a rewrite asks for, so that the
+rewriters are compared without a generator's own errors.
+
+``lit-safe video-arena --rewriter_a none --rewriter_b DIR --reward_model DIR --cost_model DIR --generator synthetic
+--prompts synthetic --output DIR`` prints the same table as the text arena (:func:`lit_safe.arena.arena_summary`) and
+writes ``arena.json`` (summary and every rewrite with its scores) and the videos as ``videos/{a,b}/<i>.mp4``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from lit_safe.arena import _check_model, arena_summary, format_summary, generate
+from lit_safe.data_modules.safesora import REWRITE_TEMPLATE, encode_prompt_texts
+from lit_safe.data_modules.sources import DataValidationError, read_file
+from lit_safe.data_modules.streaming import pad_right
+from lit_safe.data_modules.video import encode_mp4, read_video, resize_array, sample_indices
+
+
+def read_video_prompts(path: str, limit: int | None = None, seed: int = 0) -> list[str]:
+    """User prompts from SafeSora-Eval/SafeSora rows (``prompt_text``) or rows with a ``prompt`` (JSON, JSONL,
+    gzip'd JSON array, parquet), or ``synthetic`` (SafeSora-Eval-style synthetic prompts, half of them red-team).
+    Repeated prompts are kept once, in order.
+
+    Raises:
+        DataValidationError: a row without a string ``prompt_text`` or ``prompt``, named by its location.
+    """
+    if path == "synthetic":
+        from lit_safe.data_modules.safesora_synthetic import eval_prompts
+
+        rows = ((f"synthetic eval row {i}", row) for i, row in enumerate(eval_prompts(limit or 40, seed)))
+    else:
+        rows = read_file(path)
+    prompts: list[str] = []
+    for where, row in rows:
+        text = row.get("prompt_text", row.get("prompt")) if isinstance(row, dict) else None
+        if not isinstance(text, str):
+            raise DataValidationError(f"{where}: field 'prompt_text': expected a string, got {type(text).__name__}")
+        if text not in prompts:
+            prompts.append(text)
+        if limit is not None and len(prompts) >= limit:
+            break
+    if not prompts:
+        raise DataValidationError(f"{path}: no prompts")
+    return prompts
+
+
+def rewrite(rewriter: str, prompts: list[str], template: str, max_new_tokens: int, batch_size: int,
+            temperature: float, device: torch.device) -> list[str]:
+    """The rewrites of ``prompts`` by a causal LM, or the prompts themselves for ``none``; an empty rewrite falls back
+    to the user prompt (the generator needs some text)."""
+    if rewriter == "none":
+        return list(prompts)
+    from transformers import AutoModelForCausalLM
+
+    from lit_safe.models.tokenizer import load_tokenizer
+
+    tokenizer = load_tokenizer(rewriter, padding_side="left")
+    model = AutoModelForCausalLM.from_pretrained(rewriter).to(device).eval()
+    texts = generate(model, tokenizer, prompts, template, max_new_tokens, batch_size, temperature)
+    return [t.strip() or p for t, p in zip(texts, prompts)]
+
+
+def render_videos(generator: Any, texts: list[str], num_frames: int, size: int, seed: int, steps: int,
+                  guidance: float, batch_size: int) -> list[np.ndarray]:
+    """One video per text, ``uint8 (F, H, W, 3)``: rendered (``generator == "synthetic"``) or sampled from a
+    :class:`~lit_safe.models.video_diffusion.VideoDiffusion` (``size x size``, ``num_frames`` frames)."""
+    if generator == "synthetic":
+        from lit_safe.data_modules.safesora_synthetic import render
+
+        return [render(text, seed=seed + i) for i, text in enumerate(texts)]
+    videos = []
+    for start in range(0, len(texts), batch_size):
+        rng = torch.Generator().manual_seed(seed + start)
+        out = generator.sample(texts[start : start + batch_size], num_frames, size, size, num_inference_steps=steps,
+                               guidance_scale=guidance, generator=rng)
+        videos += [v.permute(0, 2, 3, 1).cpu().numpy() for v in out]
+    return videos
+
+
+@torch.no_grad()
+def score_videos(model, tokenizer, prompts: list[str], videos: list[np.ndarray], batch_size: int) -> Tensor:
+    """Scores ``(N,)`` of a video score model on (user prompt, video): frames sampled and resized as its training data
+    was (``num_frames`` uniform frames, ``frame_size``)."""
+    device = next(model.parameters()).device
+    scores = []
+    for start in range(0, len(prompts), batch_size):
+        ids, _ = encode_prompt_texts(tokenizer, prompts[start : start + batch_size], "{prompt}", model.max_text_length)
+        input_ids, mask = pad_right(ids, tokenizer.pad_token_id)
+        clips = [resize_array(v[sample_indices(len(v), model.num_frames)], model.frame_size)
+                 for v in videos[start : start + batch_size]]
+        frames = torch.from_numpy(np.stack(clips)).permute(0, 1, 4, 2, 3).contiguous()
+        scores.append(model(input_ids.to(device), mask.to(device), frames.to(device)).scores.float().cpu())
+    return torch.cat(scores)
+
+
+def run_video_arena(
+    rewriter_a: str,
+    rewriter_b: str,
+    reward_model: str,
+    cost_model: str,
+    output: str,
+    generator: str = "synthetic",
+    prompts: str = "synthetic",
+    num_prompts: int | None = 40,
+    rewrite_template: str = REWRITE_TEMPLATE,
+    max_new_tokens: int = 48,
+    temperature: float = 0.0,
+    num_frames: int = 8,
+    frame_size: int = 64,
+    sample_steps: int = 25,
+    guidance_scale: float = 7.5,
+    batch_size: int = 8,
+    seed: int = 42,
+    device: str = "auto",
+) -> dict[str, Any]:
+    """Rewrite, render, score and compare (see the module docstring); writes ``arena.json`` and the videos.
+
+    Args:
+        rewriter_a, rewriter_b: ``none`` or a causal LM (directory or hub id) that rewrites user prompts.
+        reward_model, cost_model: video score models saved by ``VideoRewardModule``/``VideoCostModule``.
+        output: directory for ``arena.json`` and ``videos/``.
+        generator: ``synthetic`` or a diffusers text-to-video checkpoint (directory or hub id).
+        prompts: ``synthetic``, or a JSON/JSONL/gzip'd JSON file of SafeSora(-Eval) rows (``prompt_text``).
+        num_prompts: use the first N distinct prompts (all of a file when ``None``).
+        rewrite_template: the rewriters' prompt template (``{prompt}`` is replaced).
+        max_new_tokens: longest rewrite.
+        temperature: 0 for greedy rewriting.
+        num_frames, frame_size: video size of a diffusion generator (the synthetic renderer makes 16 frames of 64 px).
+        sample_steps, guidance_scale: DDIM steps and classifier-free guidance of a diffusion generator.
+        batch_size: prompts per batch.
+        seed: seeds sampling and rendering (both sides get the same noise for the same prompt).
+        device: ``auto`` (CUDA when available), ``cpu`` or ``cuda``.
+
+    Returns:
+        The summary (:func:`~lit_safe.arena.arena_summary`), A = ``rewriter_a``.
+    """
+    from lit_safe.models.tokenizer import load_tokenizer
+    from lit_safe.models.video_text import VideoTextModel
+
+    for name, value in (("rewriter_a", rewriter_a), ("rewriter_b", rewriter_b), ("generator", generator)):
+        if value not in ("none", "synthetic"):
+            _check_model(name, value)
+    for name, value in (("reward_model", reward_model), ("cost_model", cost_model)):
+        _check_model(name, value)
+    torch.manual_seed(seed)
+    target = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
+                          ("cpu" if device == "auto" else device))
+    users = read_video_prompts(prompts, num_prompts, seed)
+    rewrites = {key: rewrite(path, users, rewrite_template, max_new_tokens, batch_size, temperature, target)
+                for key, path in (("a", rewriter_a), ("b", rewriter_b))}
+    video_model: Any = generator
+    if generator != "synthetic":
+        from lit_safe.models.video_diffusion import load_video_diffusion
+
+        video_model = load_video_diffusion(generator).to(target).eval()
+    videos = {key: render_videos(video_model, rewrites[key], num_frames, frame_size, seed, sample_steps,
+                                 guidance_scale, batch_size) for key in ("a", "b")}
+    del video_model
+    out = Path(output)
+    for key in ("a", "b"):
+        for i, video in enumerate(videos[key]):
+            path = out / "videos" / key / f"{i}.mp4"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(encode_mp4(video))
+            # score what was saved: the preference models were trained on decoded H.264 videos
+            videos[key][i] = read_video(path, len(video), video.shape[1])
+    scores = {}
+    for kind, path in (("reward", reward_model), ("cost", cost_model)):
+        model = VideoTextModel.from_pretrained(path).to(target).eval()
+        tokenizer = load_tokenizer(path)
+        for key in ("a", "b"):
+            scores[kind, key] = score_videos(model, tokenizer, users, videos[key], batch_size)
+        del model
+    summary = arena_summary(scores["reward", "a"], scores["cost", "a"], scores["reward", "b"], scores["cost", "b"])
+    summary.update({"rewriter_a": rewriter_a, "rewriter_b": rewriter_b, "generator": generator,
+                    "reward_model": reward_model, "cost_model": cost_model, "prompts_file": prompts})
+    rows = [{"prompt": p, "rewrite_a": rewrites["a"][i], "reward_a": float(scores["reward", "a"][i]),
+             "cost_a": float(scores["cost", "a"][i]), "video_a": f"videos/a/{i}.mp4", "rewrite_b": rewrites["b"][i],
+             "reward_b": float(scores["reward", "b"][i]), "cost_b": float(scores["cost", "b"][i]),
+             "video_b": f"videos/b/{i}.mp4"} for i, p in enumerate(users)]
+    (out / "arena.json").write_text(json.dumps({"summary": summary, "rewrites": rows}, indent=2) + "\n")
+    print(format_summary(summary, rewriter_a, rewriter_b))
+    print(f"Wrote {out / 'arena.json'} and {2 * len(users)} videos under {out / 'videos'}")
+    return summary
+
+
+__all__ = ["read_video_prompts", "render_videos", "rewrite", "run_video_arena", "score_videos"]
