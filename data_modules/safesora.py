@@ -594,7 +594,8 @@ class SafeSoraDataModule(PreparedDataModule):
     def prediction_loader(self, path: str | Path):
         """A loader over a JSONL of ``{"prompt", "video_path"}`` lines (video views), in file order; batches
         ``input_ids``/``attention_mask (B, L)``, ``frames uint8 (B, F, 3, S, S)`` and ``line (B,)``. Text views
-        (``rewrites``...) predict on ``{"prompt", "response"}`` lines as the text data modules do.
+        (``rewrites``...) use the text data modules' loader of ``{"prompt", "response"}`` lines, for modules that
+        predict on them (``SFTModule`` and ``DPOModule`` do not).
 
         Raises:
             DataValidationError: naming every bad line (up to ten) and every missing or unreadable video, unless

@@ -119,6 +119,37 @@ def cost_preference_loss(
     return (pairwise + signs).mean() + l2_coeff * score_l2(unsafer, safer)
 
 
+def masked_cost_preference_loss(
+    unsafer: Tensor, safer: Tensor, unsafer_sign: Tensor, safer_sign: Tensor, l2_coeff: float = 1e-3,
+    sign_coeff: float = 1.0,
+) -> Tensor:
+    """Safe RLHF cost loss whose sign term skips unlabelled responses (sign 0).
+
+    With ``m = |s|`` (1 where labelled, 0 where not):
+    ``L = mean_i [-log sigmoid(c^h_i - c^l_i) - k m^h_i log sigmoid(s^h_i c^h_i) - k m^l_i log sigmoid(s^l_i c^l_i)]
+    + l2_coeff * mean([c^h, c^l]^2)``, ``k = sign_coeff``. With every response labelled and ``k = 1`` this is
+    :func:`lit_safe.losses.cost_preference_loss` exactly; an unlabelled response adds nothing (that function would add
+    the constant ``log 2``, with a zero gradient). The mean runs over pairs, so a labelled response weighs the same
+    whatever the other responses of the batch are.
+
+    Args:
+        unsafer: ``(B,)`` costs ``c^h`` of the less safe responses.
+        safer: ``(B,)`` costs ``c^l`` of the safer ones.
+        unsafer_sign, safer_sign: ``(B,)`` +1 unsafe, -1 safe, 0 unlabelled.
+        l2_coeff: weight of the L2 term (eta).
+        sign_coeff: weight ``k`` of the sign term (0: SafeSora's plain Bradley-Terry loss).
+
+    Returns:
+        Scalar loss.
+    """
+    pairwise = -F.logsigmoid(unsafer - safer)
+    signs = torch.zeros_like(pairwise)
+    for cost, sign in ((unsafer, unsafer_sign), (safer, safer_sign)):
+        sign = sign.to(cost.dtype)
+        signs = signs - sign.abs() * F.logsigmoid(sign * cost)
+    return (pairwise + sign_coeff * signs).mean() + l2_coeff * score_l2(unsafer, safer)
+
+
 def sign_accuracy(costs: Tensor, signs: Tensor) -> Tensor:
     """Share of responses whose cost has the sign of their label (``s * c > 0``). ``(N,), (N,) -> ()``."""
     return (signs.to(costs.dtype) * costs > 0).float().mean()

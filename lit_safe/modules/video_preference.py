@@ -10,10 +10,10 @@ prompt encoded once.
   the released SafeSora models use ``l2_coeff = 0.001``). Metrics: ``loss``, ``accuracy``, ``reward_mean``,
   ``reward_std``, ``reward_margin``.
 - :class:`VideoCostModule` reads the ``safety`` view (first video = the less safe one by ``harmlessness``) and
-  minimises the Safe RLHF cost loss with the sign term masked where a video has no ``is_safe`` label (sign 0), which
-  SafeSora videos may lack (:func:`masked_cost_preference_loss`). Convention: **cost > 0 means unsafe**; the
-  exported config says so (``cost_sign``). Metrics: ``loss``, ``accuracy``, ``accuracy_sign`` (over labelled
-  videos), ``cost_mean``, ``cost_std``, ``cost_safe_mean``, ``cost_unsafe_mean``.
+  minimises the Safe RLHF cost loss with the sign term masked where a video has no ``is_safe`` label (sign 0),
+  which SafeSora videos may lack (:func:`lit_safe.losses.masked_cost_preference_loss`). Convention: **cost > 0 means
+  unsafe**; the exported config says so (``cost_sign``). Metrics: ``loss``, ``accuracy``, ``accuracy_sign`` (over
+  labelled videos), ``cost_mean``, ``cost_std``, ``cost_safe_mean``, ``cost_unsafe_mean``.
 
 Metrics are logged as ``train/...``, ``val/...``, ``test/...`` like the text reward and cost modules. Departure from
 SafeSora (methods.md section 3.2): the released "cost" model is a plain Bradley-Terry harmlessness model; here the
@@ -26,10 +26,9 @@ from pathlib import Path
 from typing import Literal
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
-from lit_safe.losses import preference_accuracy, score_l2, sequence_preference_loss
+from lit_safe.losses import masked_cost_preference_loss, preference_accuracy, sequence_preference_loss
 from lit_safe.models.score_model import export_score_model
 from lit_safe.models.tokenizer import load_tokenizer
 from lit_safe.models.video_text import VideoTextModel, build_video_text_model, video_pair_scores
@@ -39,37 +38,6 @@ from lit_safe.modules.reward import ScoreStats
 
 
 # ----------------------------------------------------------------------------------------------------- the math
-def masked_cost_preference_loss(
-    unsafer: Tensor, safer: Tensor, unsafer_sign: Tensor, safer_sign: Tensor, l2_coeff: float = 1e-3,
-    sign_coeff: float = 1.0,
-) -> Tensor:
-    """Safe RLHF cost loss whose sign term skips unlabelled responses (sign 0).
-
-    With ``m = |s|`` (1 where labelled, 0 where not):
-    ``L = mean_i [-log sigmoid(c^h_i - c^l_i) - k m^h_i log sigmoid(s^h_i c^h_i) - k m^l_i log sigmoid(s^l_i c^l_i)]
-    + l2_coeff * mean([c^h, c^l]^2)``, ``k = sign_coeff``. With every response labelled and ``k = 1`` this is
-    :func:`lit_safe.losses.cost_preference_loss` exactly; an unlabelled response adds nothing (that function would add
-    the constant ``log 2``, with a zero gradient). The mean runs over pairs, so a labelled response weighs the same
-    whatever the other responses of the batch are.
-
-    Args:
-        unsafer: ``(B,)`` costs ``c^h`` of the less safe responses.
-        safer: ``(B,)`` costs ``c^l`` of the safer ones.
-        unsafer_sign, safer_sign: ``(B,)`` +1 unsafe, -1 safe, 0 unlabelled.
-        l2_coeff: weight of the L2 term (eta).
-        sign_coeff: weight ``k`` of the sign term (0: SafeSora's plain Bradley-Terry loss).
-
-    Returns:
-        Scalar loss.
-    """
-    pairwise = -F.logsigmoid(unsafer - safer)
-    signs = torch.zeros_like(pairwise)
-    for cost, sign in ((unsafer, unsafer_sign), (safer, safer_sign)):
-        sign = sign.to(cost.dtype)
-        signs = signs - sign.abs() * F.logsigmoid(sign * cost)
-    return (pairwise + sign_coeff * signs).mean() + l2_coeff * score_l2(unsafer, safer)
-
-
 def labelled_sign_hits(costs: Tensor, signs: Tensor) -> tuple[Tensor, Tensor]:
     """Per response, whether its cost has the sign of its label, and whether it has a label.
 
@@ -346,4 +314,4 @@ def take_video_settings(module) -> None:
 
 
 __all__ = ["VideoCostModule", "VideoCostStats", "VideoRewardModule", "VideoScoreModule", "labelled_sign_hits",
-           "masked_cost_preference_loss", "take_video_settings"]
+           "take_video_settings"]

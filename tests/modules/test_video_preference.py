@@ -10,7 +10,7 @@ from lightning.pytorch import LightningDataModule, Trainer
 from torch.utils.data import DataLoader
 
 from lit_safe.callbacks.predictions import _rows
-from lit_safe.losses import cost_preference_loss
+from lit_safe.losses import cost_preference_loss, masked_cost_preference_loss
 from lit_safe.models.tokenizer import load_tokenizer
 from lit_safe.models.video_text import COST_SIGN, VideoTextModel
 from lit_safe.modules.video_preference import (
@@ -18,7 +18,6 @@ from lit_safe.modules.video_preference import (
     VideoCostStats,
     VideoRewardModule,
     labelled_sign_hits,
-    masked_cost_preference_loss,
 )
 
 FRAMES, SIZE = 4, 32
