@@ -48,6 +48,7 @@ demo-video: setup
 	$(BIN)/lit-safe fit --config $(QUICK)/video_moderation.yaml
 	$(BIN)/lit-safe test --config $(QUICK)/video_moderation.yaml \
 	  --ckpt_path $(RUNS)/video_moderation/checkpoints/last.ckpt
+	$(BIN)/lit-safe fit --config $(QUICK)/diffusion_sft.yaml
 	$(BIN)/lit-safe fit --config $(QUICK)/diffusion_dpo.yaml
 	$(BIN)/lit-safe test --config $(QUICK)/diffusion_dpo.yaml --ckpt_path $(RUNS)/diffusion_dpo/checkpoints/last.ckpt
 	$(BIN)/lit-safe fit --config $(QUICK)/prompt_augmenter_sft.yaml

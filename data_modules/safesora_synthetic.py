@@ -8,8 +8,10 @@ videos of the same prompt.
 
 The "generator" renders a ``video_text`` deterministically (:func:`render`): one object of the named colour and shape
 moving in the named direction over a dark background tinted by the named place, ``large`` or ``small``, ``smooth``
-or ``shaky`` (per-frame jitter and noise), and one magenta marker block per harmful phrase, at a fixed border
-position per harm category. So every label is visible in the video, and the rewrite decides it:
+or ``shaky`` (per-frame jitter and noise), and one magenta marker per harmful phrase, filling a fixed border cell
+(of a 4 x 4 grid) per harm category, on a background tinted dark red. The markers name the categories; the tint
+is a global cue that even a tiny video diffusion model picks up within minutes on a CPU (local markers alone were
+not enough for Diffusion-DPO at that scale). So every label is visible in the video, and the rewrite decides it:
 
 - helpfulness sub-preferences (annotated per pair, the better video wins; annotator noise flips close calls):
   ``instruction_following`` the colour asked for, ``correctness`` the shape and direction asked for,
@@ -40,7 +42,7 @@ import numpy as np
 from lit_safe.data_modules.schemas import SAFESORA_CATEGORIES
 from lit_safe.data_modules.video import write_mp4
 
-GENERATOR_VERSION = 2
+GENERATOR_VERSION = 5
 COLOURS = {
     "red": (220, 40, 40),
     "green": (40, 200, 60),
@@ -75,6 +77,7 @@ PLACES = {
     "at a market": (50, 40, 30),
 }
 MARKER = (255, 0, 255)
+UNSAFE_TINT = (80, 0, 10)  # the dark red a harmful scene's background turns (added to 30% of the place's tint)
 SUB_WEIGHTS = {"instruction_following": 1.0, "correctness": 0.8, "information": 0.6, "aesthetics": 0.7}
 GENERATORS = ("synthetic-lvm-a", "synthetic-lvm-b", "synthetic-lvm-c", "synthetic-lvm-d")
 SIZE, FRAMES, FPS = 64, 16, 8
@@ -89,7 +92,8 @@ def _border_slots(size: int, cell: int) -> list[tuple[int, int]]:
     return [(ring[int(i * step)][0] * cell, ring[int(i * step)][1] * cell) for i in range(len(SAFESORA_CATEGORIES))]
 
 
-SLOTS = _border_slots(SIZE, 8)
+MARKER_CELL = SIZE // 4  # a marker fills one of the 12 border cells of a 4 x 4 grid: 1/16 of the frame
+SLOTS = _border_slots(SIZE, MARKER_CELL)
 
 
 def parse_video_text(text: str) -> dict[str, Any]:
@@ -115,6 +119,8 @@ def render(video_text: str, seed: int) -> np.ndarray:
     dx, dy = DIRECTIONS[spec["direction"]]
     start = rng.uniform(SIZE * 0.3, SIZE * 0.7, size=2)
     background = np.array(PLACES[spec["place"]], dtype=np.float32) * rng.uniform(0.8, 1.2)
+    if spec["harms"]:  # a harmful scene turns menacing: a global cue, besides the per-category markers
+        background = 0.3 * background + np.array(UNSAFE_TINT, dtype=np.float32)
     yy, xx = np.mgrid[0:SIZE, 0:SIZE].astype(np.float32)
     frames = np.empty((FRAMES, SIZE, SIZE, 3), dtype=np.float32)
     for f in range(FRAMES):
@@ -134,7 +140,7 @@ def render(video_text: str, seed: int) -> np.ndarray:
             frame += rng.normal(0, 18, size=frame.shape)
         for category in spec["harms"]:
             top, left = SLOTS[SAFESORA_CATEGORIES.index(category)]
-            frame[top : top + 8, left : left + 8] = MARKER
+            frame[top : top + MARKER_CELL, left : left + MARKER_CELL] = MARKER
         frames[f] = frame
     return np.clip(frames, 0, 255).astype(np.uint8)
 

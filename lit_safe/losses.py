@@ -326,3 +326,21 @@ def implicit_accuracy(inside: Tensor) -> Tensor:
     """Share of pairs the implicit reward ranks right: ``mean 1[inside > 0]`` (a tie counts as wrong, as in the
     reference). ``(B,) -> ()``."""
     return (inside > 0).float().mean()
+
+
+def safe_preference_hits(inside: Tensor, first_sign: Tensor, second_sign: Tensor) -> tuple[Tensor, Tensor]:
+    """Whether the implicit reward prefers the safe video, on pairs of one safe and one unsafe video.
+
+    Args:
+        inside: ``(B,)`` the Diffusion-DPO margin; ``> 0`` means the first video is preferred.
+        first_sign, second_sign: ``(B,)`` cost signs of the two videos: +1 unsafe, -1 safe, 0 unlabelled.
+
+    Returns:
+        ``(hits (B,), counted (B,))`` as floats: ``counted`` is 1 where one video is labelled safe and the other
+        unsafe (``first_sign * second_sign == -1``); ``hits`` is 1 where such a pair's margin favours the safe one.
+        ``sum(hits) / sum(counted)`` is the safe-preference accuracy.
+    """
+    counted = (first_sign * second_sign == -1).float()
+    first_is_safe = first_sign < 0
+    hits = ((inside > 0) == first_is_safe).float() * counted
+    return hits, counted

@@ -110,3 +110,16 @@ def test_gradient_reaches_the_policy_errors_only():
 def test_unknown_convention_is_rejected():
     with pytest.raises(ValueError, match="convention"):
         diffusion_dpo_loss(*(torch.zeros(1) for _ in range(4)), beta=1.0, convention="paper")
+
+
+def test_safe_preference_hits_count_only_safe_versus_unsafe_pairs():
+    from lit_safe.losses import safe_preference_hits
+
+    inside = torch.tensor([0.3, -0.2, 0.5, -0.1, 0.4, 0.2])
+    first = torch.tensor([-1, -1, 1, 1, 0, 1])  # safe, safe, unsafe, unsafe, unlabelled, unsafe
+    second = torch.tensor([1, 1, -1, -1, 1, 1])  # unsafe, unsafe, safe, safe, unsafe, unsafe
+    hits, counted = safe_preference_hits(inside, first, second)
+    # pair 0: first safe, margin > 0 -> hit; 1: first safe, margin < 0 -> miss; 2: first unsafe, margin > 0 -> miss;
+    # 3: first unsafe, margin < 0 -> hit; 4: one unlabelled and 5: both unsafe are not counted
+    assert counted.tolist() == [1, 1, 1, 1, 0, 0]
+    assert hits.tolist() == [1, 0, 0, 1, 0, 0]

@@ -20,10 +20,12 @@ preferred video of each pair only. Evaluation computes the DPO quantities for bo
 Metrics: ``train/loss``, ``train/implicit_accuracy`` (``mean 1[inside > 0]``), ``train/policy_error_w`` / ``_l``,
 ``train/ref_error_w`` / ``_l``, ``train/error_gap`` (``mean (e_theta^w - e_ref^w) - (e_theta^l - e_ref^l)``,
 negative when the policy favours winners) and ``train/reward_margin`` (mean inside); ``val/...`` and ``test/...``
-the same plus ``dpo_loss`` (equal to ``loss`` for ``dpo``), on noise and timesteps drawn from a generator seeded with
-``diffusion_seed + batch_idx`` (reproducible evaluation, the same on every device). Every ``sample_every_n_steps``
-optimiser steps (and once before training), videos for ``sample_prompts`` (DDIM, classifier-free guidance, a fixed
-seed) go to TensorBoard as animated GIFs (``samples/<i>``) and to ``<log_dir>/samples/step<N>_<i>.mp4``.
+the same plus ``dpo_loss`` (equal to ``loss`` for ``dpo``) and ``safe_preference_accuracy`` (over the pairs of one
+video labelled safe and one unsafe, the share whose implicit reward prefers the safe one), on noise and timesteps
+drawn from a generator seeded with ``diffusion_seed + batch_idx`` (reproducible evaluation, the same on every
+device). Every ``sample_every_n_steps`` optimiser steps (and once before training), videos for ``sample_prompts``
+(DDIM, classifier-free guidance, a fixed seed) go to TensorBoard as animated GIFs (``samples/<i>``) and to
+``<log_dir>/samples/step<N>_<i>.mp4``.
 
 Checkpoints: the frozen reference copy is part of the state dict (``reference.*``), so a checkpoint holds the UNet
 twice with ``reference: copy``. It is never trained, so a resumed run gets the initial weights back exactly, without
@@ -51,7 +53,13 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 from torchmetrics import MeanMetric
 
-from lit_safe.losses import DIFFUSION_DPO_BETA_FACTORS, denoising_errors, diffusion_dpo_loss, implicit_accuracy
+from lit_safe.losses import (
+    DIFFUSION_DPO_BETA_FACTORS,
+    denoising_errors,
+    diffusion_dpo_loss,
+    implicit_accuracy,
+    safe_preference_hits,
+)
 from lit_safe.models.video_diffusion import (
     VideoDiffusion,
     export_video_diffusion,
@@ -62,7 +70,7 @@ from lit_safe.models.video_diffusion import (
 from lit_safe.modules.base import BackboneModule
 
 EVAL_METRICS = ("loss", "dpo_loss", "implicit_accuracy", "error_gap", "reward_margin", "policy_error_w",
-                "policy_error_l", "ref_error_w", "ref_error_l")
+                "policy_error_l", "ref_error_w", "ref_error_l", "safe_preference_accuracy")
 
 
 def pair_noise(latents_w: Tensor, num_timesteps: int,
@@ -120,9 +128,11 @@ class DiffusionStats(torch.nn.Module):
         for metric in self.means.values():
             metric.persistent(True)
 
-    def update(self, values: dict[str, Tensor], pairs: int) -> None:
+    def update(self, values: dict[str, Tensor], pairs: int | dict[str, Tensor]) -> None:
+        """Add a batch's means, each weighted by the pairs it averages (``pairs``, or ``pairs[name]``)."""
         for name, value in values.items():
-            self.means[name].update(value.detach().float(), weight=pairs)
+            weight = pairs[name] if isinstance(pairs, dict) else pairs
+            self.means[name].update(value.detach().float(), weight=weight)
 
     def compute(self) -> dict[str, Tensor]:
         return {name: metric.compute() for name, metric in self.means.items() if metric.update_called}
@@ -331,6 +341,11 @@ class DiffusionDPOModule(BackboneModule):
         # The objective's own loss on the same noise: the winners' denoising error for sft.
         values["loss"] = values["dpo_loss"] if self.hparams.objective == "dpo" else values["policy_error_w"]
         stats.update(values, terms["inside"].numel())
+        if "first_sign" in batch:  # pairs of one safe and one unsafe video: does the implicit reward prefer the safe?
+            hits, counted = safe_preference_hits(terms["inside"], batch["first_sign"], batch["second_sign"])
+            if counted.sum() > 0:
+                stats.update({"safe_preference_accuracy": hits.sum() / counted.sum()},
+                             {"safe_preference_accuracy": counted.sum()})
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         self._evaluate(batch, batch_idx, self.val_stats)

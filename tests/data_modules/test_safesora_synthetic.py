@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lit_safe.data_modules.safesora_synthetic import SLOTS, SUB_WEIGHTS, generate, parse_video_text, render
+from lit_safe.data_modules.safesora_synthetic import MARKER_CELL, SLOTS, SUB_WEIGHTS, generate, parse_video_text, render
 from lit_safe.data_modules.schemas import (
     SAFESORA_CATEGORIES,
     check_safesora_eval_row,
@@ -134,8 +134,9 @@ def test_marker_slots_are_distinct_border_cells():
     assert len(SLOTS) == len(SAFESORA_CATEGORIES) == 12
     assert len(set(SLOTS)) == 12
     for top, left in SLOTS:
-        assert top % 8 == 0 and left % 8 == 0
-        assert top in (0, 56) or left in (0, 56)  # on the border of a 64 x 64 frame
+        assert top % MARKER_CELL == 0 and left % MARKER_CELL == 0
+        edge = 64 - MARKER_CELL
+        assert top in (0, edge) or left in (0, edge)  # on the border of a 64 x 64 frame
 
 
 def test_videos_show_a_marker_for_each_labelled_category_and_no_other(dataset):
@@ -167,13 +168,14 @@ def test_object_size_and_smoothness_are_visible(dataset):
         frames = read_video(root / row["video_path"], num_frames=16, size=64).astype(np.float32)
         wanted = _attributes(row["video_text"])
         magenta = (frames[..., 0] > 180) & (frames[..., 2] > 180) & (frames[..., 1] < 90)
-        bright = frames.max(axis=-1) > 120  # every object colour has a channel >= 200; backgrounds are dark
+        # every object colour has a channel >= 200; backgrounds are dark (an unsafe scene's red tint is below 100)
+        bright = frames.max(axis=-1) > 160
         object_pixels = (bright & ~magenta).sum(axis=(1, 2))
         # large: a square of 27 x 27, a disc of radius 13 or a bar of 37 x 11; small: at most 13 x 13
         assert (object_pixels.max() > 280) == wanted["large"], (row["video_text"], object_pixels.max())
         # shaky: per-frame noise on the background (std 18); smooth: flat up to the codec (the median absolute
         # deviation ignores the few blended pixels at the object's edges)
-        background = frames[(frames.max(axis=-1) < 100) & ~magenta]
+        background = frames[(frames.max(axis=-1) < 140) & ~magenta]
         spread = np.median(np.abs(background - np.median(background, axis=0)), axis=0).mean()
         assert (spread > 5) == (not wanted["smooth"]), (row["video_text"], spread)
 
@@ -235,7 +237,8 @@ def test_render_hand_checks():
     frames = render("a large red square moving right in space, smooth camera, with illegal drugs", seed=1)
     assert frames.shape == (16, 64, 64, 3) and frames.dtype == np.uint8
     top, left = SLOTS[SAFESORA_CATEGORIES.index("contraband")]
-    assert (frames[:, top : top + 8, left : left + 8] == np.array([255, 0, 255], dtype=np.uint8)).all()
+    cell = frames[:, top : top + MARKER_CELL, left : left + MARKER_CELL]
+    assert (cell == np.array([255, 0, 255], dtype=np.uint8)).all()
     red = (frames[..., 0] == 220) & (frames[..., 1] == 40) & (frames[..., 2] == 40)
     assert (red.sum(axis=(1, 2)) > 27 * 27 - 64).all()  # a 27 x 27 square (half size 13), maybe under a marker
     xs = [np.nonzero(red[f])[1].mean() for f in range(16)]
