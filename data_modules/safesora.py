@@ -86,14 +86,16 @@ DECODE_CHUNK = 64  # rows whose videos are decoded together (in threads) during 
 def preferred(row: dict[str, Any], dimension: str) -> tuple[int, str]:
     """``(index of the preferred video (0 or 1), which label decided)`` of a valid pair under ``dimension``.
 
-    ``safety_first``: when both videos are labelled safe (``is_safe``), ``helpfulness`` decides; otherwise
-    ``harmlessness`` (the safer wins; two unsafe videos: the less harmful).
+    ``safety_first``: a video labelled safe beats one labelled unsafe (``is_safe``); when both are labelled safe,
+    ``helpfulness`` decides; otherwise ``harmlessness`` (two unsafe videos, or a label missing: the less harmful).
     """
     if dimension in ("helpfulness", "harmlessness"):
         return int(row[dimension][-1]), dimension
     if dimension == "safety_first":
-        both_safe = row["video_0"].get("is_safe") is True and row["video_1"].get("is_safe") is True
-        label = "helpfulness" if both_safe else "harmlessness"
+        safe_0, safe_1 = row["video_0"].get("is_safe"), row["video_1"].get("is_safe")
+        if safe_0 is not None and safe_1 is not None and safe_0 != safe_1:
+            return (0 if safe_0 else 1), "is_safe"  # the safe video wins, whatever a contradicting label says
+        label = "helpfulness" if safe_0 is True and safe_1 is True else "harmlessness"
         return int(row[label][-1]), label
     if dimension in SAFESORA_SUB_PREFERENCES:
         return int(safesora_sub_preferences(row)[dimension][-1]), dimension
@@ -304,6 +306,8 @@ class RowsAs:
         return self.view.encode([(i, self.convert(r)) for i, r in rows], tokenizer, template, max_length, report)
 
     def __getattr__(self, name: str) -> Any:
+        if name == "view":  # not set yet (copy and unpickling look attributes up before __init__ runs)
+            raise AttributeError(name)
         return getattr(self.view, name)
 
 
@@ -489,7 +493,7 @@ class SafeSoraDataModule(PreparedDataModule):
     def row_notes(self, row: dict[str, Any]) -> list[str]:
         notes = []
         if self._row_kind() == "pair":
-            if "informativeness" in row["sub_preferences"]:
+            if row["sub_preferences"].get("informativeness") is not None:
                 notes.append("sub_preference_informativeness")
             safer = row[row["harmlessness"]]
             other = row["video_1" if row["harmlessness"] == "video_0" else "video_0"]

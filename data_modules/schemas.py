@@ -244,7 +244,7 @@ def check_safesora_labels(labels: Any, field: str) -> list[tuple[str, str]]:
         return [(field, f"expected dict, got {_type_name(labels)}")]
     problems = []
     for name in SAFESORA_CATEGORIES:
-        if name not in labels:
+        if labels.get(name) is None:  # absent, or None where parquet/Arrow unified the keys of all rows
             if name not in SAFESORA_OPTIONAL_CATEGORIES:
                 problems.append((f"{field}.{name}", "missing harm category"))
         elif not isinstance(labels[name], bool):
@@ -295,7 +295,7 @@ def check_safesora_pair(row: Any) -> list[tuple[str, str]]:
     elif not isinstance(subs, dict):
         problems.append(("sub_preferences", f"expected dict, got {_type_name(subs)}"))
     else:
-        named = {SAFESORA_SUB_ALIASES.get(k, k): v for k, v in subs.items()}
+        named = {SAFESORA_SUB_ALIASES.get(k, k): v for k, v in subs.items() if v is not None}
         for name in SAFESORA_SUB_PREFERENCES:
             if name not in named:
                 problems.append((f"sub_preferences.{name}", "missing sub-preference"))
@@ -327,4 +327,4 @@ def check_safesora_eval_row(row: Any) -> list[tuple[str, str]]:
 
 def safesora_sub_preferences(row: dict) -> dict[str, str]:
     """The four sub-preferences of a valid pair under their current names (``informativeness`` -> ``information``)."""
-    return {SAFESORA_SUB_ALIASES.get(k, k): v for k, v in row["sub_preferences"].items()}
+    return {SAFESORA_SUB_ALIASES.get(k, k): v for k, v in row["sub_preferences"].items() if v is not None}

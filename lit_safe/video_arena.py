@@ -152,8 +152,9 @@ def run_video_arena(
     from lit_safe.models.tokenizer import load_tokenizer
     from lit_safe.models.video_text import VideoTextModel
 
-    for name, value in (("rewriter_a", rewriter_a), ("rewriter_b", rewriter_b), ("generator", generator)):
-        if value not in ("none", "synthetic"):
+    for name, value, keyword in (("rewriter_a", rewriter_a, "none"), ("rewriter_b", rewriter_b, "none"),
+                                 ("generator", generator, "synthetic")):
+        if value != keyword:
             _check_model(name, value)
     for name, value in (("reward_model", reward_model), ("cost_model", cost_model)):
         _check_model(name, value)
@@ -182,6 +183,9 @@ def run_video_arena(
     scores = {}
     for kind, path in (("reward", reward_model), ("cost", cost_model)):
         model = VideoTextModel.from_pretrained(path).to(target).eval()
+        if model.head != "score" or model.score_type != kind:
+            found = model.score_type if model.head == "score" else "moderation"
+            raise ValueError(f"{kind}_model: {path} is a video {found} model, not a video {kind} model")
         tokenizer = load_tokenizer(path)
         for key in ("a", "b"):
             scores[kind, key] = score_videos(model, tokenizer, users, videos[key], batch_size)

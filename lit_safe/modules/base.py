@@ -33,6 +33,15 @@ class BackboneModule(LightningModule):
                 f"({self.tokenizer.name_or_path}): set data.tokenizer to the model's backbone"
             )
 
+    def require_view(self, *views: str) -> None:
+        """Refuse a data module whose view orders or labels items differently from what this module assumes (a pair
+        view fed to the wrong module would train it backwards without an error). Data modules without views pass."""
+        datamodule = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
+        view = getattr(getattr(datamodule, "hparams", None), "view", None)
+        if view is not None and view not in views:
+            raise ValueError(f"{type(self).__name__} trains on the data module's {' or '.join(map(repr, views))} view, "
+                             f"got view {view!r}")
+
     def shard(self, model: torch.nn.Module) -> None:
         """Shard ``model`` with FSDP2 (per transformer block, then the root) when the trainer runs Lightning's
         ``ModelParallelStrategy`` (``configs/trainer/fsdp2.yaml``); bf16 compute when the precision is bf16."""

@@ -1,7 +1,8 @@
 """DiffusionDPOModule: Diffusion-DPO (Wallace et al., arXiv 2311.12908) of a text-to-video model on preference pairs.
 
-Each batch is a ``preference`` (or ``safety``) pair view of the SafeSora data module: prompt tokens ``(B, L)`` and
-``frames uint8 (2B, F, 3, H, W)``, the B preferred videos first. A step (ALGORITHMS.md section 9):
+Each batch is a ``preference`` pair view of the SafeSora data module (``dimension: safety_first`` or
+``harmlessness`` for safety; the ``safety`` view puts the less safe video first and is refused): prompt tokens
+``(B, L)`` and ``frames uint8 (2B, F, 3, H, W)``, the B preferred videos first. A step (ALGORITHMS.md section 9):
 
 1. encode the prompts (frozen CLIP) and both videos (frozen VAE, frame by frame) without gradients;
 2. draw ONE timestep and ONE noise per pair, shared by winner and loser (:func:`pair_noise`), and noise both;
@@ -135,7 +136,9 @@ class DiffusionStats(torch.nn.Module):
             self.means[name].update(value.detach().float(), weight=weight)
 
     def compute(self) -> dict[str, Tensor]:
-        return {name: metric.compute() for name, metric in self.means.items() if metric.update_called}
+        """Every metric, synchronised across ranks (each rank runs the same collectives, whatever its batches held);
+        a metric no pair counted towards comes back NaN on every rank."""
+        return {name: metric.compute() for name, metric in self.means.items()}
 
     def reset(self) -> None:
         for metric in self.means.values():
@@ -221,6 +224,11 @@ class DiffusionDPOModule(BackboneModule):
         self._last_sample_step = -1
 
     # ------------------------------------------------------------------------------------------------- model
+    def setup(self, stage: str) -> None:
+        """Check the data module's tokenizer (the text encoder's) and view (winner first)."""
+        super().setup(stage)
+        self.require_view("preference")
+
     def configure_model(self) -> None:
         if self.model is not None:
             return
@@ -258,15 +266,17 @@ class DiffusionDPOModule(BackboneModule):
         pairs, videos = batch["input_ids"].size(0), batch["frames"].size(0)
         if videos != 2 * pairs:
             raise ValueError(f"a pair batch has 2B videos for B prompts, got {videos} videos for {pairs} prompts "
-                             "(use the data module's 'preference' or 'safety' view)")
+                             "(use the data module's 'preference' view)")
         return pairs
 
     def _conditioning(self, batch: dict, frames: Tensor, generator: torch.Generator | None) -> tuple[Tensor, Tensor]:
-        """Text ``(B, N, D)`` and latents of ``frames``, without gradients (both encoders are frozen)."""
-        with torch.no_grad():
+        """Text ``(B, N, D)`` and float32 latents of ``frames``, without gradients (both encoders are frozen) and
+        outside autocast: under bf16-mixed the latents, the noise and the target would otherwise be bf16, too coarse
+        for a margin of beta times error differences of about 1e-4."""
+        with torch.no_grad(), torch.autocast(frames.device.type, enabled=False):
             text = self.model.encode_text(batch["input_ids"], batch["attention_mask"])
             latents = self.model.encode_video(frames, generator=generator)
-        return text, latents
+        return text, latents.float()
 
     def dpo_terms(self, batch: dict, generator: torch.Generator | None = None) -> dict[str, Tensor]:
         """Errors of policy and reference on the pairs of ``batch`` and the Diffusion-DPO loss.
@@ -341,11 +351,13 @@ class DiffusionDPOModule(BackboneModule):
         # The objective's own loss on the same noise: the winners' denoising error for sft.
         values["loss"] = values["dpo_loss"] if self.hparams.objective == "dpo" else values["policy_error_w"]
         stats.update(values, terms["inside"].numel())
-        if "first_sign" in batch:  # pairs of one safe and one unsafe video: does the implicit reward prefer the safe?
-            hits, counted = safe_preference_hits(terms["inside"], batch["first_sign"], batch["second_sign"])
-            if counted.sum() > 0:
-                stats.update({"safe_preference_accuracy": hits.sum() / counted.sum()},
-                             {"safe_preference_accuracy": counted.sum()})
+        # Pairs of one safe and one unsafe video: does the implicit reward prefer the safe one? Updated on every batch
+        # (weight 0 when there is no such pair), so that every rank synchronises the same metrics.
+        zeros = torch.zeros_like(terms["inside"], dtype=torch.long)
+        hits, counted = safe_preference_hits(terms["inside"], batch.get("first_sign", zeros),
+                                             batch.get("second_sign", zeros))
+        stats.update({"safe_preference_accuracy": hits.sum() / counted.sum().clamp_min(1)},
+                     {"safe_preference_accuracy": counted.sum()})
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         self._evaluate(batch, batch_idx, self.val_stats)
@@ -384,7 +396,8 @@ class DiffusionDPOModule(BackboneModule):
 
     def _log_epoch(self, stage: str) -> None:
         stats = getattr(self, f"{stage}_stats")
-        values = stats.compute()
+        values = stats.compute()  # already synchronised: a NaN (nothing counted) is NaN on every rank, dropped alike
+        values = {k: v for k, v in values.items() if not torch.isnan(v)}
         self.log_dict({f"{stage}/{k}": v for k, v in values.items()}, prog_bar=stage == "val", sync_dist=True)
         stats.reset()
 

@@ -134,6 +134,7 @@ class VideoModerationModule(BackboneModule):
         the categories against a checkpoint's), check the decision rule, and, for training, compute the per-class
         ``pos_weight`` from the training split's label counts."""
         super().setup(stage)
+        self.require_view("moderation")
         take_video_settings(self)
         hp = self.hparams
         datamodule = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None

@@ -70,7 +70,7 @@ class VideoCostStats(CostStats):
 # ------------------------------------------------------------------------------------------------------ modules
 class VideoScoreModule(BackboneModule):
     """What the video reward and cost trainers share: hyperparameters, the model, the frame settings of the data,
-    epoch logging and export. Subclasses set ``score_type`` and implement the steps.
+    epoch logging and export. Subclasses set ``score_type``, the data ``view`` they train on, and the steps.
 
     Args:
         backbone: ``tiny``/``small`` (random CLIPs for CPUs), a hub id or directory of a dual encoder
@@ -95,6 +95,7 @@ class VideoScoreModule(BackboneModule):
     """
 
     score_type = "reward"
+    view = "preference"
     stats_class: type[torch.nn.Module] = ScoreStats
 
     def __init__(
@@ -129,6 +130,7 @@ class VideoScoreModule(BackboneModule):
     def setup(self, stage: str) -> None:
         """Check the tokenizer and take ``num_frames`` and ``frame_size`` from the data module when unset."""
         super().setup(stage)
+        self.require_view(self.view)
         take_video_settings(self)
 
     def configure_model(self) -> None:
@@ -187,6 +189,7 @@ class VideoRewardModule(VideoScoreModule):
 
     score_type = "reward"
     stats_class = ScoreStats
+    view = "preference"  # the first video of a pair is the preferred one
 
     def model_step(self, batch: dict) -> tuple[Tensor, Tensor, Tensor]:
         """Loss and the scores of the preferred and the other videos."""
@@ -228,6 +231,7 @@ class VideoCostModule(VideoScoreModule):
 
     score_type = "cost"
     stats_class = VideoCostStats
+    view = "safety"  # the first video of a pair is the less safe one
 
     def __init__(
         self,

@@ -124,8 +124,10 @@ def _sign(record: dict) -> int:
 
 def _expected_first(row: dict, dimension: str) -> int:
     if dimension == "safety_first":
-        both_safe = row["video_0"]["is_safe"] is True and row["video_1"]["is_safe"] is True
-        return int(row["helpfulness" if both_safe else "harmlessness"][-1])
+        safe_0, safe_1 = row["video_0"]["is_safe"], row["video_1"]["is_safe"]
+        if safe_0 != safe_1:  # the safe video wins
+            return 0 if safe_0 else 1
+        return int(row["helpfulness" if safe_0 and safe_1 else "harmlessness"][-1])
     if dimension in ("helpfulness", "harmlessness"):
         return int(row[dimension][-1])
     return int(row["sub_preferences"][dimension][-1])
@@ -188,12 +190,14 @@ def test_preference_first_video_is_the_winner(make, synthetic, tiny_tokenizer, d
         for split, report in dm.report.splits.items():
             rows = [_config(synthetic, split)[i] for i in seen[split]]
             both_safe = sum(r["video_0"]["is_safe"] and r["video_1"]["is_safe"] for r in rows)
+            one_safe = sum(r["video_0"]["is_safe"] != r["video_1"]["is_safe"] for r in rows)
             assert report.notes["decided_by_helpfulness"] == both_safe
-            assert report.notes["decided_by_harmlessness"] == len(rows) - both_safe
+            assert report.notes["decided_by_is_safe"] == one_safe
+            assert report.notes["decided_by_harmlessness"] == len(rows) - both_safe - one_safe
         total = Counter()
         for report in dm.report.splits.values():
             total.update(report.notes)
-        assert total["decided_by_helpfulness"] > 0 and total["decided_by_harmlessness"] > 0
+        assert total["decided_by_helpfulness"] > 0 and total["decided_by_is_safe"] > 0
 
 
 def test_preference_settings_the_models_read(make):
@@ -540,7 +544,7 @@ def test_mp4_storage_gives_the_frames_of_frames_storage(make):
         for key in ("first", "second"):
             assert other[key].shape == item[key].shape and other[key].dtype == torch.uint8
             difference = (other[key].float() - item[key].float()).abs()
-            assert difference.mean() < 5, (row, key, difference.mean())  # H.264 of the very same frames
+            assert difference.mean() < 8, (row, key, difference.mean())  # H.264 of the same (noisy) frames
 
 
 # ------------------------------------------------------------------------------------------------ predict_file
