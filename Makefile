@@ -39,7 +39,7 @@ demo: setup
 	@echo "  arena answers and scores:             $(RUNS)/arena/arena.json, arena.csv"
 	@echo "  TensorBoard logs:                     $(RUNS)   (view: $(BIN)/tensorboard --logdir $(RUNS))"
 
-# The SafeSora video pipeline on the embedded synthetic SafeSora (real small mp4s), in about 10 minutes on 2 CPU cores.
+# The SafeSora video pipeline on the embedded synthetic SafeSora (real small mp4s), in about 15 minutes on 2 CPU cores.
 demo-video: setup
 	$(BIN)/lit-safe fit --config $(QUICK)/video_cost.yaml
 	$(BIN)/lit-safe test --config $(QUICK)/video_cost.yaml --ckpt_path $(RUNS)/video_cost/checkpoints/last.ckpt
@@ -61,8 +61,9 @@ demo-video: setup
 	@echo "Video cost model (cost > 0 = unsafe): test/accuracy (the less safe video costs more; pairs of two safe videos"
 	@echo "  are the annotators' coin) and test/accuracy_sign in the first table; the video reward model in the second;"
 	@echo "  text-video moderation (test/accuracy, test/macro_f1 over the 12 categories, test/fpr_safe) in the third."
-	@echo "Diffusion-DPO: test/implicit_accuracy in the fourth table is the share of held-out pairs whose preferred video"
-	@echo "  the fine-tuned UNet denoises better than the frozen reference, relative to the other video (0.5 = chance)."
+	@echo "Diffusion-DPO (from the SFT-on-winners base): test/implicit_accuracy in the fourth table is the share of held-out"
+	@echo "  pairs whose preferred video the fine-tuned UNet denoises better than its reference, relative to the other"
+	@echo "  video (0.5 = chance); test/safe_preference_accuracy is the same over the pairs of one safe and one unsafe video."
 	@echo "Video arena: A = the user prompt as is, B = the DPO prompt augmenter's rewrite; both rendered, scored by the"
 	@echo "  video reward and cost models against the user prompt."
 	@echo "  exports (Hugging Face / diffusers format): $(RUNS)/{video_cost,video_reward,video_moderation,diffusion_dpo}_model"
