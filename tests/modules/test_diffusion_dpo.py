@@ -188,9 +188,11 @@ def test_evaluation_is_reproducible_and_reports_dpo_metrics_for_sft_too(batch):
         module.val_stats.reset()
         module._evaluate(batch, 3, module.val_stats)
         second = module.val_stats.compute()
+        # safe_preference_accuracy: NaN when the batch holds no pair of one safe and one unsafe video
         assert set(first) == {"loss", "dpo_loss", "implicit_accuracy", "error_gap", "reward_margin",
-                              "policy_error_w", "policy_error_l", "ref_error_w", "ref_error_l"}
-        assert all(torch.equal(first[k], second[k]) for k in first)
+                              "policy_error_w", "policy_error_l", "ref_error_w", "ref_error_l",
+                              "safe_preference_accuracy"}
+        assert all(torch.allclose(first[k], second[k], rtol=0, atol=0, equal_nan=True) for k in first)
         expected = first["dpo_loss"] if objective == "dpo" else first["policy_error_w"]
         assert torch.equal(first["loss"], expected)
 

@@ -228,3 +228,15 @@ def test_a_checkpoint_restores_the_cost_model(tmp_path):
     batch = brighter_first_batch(restored.tokenizer, 2, 7)
     with torch.no_grad():
         torch.testing.assert_close(restored.pair_scores(batch), module.eval().pair_scores(batch))
+
+
+@pytest.mark.parametrize(("module_class", "wrong"), [(VideoCostModule, "preference"), (VideoRewardModule, "safety")])
+def test_a_pair_view_in_the_other_order_is_refused(module_class, wrong):
+    # the safety view puts the less safe video first, the preference view the preferred one: the wrong one would
+    # train the model backwards without any error
+    from types import SimpleNamespace
+
+    module = module_class(backbone="tiny")
+    module._trainer = SimpleNamespace(datamodule=SimpleNamespace(hparams=SimpleNamespace(view=wrong), tokenizer=None))
+    with pytest.raises(ValueError, match=f"got view '{wrong}'"):
+        module.setup("fit")
