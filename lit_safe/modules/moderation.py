@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Literal
 
 import torch
+from lightning.pytorch import LightningModule
 from lightning.pytorch.utilities import rank_zero_warn
 from torchmetrics import Metric
 
@@ -115,6 +116,21 @@ class ModerationStats(Metric):
         if self.severity_levels:
             out["severity_accuracy"] = self.severity_correct / self.severity_total.clamp_min(1)
         return out
+
+
+def log_category_table(module: LightningModule, stage: str, values: dict[str, torch.Tensor]) -> None:
+    """Log a per-category markdown table (support, precision, recall, F1, AUROC) of ``ModerationStats`` values as
+    TensorBoard text (``<stage>/per_category``), on rank 0; the categories are ``module.hparams.categories``."""
+    from lightning.pytorch.loggers import TensorBoardLogger
+
+    lines = ["| category | support | precision | recall | F1 | AUROC |", "|---|---:|---:|---:|---:|---:|"]
+    for c, name in enumerate(module.hparams.categories):
+        lines.append(f"| {name} | {int(values['support'][c])} | {float(values['precision'][c]):.3f} | "
+                     f"{float(values['recall'][c]):.3f} | {float(values['f1'][c]):.3f} | "
+                     f"{float(values['auroc'][c]):.3f} |")
+    for logger in module.loggers:
+        if isinstance(logger, TensorBoardLogger) and module.trainer.is_global_zero:
+            logger.experiment.add_text(f"{stage}/per_category", "\n".join(lines), module.global_step)
 
 
 class ModerationModule(BackboneModule):
@@ -324,17 +340,7 @@ class ModerationModule(BackboneModule):
         stats.reset()
 
     def _log_table(self, stage: str, values: dict[str, torch.Tensor]) -> None:
-        """A per-category markdown table as TensorBoard text (``<stage>/per_category``)."""
-        from lightning.pytorch.loggers import TensorBoardLogger
-
-        lines = ["| category | support | precision | recall | F1 | AUROC |", "|---|---:|---:|---:|---:|---:|"]
-        for c, name in enumerate(self.hparams.categories):
-            lines.append(f"| {name} | {int(values['support'][c])} | {float(values['precision'][c]):.3f} | "
-                         f"{float(values['recall'][c]):.3f} | {float(values['f1'][c]):.3f} | "
-                         f"{float(values['auroc'][c]):.3f} |")
-        for logger in self.loggers:
-            if isinstance(logger, TensorBoardLogger) and self.trainer.is_global_zero:
-                logger.experiment.add_text(f"{stage}/per_category", "\n".join(lines), self.global_step)
+        log_category_table(self, stage, values)
 
     def on_validation_epoch_end(self) -> None:
         self._log_epoch("val")

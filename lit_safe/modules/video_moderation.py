@@ -33,7 +33,7 @@ from lit_safe.models.score_model import export_score_model
 from lit_safe.models.tokenizer import load_tokenizer
 from lit_safe.models.video_text import VideoTextModel, build_video_text_model
 from lit_safe.modules.base import BackboneModule
-from lit_safe.modules.moderation import ModerationStats
+from lit_safe.modules.moderation import ModerationStats, log_category_table
 from lit_safe.modules.video_preference import take_video_settings
 
 
@@ -260,21 +260,8 @@ class VideoModerationModule(BackboneModule):
         self.log_dict({f"{stage}/{k}": v.float().to(self.device) for k, v in scalars.items()}, sync_dist=True)
         self.log_dict({f"{stage}/{k}": v.float().to(self.device) for k, v in headline.items()}, prog_bar=True,
                       sync_dist=True)
-        self._log_table(stage, values)
+        log_category_table(self, stage, values)
         stats.reset()
-
-    def _log_table(self, stage: str, values: dict[str, torch.Tensor]) -> None:
-        """A per-category markdown table as TensorBoard text (``<stage>/per_category``)."""
-        from lightning.pytorch.loggers import TensorBoardLogger
-
-        lines = ["| category | support | precision | recall | F1 | AUROC |", "|---|---:|---:|---:|---:|---:|"]
-        for c, name in enumerate(self.hparams.categories):
-            lines.append(f"| {name} | {int(values['support'][c])} | {float(values['precision'][c]):.3f} | "
-                         f"{float(values['recall'][c]):.3f} | {float(values['f1'][c]):.3f} | "
-                         f"{float(values['auroc'][c]):.3f} |")
-        for logger in self.loggers:
-            if isinstance(logger, TensorBoardLogger) and self.trainer.is_global_zero:
-                logger.experiment.add_text(f"{stage}/per_category", "\n".join(lines), self.global_step)
 
     def on_validation_epoch_end(self) -> None:
         self._log_epoch("val")
