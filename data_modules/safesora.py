@@ -486,7 +486,7 @@ class SafeSoraDataModule(PreparedDataModule):
         return self._check_videos(row, [(f"{k}.video_path", row[k]["video_path"]) for k in ("video_0", "video_1")])
 
     def _check_videos(self, row: dict, fields: list[tuple[str, str]]) -> list[tuple[str, str]]:
-        reader = self._reader()
+        reader = self.view.reader  # the video views' own: its roots are resolved once, not per row
         return [(field, f"video file not found: {path} (looked in {', '.join(map(str, reader.roots))})")
                 for field, path in fields if reader.resolve(path) is None]
 
