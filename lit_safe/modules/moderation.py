@@ -118,6 +118,17 @@ class ModerationStats(Metric):
         return out
 
 
+def category_threshold_tensor(categories: list[str], thresholds: float | dict[str, float]) -> torch.Tensor:
+    """Per-category decision thresholds ``(C,)`` from one threshold or a ``{category: threshold}`` dict (categories it
+    leaves out get 0.5). Raises ``ValueError`` naming categories the dict has but the model does not."""
+    if isinstance(thresholds, dict):
+        unknown = sorted(set(thresholds) - set(categories))
+        if unknown:
+            raise ValueError(f"category_thresholds names unknown categories {unknown}; known: {categories}")
+        return torch.tensor([float(thresholds.get(c, 0.5)) for c in categories])
+    return torch.full((len(categories),), float(thresholds))
+
+
 def log_category_table(module: LightningModule, stage: str, values: dict[str, torch.Tensor]) -> None:
     """Log a per-category markdown table (support, precision, recall, F1, AUROC) of ``ModerationStats`` values as
     TensorBoard text (``<stage>/per_category``), on rank 0; the categories are ``module.hparams.categories``."""
@@ -227,13 +238,7 @@ class ModerationModule(BackboneModule):
         self.test_stats = ModerationStats(len(hp.categories), groups, hp.severity_levels)
 
     def _category_thresholds(self) -> torch.Tensor:
-        hp = self.hparams
-        if isinstance(hp.category_thresholds, dict):
-            unknown = sorted(set(hp.category_thresholds) - set(hp.categories))
-            if unknown:
-                raise ValueError(f"category_thresholds names unknown categories {unknown}; known: {hp.categories}")
-            return torch.tensor([float(hp.category_thresholds.get(c, 0.5)) for c in hp.categories])
-        return torch.full((len(hp.categories),), float(hp.category_thresholds))
+        return category_threshold_tensor(self.hparams.categories, self.hparams.category_thresholds)
 
     def decision_config(self) -> dict:
         """The decision rule of this run's hyperparameters (the exported model carries it)."""

@@ -33,7 +33,7 @@ from lit_safe.models.score_model import export_score_model
 from lit_safe.models.tokenizer import load_tokenizer
 from lit_safe.models.video_text import VideoTextModel, build_video_text_model
 from lit_safe.modules.base import BackboneModule
-from lit_safe.modules.moderation import ModerationStats, log_category_table
+from lit_safe.modules.moderation import ModerationStats, category_threshold_tensor, log_category_table
 from lit_safe.modules.video_preference import take_video_settings
 
 
@@ -161,13 +161,7 @@ class VideoModerationModule(BackboneModule):
         self.test_stats = ModerationStats(len(hp.categories), 2, 0)
 
     def _category_thresholds(self) -> torch.Tensor:
-        hp = self.hparams
-        if isinstance(hp.category_thresholds, dict):
-            unknown = sorted(set(hp.category_thresholds) - set(hp.categories))
-            if unknown:
-                raise ValueError(f"category_thresholds names unknown categories {unknown}; known: {hp.categories}")
-            return torch.tensor([float(hp.category_thresholds.get(c, 0.5)) for c in hp.categories])
-        return torch.full((len(hp.categories),), float(hp.category_thresholds))
+        return category_threshold_tensor(self.hparams.categories, self.hparams.category_thresholds)
 
     def decision_config(self) -> dict:
         """The decision rule of this run's hyperparameters (the exported model carries it)."""
