@@ -328,3 +328,51 @@ def check_safesora_eval_row(row: Any) -> list[tuple[str, str]]:
 def safesora_sub_preferences(row: dict) -> dict[str, str]:
     """The four sub-preferences of a valid pair under their current names (``informativeness`` -> ``information``)."""
     return {SAFESORA_SUB_ALIASES.get(k, k): v for k, v in row["sub_preferences"].items() if v is not None}
+
+
+# The tree preference format (lit_safe.trees; "Rethinking Information Structures in RLHF", arXiv 2402.10184): the
+# PKU-SafeRLHF pair fields the reward and cost views read, plus the provenance of each pair.
+TREE_PAIR_FIELDS: dict[str, Any] = {"pair_id": str, "prompt": str, "response_0": str, "response_1": str}
+TREE_PREFERENCE_FIELDS: dict[str, Any] = {"better_response_id": int}
+TREE_SAFETY_FIELDS: dict[str, Any] = {"safer_response_id": int, "is_response_0_safe": bool,
+                                      "is_response_1_safe": bool}
+TREE_PROVENANCE_FIELDS: dict[str, Any] = {
+    "tree_id": str, "topology": str, "path_0": list, "path_1": list, "lca_depth": int,
+    "shared_prefix_tokens": int, "divergence_index": int, "shared_prefix_chars": int, "label_source": str,
+}
+
+
+def check_tree_pair_row(row: Any, labels: str = "preference") -> list[tuple[str, str]]:
+    """Check one row of the tree preference format.
+
+    Args:
+        row: the decoded JSON object of one row.
+        labels: which labels the reading view needs: ``preference`` (``better_response_id``) or ``safety``
+            (``safer_response_id``, ``is_response_0_safe``, ``is_response_1_safe``). The other view's labels may be
+            absent.
+
+    Returns:
+        ``[(field, problem), ...]``; empty when the row is valid. Provenance fields are optional (a plain pair file
+        with a ``pair_id`` trains too) but must have the right type and range when present.
+    """
+    if not isinstance(row, dict):
+        return [("<row>", f"expected a JSON object, got {_type_name(row)}")]
+    needed = TREE_PREFERENCE_FIELDS if labels == "preference" else TREE_SAFETY_FIELDS
+    problems = _check_fields(row, {**TREE_PAIR_FIELDS, **needed})
+    problems += _check_fields(row, TREE_PROVENANCE_FIELDS, optional=True)
+    for name in ("better_response_id", "safer_response_id"):
+        value = row.get(name)
+        if _is_type(value, int) and value not in (0, 1):
+            problems.append((name, f"expected 0 or 1, got {value}"))
+    topology = row.get("topology")
+    if isinstance(topology, str) and topology not in ("tree", "chain", "chain_equal_responses"):
+        problems.append(("topology", f"expected tree, chain or chain_equal_responses, got {topology!r:.40}"))
+    for name in ("path_0", "path_1"):
+        value = row.get(name)
+        if isinstance(value, list) and not all(_is_type(v, int) and v >= 0 for v in value):
+            problems.append((name, f"expected a list of child indices >= 0, got {value!r:.40}"))
+    for name in ("lca_depth", "shared_prefix_tokens", "divergence_index", "shared_prefix_chars"):
+        value = row.get(name)
+        if _is_type(value, int) and value < 0:
+            problems.append((name, f"expected a count >= 0, got {value}"))
+    return problems
