@@ -12,6 +12,9 @@ Project subcommands:
   ``lit-safe arena --help`` lists the options, which can also come from a ``--config`` YAML.
 - ``lit-safe video-arena ...``: compare two prompt augmenters: their rewrites are rendered by one video generator and
   scored by the same video reward and cost models (:mod:`lit_safe.video_arena`).
+- ``lit-safe tree-grow``, ``tree-pairs``, ``tree-experiment``: response trees from a policy, tree and chain preference
+  pairs at a label budget, and the equal-budget experiment of tree against chain reward models
+  (:mod:`lit_safe.tree_experiment`).
 """
 
 from __future__ import annotations
@@ -28,11 +31,17 @@ from lightning.pytorch.cli import LightningCLI
 USAGE = """usage: lit-safe {fit,validate,test,predict,prepare} --config CONFIG.yaml [options]
        lit-safe arena --policy_a DIR --policy_b DIR --reward_model DIR --cost_model DIR --prompts FILE --output DIR
        lit-safe video-arena --rewriter_a none --rewriter_b DIR --reward_model DIR --cost_model DIR --output DIR
+       lit-safe tree-grow --policy DIR --prompts FILE --output trees.jsonl [--kind pool]
+       lit-safe tree-pairs --trees trees.jsonl [--pools pools.jsonl] --topology tree --budget N --output pairs.jsonl
+       lit-safe tree-experiment --config configs/quickstart/tree_experiment.yaml
 
   fit, validate, test, predict   the Lightning commands (lit-safe fit --help lists every option)
   prepare                        validate and prepare the data section's dataset, print the report
   arena                          two policies answer the same prompts, scored by one reward and one cost model
   video-arena                    two prompt rewriters, one video generator, one video reward and one cost model
+  tree-grow                      a response tree (or a pool of independent responses) per prompt, from a policy
+  tree-pairs                     tree or chain preference pairs at a label budget, labelled (gold scorer or a file)
+  tree-experiment                tree against chain reward models at equal label budgets, over seeds
 """
 
 
@@ -127,6 +136,31 @@ def video_arena_main(argv: list[str]) -> Any:
     return run_video_arena(**{k: v for k, v in cfg.items() if k != "config"})
 
 
+def function_main(function, prog: str, description: str, argv: list[str]) -> Any:
+    """A project subcommand whose options are the arguments of ``function`` (command line or ``--config`` YAML)."""
+    from jsonargparse import ActionConfigFile, ArgumentParser
+
+    parser = ArgumentParser(prog=prog, description=description)
+    parser.add_argument("--config", action=ActionConfigFile, help="a YAML with any of the options below")
+    parser.add_function_arguments(function)
+    cfg = parser.parse_args(argv)
+    return function(**{k: v for k, v in cfg.items() if k != "config"})
+
+
+def tree_main(command: str, argv: list[str]) -> Any:
+    """``lit-safe tree-grow|tree-pairs|tree-experiment`` (:mod:`lit_safe.tree_experiment`)."""
+    from lit_safe import tree_experiment as tree
+
+    function, description = {
+        "tree-grow": (tree.tree_grow, "Grow one response tree (or pool of independent responses) per prompt."),
+        "tree-pairs": (tree.tree_pairs_command, "Sample tree or chain preference pairs at a label budget and label "
+                       "them (gold scorer with Bradley-Terry noise, deterministic, or a file of labels)."),
+        "tree-experiment": (tree.run_tree_experiment, "Train reward models on tree and on chain pairs at equal label "
+                            "budgets over seeds, and compare them against the gold scorer."),
+    }[command]
+    return function_main(function, f"lit-safe {command}", description, argv)
+
+
 def run(args: list[str] | None = None) -> Any:
     """Run ``lit-safe`` with ``args`` (default ``sys.argv[1:]``); returns the CLI object, the prepare report or the
     arena summary."""
@@ -141,6 +175,8 @@ def run(args: list[str] | None = None) -> Any:
         return arena_main(argv[1:])
     if argv[0] == "video-arena":
         return video_arena_main(argv[1:])
+    if argv[0] in ("tree-grow", "tree-pairs", "tree-experiment"):
+        return tree_main(argv[0], argv[1:])
     # Without explicit args LightningCLI reads sys.argv itself (passing both makes it warn).
     return LitSafeCLI(args=None if args is None else argv)
 
