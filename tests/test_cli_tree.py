@@ -154,3 +154,23 @@ def test_statistics_by_hand():
     scores = np.array([0.1, 0.5, -0.3, 0.9])
     assert probe_variance([scores, 10 * scores], np.array([[0, 1], [2, 3]]))["mean"] == pytest.approx(0.0)
     assert probe_variance([scores, -scores], np.array([[0, 1], [2, 3]]))["mean"] > 0.5
+
+
+@pytest.mark.slow
+def test_tree_grow_on_two_processes_gives_the_trees_of_one(tmp_path):
+    """Each rank grows its share of the prompts (gloo on the CPU here, one process per GPU on a GPU machine); rank 0
+    merges them in prompt order: the file equals the one of a single process."""
+    import os
+    import subprocess
+    import sys
+
+    lit_safe = Path(sys.executable).with_name("lit-safe")
+    args = [str(lit_safe), "tree-grow", *GROW, "--num_prompts", "5"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    subprocess.run([*args, "--devices", "2", "--output", str(tmp_path / "two.jsonl")], check=True, env=env,
+                   capture_output=True, timeout=300)
+    subprocess.run([*args, "--output", str(tmp_path / "one.jsonl")], check=True, env=env, capture_output=True,
+                   timeout=300)
+    assert (tmp_path / "two.jsonl").read_text() == (tmp_path / "one.jsonl").read_text()
+    assert len((tmp_path / "two.jsonl").read_text().splitlines()) == 5
+    assert not list(tmp_path.glob("*.part*"))  # the ranks' shards are merged and removed
