@@ -837,17 +837,20 @@ def _fmt(stat: dict[str, float], digits: int = 3) -> str:
 
 
 def format_table(summary: dict[str, Any]) -> str:
-    """The summary as markdown: one row per (budget, topology), then the win rates."""
+    """The summary as markdown: one row per (budget, topology), then the win rates. "Characters to read per pair"
+    counts both responses after their shared prefix (what a labeller must compare; the paper's annotation-cost
+    argument, about 21% less for trees there)."""
     n = str(summary["win_n"])
     lines = [
         f"| budget | topology | seeds | held-out accuracy | Spearman | probe variance | best-of-{n} gold | "
-        "distinct responses | mean LCA depth |",
-        "|---:|---|---:|---|---|---|---|---:|---:|",
+        "distinct responses | mean LCA depth | characters to read per pair |",
+        "|---:|---|---:|---|---|---|---|---:|---:|---:|",
     ]
     for row in summary["rows"]:
         lines.append(f"| {row['budget']} | {row['topology']} | {row['seeds']} | {_fmt(row['accuracy'])} | "
                      f"{_fmt(row['spearman'])} | {_fmt(row['probe_variance'])} | {_fmt(row['best_of_n'][n])} | "
-                     f"{row['distinct_responses']['mean']:.0f} | {row['mean_lca_depth']['mean']:.2f} |")
+                     f"{row['distinct_responses']['mean']:.0f} | {row['mean_lca_depth']['mean']:.2f} | "
+                     f"{row['annotation_chars']['mean']:.0f} |")
     if summary["win_rates"]:
         lines += ["", f"| budget | tree RM against | win rate of best-of-{n} (gold judge, ties half) |",
                   "|---:|---|---|"]

@@ -174,3 +174,29 @@ def test_tree_grow_on_two_processes_gives_the_trees_of_one(tmp_path):
     assert (tmp_path / "two.jsonl").read_text() == (tmp_path / "one.jsonl").read_text()
     assert len((tmp_path / "two.jsonl").read_text().splitlines()) == 5
     assert not list(tmp_path.glob("*.part*"))  # the ranks' shards are merged and removed
+
+
+def test_a_saved_score_model_is_a_gold_scorer(tmp_path, tiny_tokenizer):
+    """tree-pairs with --gold_reward DIR labels by the saved model's own end scores (deterministic with beta null)."""
+    import torch
+
+    from lit_safe.arena import score
+    from lit_safe.data_modules.text import SAFE_RLHF_TEMPLATE
+    from lit_safe.models.score_model import ScoreModel, build_score_model
+
+    torch.manual_seed(0)
+    build_score_model("tiny", tiny_tokenizer, "reward").save_pretrained(tmp_path / "gold", tokenizer=tiny_tokenizer)
+    trees_file = tmp_path / "trees.jsonl"
+    run(["tree-grow", *GROW, "--output", str(trees_file)])
+    pairs_file = tmp_path / "pairs.jsonl"
+    run(["tree-pairs", "--trees", str(trees_file), "--budget", "12", "--gold_reward", str(tmp_path / "gold"),
+         "--beta", "null", "--output", str(pairs_file)])
+    rows = [json.loads(line) for line in pairs_file.read_text().splitlines()]
+    model = ScoreModel.from_pretrained(tmp_path / "gold").eval()
+    with torch.no_grad():
+        expected = score(model, tiny_tokenizer, [r["prompt"] for r in rows], [r["response_0"] for r in rows],
+                         SAFE_RLHF_TEMPLATE, 512, 8)
+    assert [r["gold_reward_0"] for r in rows] == pytest.approx(expected.tolist(), abs=1e-5)
+    for row in rows:
+        assert row["better_response_id"] == (0 if row["gold_reward_0"] > row["gold_reward_1"] else 1)
+        assert row["label_source"].startswith("reward=") and row["label_source"].endswith(":argmax")
