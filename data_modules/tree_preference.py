@@ -28,12 +28,18 @@ from lit_safe.data_modules.schemas import check_tree_pair_row
 from lit_safe.data_modules.text import SAFE_RLHF_TEMPLATE
 
 
+def _lca_depth(row: dict[str, Any]) -> int:
+    """The pair's LCA depth, -1 when the row has none (absent or null: a plain pair file)."""
+    depth = row.get("lca_depth")
+    return -1 if depth is None else depth
+
+
 class TreePreferenceView(PreferenceView):
     """``chosen``/``rejected`` pairs by ``better_response_id``, with the pair's ``lca_depth``."""
 
     def rank(self, row: dict[str, Any], report: SplitReport) -> tuple[int, dict[str, int]]:
         first, extras = super().rank(row, report)
-        return first, {**extras, "lca_depth": row.get("lca_depth", -1)}
+        return first, {**extras, "lca_depth": _lca_depth(row)}
 
 
 class TreeSafetyView(SafetyView):
@@ -44,7 +50,7 @@ class TreeSafetyView(SafetyView):
         if ranked is None:
             return None
         first, extras = ranked
-        return first, {**extras, "lca_depth": row.get("lca_depth", -1)}
+        return first, {**extras, "lca_depth": _lca_depth(row)}
 
 
 class TreePreferenceDataModule(PreparedDataModule):
