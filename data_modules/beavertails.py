@@ -6,7 +6,8 @@ local JSON/JSONL/parquet file or a directory of split files works the same way. 
 prompt, preparation, streaming and ``predict_file`` are those of every lit_safe DataModule
 (:class:`~lit_safe.data_modules.base.PreparedDataModule`); the one view is ``moderation``
 (:class:`~lit_safe.data_modules.moderation.ModerationView`, no severity). Repeated (prompt, response) rows are kept:
-in the 330k release they carry separate annotations.
+in the 330k release they carry separate annotations; rows repeated whole are counted (note ``duplicate_rows``). Rows
+with an empty or blank prompt or response are dropped and counted (``empty_prompt``, ``empty_response``).
 """
 
 from __future__ import annotations

@@ -24,7 +24,9 @@ from typing import Any
 
 import numpy as np
 
+from lit_safe.data_modules.policy import count_duplicate_rows
 from lit_safe.data_modules.preparation import SplitReport
+from lit_safe.data_modules.schemas import is_blank, text_digest
 from lit_safe.data_modules.streaming import pad_right
 from lit_safe.data_modules.text import encode_with_eos, format_prompt
 
@@ -79,8 +81,10 @@ class ModerationView:
             dropped and counted as ``no_moderation_labels``).
         severity_levels: number of severity classes (4 for PKU-SafeRLHF: 0 safe, 1 minor, 2 moderate, 3 severe);
             0 when the data has no severity.
-        dedup: keep one item per distinct response (by ``response_k_sha256`` when given, else by the text): a
-            PKU-SafeRLHF response recurs across rows; repeats are dropped and counted as ``duplicate_response``.
+        dedup: keep one item per distinct response (by ``response_k_sha256`` when given, else by a digest of the
+            texts): a PKU-SafeRLHF response recurs across rows; repeats are dropped and counted as
+            ``duplicate_response``. Either way, rows repeated whole are noted (``duplicate_rows``), and a response
+            with an empty or blank prompt or text is dropped and counted (``empty_prompt``, ``empty_response``).
         pair_input: encode as a sentence pair (encoders) instead of template + response + EOS (decoders).
     """
 
@@ -112,17 +116,23 @@ class ModerationView:
         self, rows: list[tuple[int, dict[str, Any]]], tokenizer: Any, template: str, max_length: int,
         report: SplitReport,
     ) -> Iterator[dict[str, Any]]:
-        seen: set[str] = set()
+        seen: set[bytes | str] = set()  # the sha256 (or a 16-byte digest) of each response kept so far
         kept: list[tuple[int, int, Response]] = []
-        for index, row in rows:
+        for index, row in count_duplicate_rows(rows, report):
             listed = self.responses(row)
             if listed is None:
                 report.dropped["no_moderation_labels"] += 1
                 continue
             for k, response in enumerate(listed):
                 prompt, text, _, _, _, digest = response
+                if is_blank(prompt):
+                    report.dropped["empty_prompt"] += 1
+                    continue
+                if is_blank(text):
+                    report.dropped["empty_response"] += 1
+                    continue
                 if self.dedup:
-                    key = digest or f"{prompt}\x00{text}"
+                    key = digest or text_digest(prompt, text)
                     if key in seen:
                         report.dropped["duplicate_response"] += 1
                         continue

@@ -21,8 +21,9 @@ The generic machinery (sources, validation, split carving, preparation, streamin
 
 Preparation validates every row before anything is written: a missing field, a wrong type or an out-of-range label
 is an error naming the file, row and field (or, with ``on_bad_row: skip``, a counted drop); rows a view cannot use
-(identical responses) are dropped and counted; label disagreements the real data has in a few rows are counted as
-notes. The report (rows read, kept, dropped by reason) is printed and saved as ``report.json``.
+(an empty prompt, a blank response, identical responses, a pair repeated with the same labels) are dropped and
+counted; label disagreements the real data has in a few rows, and rows repeated whole (``duplicate_rows``), are
+counted as notes. The report (rows read, kept, dropped by reason) is printed and saved as ``report.json``.
 Splits are the dataset's own, or carved from the training split by a seeded hash of the *prompt*, so that
 held-out pairs never share a prompt with training pairs.
 """
@@ -35,13 +36,15 @@ import numpy as np
 
 from lit_safe.data_modules.base import PreparedDataModule, Valid, prompt_bucket
 from lit_safe.data_modules.moderation import ModerationView, pku_responses, uses_pair_input
-from lit_safe.data_modules.policy import PromptView, SFTView
+from lit_safe.data_modules.policy import PromptView, SFTView, count_duplicate_rows
 from lit_safe.data_modules.preparation import SplitReport
 from lit_safe.data_modules.schemas import (
     PKU_HARM_CATEGORIES,
     PKU_SEVERITY_LEVELS,
     check_pku_saferlhf_row,
+    is_blank,
     pku_label_notes,
+    text_digest,
 )
 from lit_safe.data_modules.streaming import pad_right
 from lit_safe.data_modules.text import (
@@ -59,6 +62,12 @@ class PairView:
 
     Subclasses say which response comes first (:meth:`rank`), under which item keys, and what else each pair
     carries (scalar fields such as safety signs, batched as ``(B,)`` tensors).
+
+    Dropped and counted: ``empty_prompt`` and ``empty_response`` (empty or whitespace only), ``identical_responses``,
+    the subclass's own reasons, ``duplicate_pair`` (the same prompt, first and second response and extras as a pair
+    kept earlier in the split, in either response order: it would weigh twice in the loss; the same prompt with
+    other responses is no repeat) and ``identical_after_truncation``. Rows repeated whole are also noted
+    (``duplicate_rows``). Repeats are found by 16-byte digests, not by keeping the texts.
 
     Items: ``{first: int32 (L1,), second: int32 (L2,), "row": int, **extras}`` where ``row`` is the row's position
     in its source split (0-based, blank lines not counted), so a prediction can be traced back.
@@ -85,7 +94,14 @@ class PairView:
 
     def encode(self, rows: list[Valid], tokenizer: Any, template: str, max_length: int, report: SplitReport):
         kept: list[tuple[int, str, str, dict[str, int]]] = []
-        for index, row in rows:
+        pairs: set[bytes] = set()  # digests of the (prompt, first, second, extras) kept so far in this split
+        for index, row in count_duplicate_rows(rows, report):
+            if is_blank(row["prompt"]):
+                report.dropped["empty_prompt"] += 1
+                continue
+            if is_blank(row["response_0"]) or is_blank(row["response_1"]):
+                report.dropped["empty_response"] += 1
+                continue
             if row["response_0"] == row["response_1"]:
                 report.dropped["identical_responses"] += 1
                 continue
@@ -93,6 +109,13 @@ class PairView:
             if ranked is None:
                 continue
             first, extras = ranked
+            # The same ordered pair with the same labels again would count twice in the loss: keep it once.
+            key = text_digest(row["prompt"], row[f"response_{first}"], row[f"response_{1 - first}"],
+                              *(f"{name}={value}" for name, value in sorted(extras.items())))
+            if key in pairs:
+                report.dropped["duplicate_pair"] += 1
+                continue
+            pairs.add(key)
             prompt = format_prompt(row["prompt"], template)
             kept.append((index, prompt + row[f"response_{first}"], prompt + row[f"response_{1 - first}"], extras))
         firsts, cut_a = encode_with_eos(tokenizer, [k[1] for k in kept], max_length)

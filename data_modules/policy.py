@@ -7,33 +7,54 @@ separately and concatenated, so that the boundary is exact: the loss masks exact
 (ALGORITHMS.md section 6), and a policy generating from the ``prompts`` view starts from the very same ids. Batches:
 ``input_ids``, ``attention_mask`` and ``labels (B, L)`` (right padding; labels are -100 on prompt and padding), and
 ``row (B,)``. A response longer than the room after its prompt is cut before its EOS; a prompt that leaves no room
-for a response token is dropped and counted (``prompt_too_long``).
+for a response token is dropped and counted (``prompt_too_long``), as are an empty or blank prompt or response
+(``empty_prompt``, ``empty_response``) and a (prompt, response) kept before in the split (``duplicate_response``).
 
 ``prompts`` items are ``{"input_ids": int32 (P,), "row": int}``, one per distinct prompt (repeats are dropped and
-counted as ``duplicate_prompt``). Batches: ``input_ids`` and ``attention_mask (B, P)`` *left*-padded, as generation
-needs, and ``row (B,)``.
+counted as ``duplicate_prompt``, blank prompts as ``empty_prompt``). Batches: ``input_ids`` and
+``attention_mask (B, P)`` *left*-padded, as generation needs, and ``row (B,)``.
 
 ``preference_pairs`` items (DPO) are ``{"chosen": int32 (Lc,), "rejected": int32 (Lr,), "prompt_length": int,
 "row": int}``: two ``sft`` sequences of the same prompt (identical prompt tokens), the preferred response first.
 Batches: ``input_ids``, ``attention_mask`` and ``labels (2B, L)``, the B chosen sequences then the B rejected ones
 (labels -100 on prompt and padding), and ``row (B,)``. Pairs with identical responses are dropped and counted
 (``identical_responses``, or ``identical_after_truncation`` when cutting made them equal), as are prompts that leave no
-room (``prompt_too_long``); cut responses are counted in ``truncated_sequences``.
+room (``prompt_too_long``), blank texts (``empty_prompt``, ``empty_response``) and a (prompt, chosen, rejected) kept
+before in the split (``duplicate_pair``); cut responses are counted in ``truncated_sequences``.
+
+Every view notes rows repeated whole within a split (``duplicate_rows``, :func:`count_duplicate_rows`). Repeats are
+found by 16-byte digests, so that the state stays small when preparation streams.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import numpy as np
 
 from lit_safe.data_modules.preparation import SplitReport
+from lit_safe.data_modules.schemas import is_blank, row_digest, text_digest
 from lit_safe.data_modules.streaming import pad_left, pad_right
 from lit_safe.data_modules.text import format_prompt
 
 IGNORE_INDEX = -100
 ENCODE_CHUNK = 8192
+
+
+def count_duplicate_rows(rows: Iterable[tuple[int, Any]], report: SplitReport) -> Iterator[tuple[int, Any]]:
+    """Yield ``rows`` unchanged, counting in the note ``duplicate_rows`` every row equal (in every field) to an earlier
+    row of the split. Views drop repeats where they would bias training (``duplicate_pair``, ``duplicate_response``,
+    ``duplicate_prompt``); this note tells how many whole rows the source repeats. State: one 16-byte digest per
+    distinct row."""
+    seen: set[bytes] = set()
+    for index, row in rows:
+        key = row_digest(row)
+        if key in seen:
+            report.notes["duplicate_rows"] += 1
+        else:
+            seen.add(key)
+        yield index, row
 
 
 def encode_prompts(tokenizer: Any, prompts: list[str], template: str) -> list[np.ndarray]:
@@ -76,20 +97,28 @@ class SFTView:
     """
 
     name = "sft"
+    count_duplicates = True  # the duplicate_rows note (off when a wrapper counts it on the rows it converts)
 
     def __init__(self, responses: Callable[[dict[str, Any]], list[tuple[str, str]]]) -> None:
         self.responses = responses
 
     def encode(self, rows: list[tuple[int, dict[str, Any]]], tokenizer: Any, template: str, max_length: int,
                report: SplitReport) -> Iterator[dict[str, Any]]:
-        seen: set[tuple[str, str]] = set()
+        seen: set[bytes] = set()  # digests of the (prompt, response) pairs kept so far
         kept: list[tuple[int, str, str]] = []
-        for index, row in rows:
+        for index, row in count_duplicate_rows(rows, report) if self.count_duplicates else rows:
             for prompt, response in self.responses(row):
-                if (prompt, response) in seen:
+                if is_blank(prompt):
+                    report.dropped["empty_prompt"] += 1
+                    continue
+                if is_blank(response):
+                    report.dropped["empty_response"] += 1
+                    continue
+                key = text_digest(prompt, response)
+                if key in seen:
                     report.dropped["duplicate_response"] += 1
                     continue
-                seen.add((prompt, response))
+                seen.add(key)
                 kept.append((index, prompt, response))
         for start in range(0, len(kept), ENCODE_CHUNK):
             chunk = kept[start : start + ENCODE_CHUNK]
@@ -130,16 +159,21 @@ class PromptView:
     """Distinct prompts in the template, for generation (left padding)."""
 
     name = "prompts"
+    count_duplicates = True  # the duplicate_rows note (off when a wrapper counts it on the rows it converts)
 
     def encode(self, rows: list[tuple[int, dict[str, Any]]], tokenizer: Any, template: str, max_length: int,
                report: SplitReport) -> Iterator[dict[str, Any]]:
-        seen: set[str] = set()
+        seen: set[bytes] = set()  # digests of the prompts kept so far
         kept: list[tuple[int, str]] = []
-        for index, row in rows:
-            if row["prompt"] in seen:
+        for index, row in count_duplicate_rows(rows, report) if self.count_duplicates else rows:
+            if is_blank(row["prompt"]):
+                report.dropped["empty_prompt"] += 1
+                continue
+            key = text_digest(row["prompt"])
+            if key in seen:
                 report.dropped["duplicate_prompt"] += 1
                 continue
-            seen.add(row["prompt"])
+            seen.add(key)
             kept.append((index, row["prompt"]))
         for start in range(0, len(kept), ENCODE_CHUNK):
             chunk = kept[start : start + ENCODE_CHUNK]
@@ -171,6 +205,7 @@ class PreferencePairView:
     """
 
     name = "preference_pairs"
+    count_duplicates = True  # the duplicate_rows note (off when a wrapper counts it on the rows it converts)
 
     def __init__(self, pairs: Callable[[dict[str, Any]], list[tuple[str, str, str]]]) -> None:
         self.pairs = pairs
@@ -178,11 +213,23 @@ class PreferencePairView:
     def encode(self, rows: list[tuple[int, dict[str, Any]]], tokenizer: Any, template: str, max_length: int,
                report: SplitReport) -> Iterator[dict[str, Any]]:
         kept: list[tuple[int, str, str, str]] = []
-        for index, row in rows:
+        seen: set[bytes] = set()  # digests of the (prompt, chosen, rejected) triples kept so far
+        for index, row in count_duplicate_rows(rows, report) if self.count_duplicates else rows:
             for prompt, chosen, rejected in self.pairs(row):
+                if is_blank(prompt):
+                    report.dropped["empty_prompt"] += 1
+                    continue
+                if is_blank(chosen) or is_blank(rejected):
+                    report.dropped["empty_response"] += 1
+                    continue
                 if chosen == rejected:
                     report.dropped["identical_responses"] += 1
                     continue
+                key = text_digest(prompt, chosen, rejected)
+                if key in seen:
+                    report.dropped["duplicate_pair"] += 1
+                    continue
+                seen.add(key)
                 kept.append((index, prompt, chosen, rejected))
         for start in range(0, len(kept), ENCODE_CHUNK):
             chunk = kept[start : start + ENCODE_CHUNK]
@@ -227,4 +274,5 @@ class PreferencePairView:
                 "row": torch.as_tensor([int(i["row"]) for i in items])}
 
 
-__all__ = ["IGNORE_INDEX", "PreferencePairView", "PromptView", "SFTView", "encode_prompts", "encode_sft"]
+__all__ = ["IGNORE_INDEX", "PreferencePairView", "PromptView", "SFTView", "count_duplicate_rows", "encode_prompts",
+           "encode_sft"]

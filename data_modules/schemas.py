@@ -10,7 +10,10 @@ file and the row, and decide between an error and a counted skip.
 from __future__ import annotations
 
 import hashlib
+import json
 from typing import Any
+
+from lit_safe.data_modules.sources import UndecodableRow
 
 # The 19 harm categories of PKU-SafeRLHF (2024), in the exact spelling and dict order of the data (S1..S19).
 PKU_HARM_CATEGORIES: tuple[str, ...] = (
@@ -70,6 +73,36 @@ def _type_name(value: Any) -> str:
     return type(value).__name__
 
 
+def not_an_object(row: Any, field: str = "<row>") -> list[tuple[str, str]]:
+    """The problem of a row that is not a JSON object: the reader's own (:class:`UndecodableRow`: not valid UTF-8,
+    under ``<row>``), or its type."""
+    if isinstance(row, UndecodableRow):
+        return [("<row>", row.problem)]
+    return [(field, f"expected a JSON object, got {_type_name(row)}")]
+
+
+def is_blank(text: Any) -> bool:
+    """Whether a prompt or response is empty or whitespace only (a view drops such texts and counts them)."""
+    return isinstance(text, str) and not text.strip()
+
+
+def text_digest(*texts: str) -> bytes:
+    """A 16-byte digest of a sequence of texts (each length-prefixed, so no two sequences share an encoding): bounded
+    state for spotting repeated (prompt, response, ...) tuples in a split."""
+    digest = hashlib.blake2b(digest_size=16)
+    for text in texts:
+        data = text.encode("utf-8", "surrogatepass")
+        digest.update(len(data).to_bytes(8, "little"))
+        digest.update(data)
+    return digest.digest()
+
+
+def row_digest(row: Any) -> bytes:
+    """A 16-byte digest of a whole row (every field, key order ignored): equal rows have equal digests."""
+    blob = json.dumps(row, sort_keys=True, ensure_ascii=False, default=str)
+    return hashlib.blake2b(blob.encode("utf-8", "surrogatepass"), digest_size=16).digest()
+
+
 def _is_type(value: Any, expected: type) -> bool:
     # bool is a subclass of int in Python: an int field must not accept True/False, nor a bool field 0/1.
     if expected is int:
@@ -88,7 +121,7 @@ def check_pku_saferlhf_row(row: Any) -> list[tuple[str, str]]:
         data (``is_safe`` vs severity vs categories) are not problems here: :func:`pku_label_notes` counts them.
     """
     if not isinstance(row, dict):
-        return [("<row>", f"expected a JSON object, got {_type_name(row)}")]
+        return not_an_object(row)
     problems: list[tuple[str, str]] = []
     for name, expected in PKU_REQUIRED_FIELDS.items():
         if name not in row or row[name] is None:
@@ -175,7 +208,7 @@ def check_beavertails_row(row: Any) -> list[tuple[str, str]]:
     """Check one BeaverTails row: ``prompt``, ``response`` (str), ``category`` (the 14 keys, bool values),
     ``is_safe`` (bool). Returns ``[(field, problem), ...]``, empty when valid."""
     if not isinstance(row, dict):
-        return [("<row>", f"expected a JSON object, got {_type_name(row)}")]
+        return not_an_object(row)
     problems: list[tuple[str, str]] = []
     for name, expected in BEAVERTAILS_FIELDS.items():
         if name not in row or row[name] is None:
@@ -259,7 +292,7 @@ def check_safesora_video(record: Any, prefix: str = "") -> list[tuple[str, str]]
     """A video record: ``prompt_id, prompt_text, prompt_type, video_id, video_text, video_path`` (str), optional
     ``is_safe`` (bool), ``generated_from`` (str), and, in SafeSora-Label rows, ``prompt_labels``/``video_labels``."""
     if not isinstance(record, dict):
-        return [(prefix.rstrip(".") or "<row>", f"expected a JSON object, got {_type_name(record)}")]
+        return not_an_object(record, prefix.rstrip(".") or "<row>")
     required = {k: str for k in ("prompt_id", "prompt_text", "prompt_type", "video_id", "video_text", "video_path")}
     problems = _check_fields(record, required, prefix)
     problems += _check_fields(record, {"is_safe": bool, "generated_from": str}, prefix, optional=True)
@@ -277,7 +310,7 @@ def check_safesora_pair(row: Any) -> list[tuple[str, str]]:
     ``harmlessness`` in ``{"video_0", "video_1"}``, and ``sub_preferences`` (``information`` or
     ``informativeness``), each ``"video_0"``/``"video_1"``."""
     if not isinstance(row, dict):
-        return [("<row>", f"expected a JSON object, got {_type_name(row)}")]
+        return not_an_object(row)
     problems = _check_fields(row, {"pair_id": str, "prompt_id": str, "prompt_text": str, "prompt_type": str})
     for key in ("video_0", "video_1"):
         if row.get(key) is None:
@@ -318,7 +351,7 @@ def check_safesora_label_row(row: Any) -> list[tuple[str, str]]:
 def check_safesora_eval_row(row: Any) -> list[tuple[str, str]]:
     """A SafeSora-Eval row: ``prompt_id``, ``prompt_text``, ``prompt_type`` (str)."""
     if not isinstance(row, dict):
-        return [("<row>", f"expected a JSON object, got {_type_name(row)}")]
+        return not_an_object(row)
     problems = _check_fields(row, {"prompt_id": str, "prompt_text": str, "prompt_type": str})
     if isinstance(row.get("prompt_type"), str) and row["prompt_type"] not in SAFESORA_PROMPT_TYPES:
         problems.append(("prompt_type", f"expected one of {SAFESORA_PROMPT_TYPES}, got {row['prompt_type']!r}"))
@@ -356,7 +389,7 @@ def check_tree_pair_row(row: Any, labels: str = "preference") -> list[tuple[str,
         with a ``pair_id`` trains too) but must have the right type and range when present.
     """
     if not isinstance(row, dict):
-        return [("<row>", f"expected a JSON object, got {_type_name(row)}")]
+        return not_an_object(row)
     needed = TREE_PREFERENCE_FIELDS if labels == "preference" else TREE_SAFETY_FIELDS
     problems = _check_fields(row, {**TREE_PAIR_FIELDS, **needed})
     problems += _check_fields(row, TREE_PROVENANCE_FIELDS, optional=True)
