@@ -10,7 +10,10 @@ class does the rest, identically for every dataset:
   ``on_bad_row: skip``, the row is dropped and counted;
 - splits: the source's own, or carved from the training split by a seeded hash of the *prompt* (held-out rows never
   share a prompt with training rows);
-- preparation into litdata chunks, reused by fingerprint, published atomically, with a printed ``report.json``;
+- preparation into litdata chunks, reused by fingerprint, published atomically, with a printed ``report.json`` and a
+  ``manifest.json`` of every file's size and checksum; a prepared directory is verified before it is streamed (never
+  a pickled item, never a truncated chunk; a damaged reused preparation is prepared again, see
+  :func:`~lit_safe.data_modules.preparation.verify_prepared`);
 - loading with :class:`~lit_safe.data_modules.streaming.LengthGroupedLoader` (length grouping, exact resume);
 - ``predict_file``: ``lit-safe predict`` on a JSONL of ``{"prompt", "response"}`` lines, one output per line.
 
@@ -28,6 +31,7 @@ import os
 import shutil
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
+from numbers import Integral
 from pathlib import Path
 from typing import Any
 
@@ -41,12 +45,16 @@ from lit_safe.data_modules.preparation import (
     REPORT_FILE,
     SPLITS,
     EmptySplitError,
+    PreparedDatasetError,
     PrepareReport,
     SplitReport,
+    check_index,
+    clean_stale_staging,
     fingerprint,
     is_prepared,
     publish,
     staging_dir,
+    verify_prepared,
     write_split,
 )
 from lit_safe.data_modules.sources import DataValidationError
@@ -112,7 +120,7 @@ class PreparedDataModule(LightningDataModule, ABC):
     views: tuple[str, ...] = ()
     has_synthetic = False
     prompt_field = "prompt"  # the row field whose hash carves held-out splits (SafeSora: prompt_text)
-    format_version = 2  # of the prepared items; 2: item 'row' is the position in the source split
+    format_version = 3  # of the prepared layout; 2: item 'row' is the position in the source split; 3: manifest.json
 
     def __init__(
         self,
@@ -149,6 +157,11 @@ class PreparedDataModule(LightningDataModule, ABC):
             raise ValueError(f"val_fraction {val_fraction} and test_fraction {test_fraction} must leave training rows")
         if max_length < 2:
             raise ValueError(f"max_length must be at least 2, got {max_length}")
+        for name, value, least in (("batch_size", batch_size, 1), ("eval_batch_size", eval_batch_size, 1),
+                                   ("num_workers", num_workers, 0), ("group_size", group_size, 1),
+                                   ("pad_to_multiple_of", pad_to_multiple_of, 1)):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, Integral) or value < least):
+                raise ValueError(f"{name} must be an integer >= {least}, got {value!r}")
         format_prompt("", prompt_template)  # fails early on a template without {prompt}
         self.save_hyperparameters()
         self.tokenizer = load_tokenizer(tokenizer)
@@ -158,6 +171,7 @@ class PreparedDataModule(LightningDataModule, ABC):
         self.prepared_root = Path(root).expanduser()
         self.datasets: dict[str, StreamingDataset] = {}
         self.report: PrepareReport | None = None
+        self._verified: set[str] = set()  # local prepared directories checked by verify_prepared in this process
 
     # ------------------------------------------------------------------------------------- what subclasses define
     @abstractmethod
@@ -309,13 +323,21 @@ class PreparedDataModule(LightningDataModule, ABC):
         """
         location = self.prepared_location()
         if self._source_kind() == "prepared":
+            if "://" not in location:
+                self._verify(location)  # raises naming the damaged or foreign file
             self.report = self._load_report(location)
             return self.report
         final = Path(location)
-        if is_prepared(final) and not force:
-            self.report = self._load_report(location)
-            print(f"Reusing an identical earlier preparation.\n{self.report.format()}")
-            return self.report
+        for stale in clean_stale_staging(final):
+            print(f"Removed {stale}: the staging directory of an interrupted preparation")
+        if final.exists() and not force:
+            damage = self._damage(final)
+            if damage is None:
+                self.report = self._load_report(location)
+                print(f"Reusing an identical earlier preparation.\n{self.report.format()}")
+                return self.report
+            print(f"Preparing again: the earlier preparation is damaged: {damage}")
+            force = True  # replaces the damaged directory
         hp = self.hparams
         available = self._source_splits()
         if hp.train_split not in available:
@@ -371,6 +393,7 @@ class PreparedDataModule(LightningDataModule, ABC):
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
+        self._verified.add(str(final))  # its manifest was just written from these very files
         self.report = report
         print(report.format())
         return report
@@ -379,13 +402,41 @@ class PreparedDataModule(LightningDataModule, ABC):
     def _load_report(location: str) -> PrepareReport:
         if "://" in location:
             return PrepareReport(source=location, view="prepared", output_dir=location)
-        data = json.loads((Path(location) / REPORT_FILE).read_text())
-        report = PrepareReport(source=data["source"], view=data["view"], output_dir=data["output_dir"])
-        for name, split in data["splits"].items():
-            report.splits[name] = SplitReport(split["rows_read"], split["kept"])
-            report.splits[name].dropped.update(split["dropped"])
-            report.splits[name].notes.update(split["notes"])
+        path = Path(location) / REPORT_FILE
+        try:
+            data = json.loads(path.read_text())
+            report = PrepareReport(source=data["source"], view=data["view"], output_dir=data["output_dir"])
+            for name, split in data["splits"].items():
+                report.splits[name] = SplitReport(split["rows_read"], split["kept"])
+                report.splits[name].dropped.update(split["dropped"])
+                report.splits[name].notes.update(split["notes"])
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
+            raise PreparedDatasetError(f"{path}: unreadable report ({type(error).__name__}: {error})") from None
         return report
+
+    def _damage(self, directory: Path) -> str | None:
+        """What is wrong with this configuration's own earlier preparation (``None``: sound, and now verified)."""
+        try:
+            self._verify(str(directory), fingerprint=fingerprint(self._settings()))
+        except PreparedDatasetError as error:
+            return str(error)
+        return None
+
+    def _verify(self, location: str, fingerprint: str | None = None) -> None:
+        """:func:`~lit_safe.data_modules.preparation.verify_prepared`, once per directory and process."""
+        if location not in self._verified:
+            verify_prepared(location, fingerprint=fingerprint)
+            self._verified.add(location)
+
+    def _ensure_verified(self, location: str) -> None:
+        """Before streaming a local prepared directory: verify it; prepare a damaged own preparation again, and raise
+        for a damaged or foreign ``source``."""
+        if "://" in location or location in self._verified:
+            return
+        if self._source_kind() == "prepared":
+            self._verify(location)
+        elif not is_prepared(location) or self._damage(Path(location)) is not None:
+            self.prepare()  # prepares (again), saying why
 
     def label_summary(self, split: str = "train") -> dict[str, Any]:
         """Label counts of a prepared split, as the view recorded them (e.g. per-category positives), from
@@ -413,9 +464,7 @@ class PreparedDataModule(LightningDataModule, ABC):
     def setup(self, stage: str | None = None) -> None:
         if self._predicting_from_file(stage):
             return
-        location = self.prepared_location()
-        if "://" not in location and not is_prepared(location):
-            self.prepare()
+        self._ensure_verified(self.prepared_location())
 
     def has_split(self, split: str) -> bool:
         """Whether the prepared dataset has ``split`` (a remote one is assumed to)."""
@@ -426,10 +475,22 @@ class PreparedDataModule(LightningDataModule, ABC):
         """The streaming dataset of a prepared split (opened once; a remote split is opened when first asked for)."""
         if split not in self.datasets:
             location = self.prepared_location()
+            self._ensure_verified(location)  # nothing is deserialized from an unverified local directory
             if not self.has_split(split):
                 raise ValueError(f"the prepared dataset {location} has no {split!r} split")
-            self.datasets[split] = StreamingDataset(f"{location}/{split}", shuffle=split == "train",
-                                                    seed=self.hparams.seed, transform=self.item_transform())
+            dataset = StreamingDataset(f"{location}/{split}", shuffle=split == "train",
+                                       seed=self.hparams.seed, transform=self.item_transform())
+            if "://" in location:
+                # Remote: only the index litdata downloaded can be checked here (no manifest, no chunk sizes), but
+                # that is where the deserializers are named, before any item is read.
+                index = Path(dataset.input_dir.path or "") / "index.json"
+                try:
+                    check_index(json.loads(index.read_text()), f"{location}/{split}/index.json")
+                except (OSError, ValueError) as error:
+                    if isinstance(error, PreparedDatasetError):
+                        raise
+                    raise PreparedDatasetError(f"{location}/{split}/index.json: unreadable ({error})") from None
+            self.datasets[split] = dataset
         return self.datasets[split]
 
     def _loader(self, split: str, train: bool) -> LengthGroupedLoader:

@@ -2,10 +2,23 @@
 
 A prepared dataset is a directory ``<prepared_dir>/<dataset>-<view>-<fingerprint>/`` holding one litdata directory
 per split (``train/``, ``val/``, ``test/``, each with ``index.json`` and ``chunk-*.bin``), ``report.json`` and
-``meta.json``. The fingerprint hashes everything that changes the tokens (source, revision, config, view,
-tokenizer, template, max length, split rule, seed), so a changed setting prepares anew and an unchanged one is
-reused. Writing goes to a temporary directory that is renamed at the end, so an interrupted preparation never
-leaves a half-written dataset behind.
+``meta.json``, and ``manifest.json``. The fingerprint hashes everything that changes the tokens (source, revision,
+config, view, tokenizer, template, max length, split rule, seed), so a changed setting prepares anew and an unchanged
+one is reused. Writing goes to a hidden staging directory (``.<name>-*``, with a record of its owner process) that is
+renamed at the end, so an interrupted preparation never leaves a half-written dataset behind; the staging directory
+of a preparation that was killed is removed by the next preparation (see :func:`clean_stale_staging`).
+
+Loading a prepared dataset never runs code from it. lit_safe stores items only with litdata's plain-data serializers
+(integers, floats, booleans, strings, bytes, numpy arrays; never ``pickle``) and checks that before writing
+(:func:`write_split`). ``manifest.json``, written last, lists per split the ``index.json`` and every chunk file with
+its size and sha256, plus the fingerprint. :func:`verify_prepared` refuses a directory without it ("not written by
+lit_safe"), an ``index.json`` that asks for any other deserializer (:func:`check_index`: a crafted ``pickle`` item
+would run code when read), and a missing, truncated or altered file, naming it. Sizes and the small JSON files are
+always checked; chunk checksums when the chunks total at most :data:`CHECKSUM_MAX_BYTES` (reading a large video
+dataset in full at every start would cost minutes; pass ``checksums=True`` to force it). The allowlist, not the
+manifest, is what keeps code out: a crafted directory can carry a matching manifest, but not a ``pickle`` item.
+A remote dataset (``s3://...``) is checked less: only the ``index.json`` litdata downloads for a split (the same
+allowlist, before any item is read); its manifest, sizes and checksums are not.
 """
 
 from __future__ import annotations
@@ -13,8 +26,11 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
+import socket
 import tempfile
+import time
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -24,8 +40,21 @@ from typing import Any
 from litdata.streaming.writer import BinaryWriter
 from litdata.utilities.env import _DistributedEnv
 
+from lit_safe.data_modules.sources import DataValidationError
+
 REPORT_FILE = "report.json"
 META_FILE = "meta.json"
+MANIFEST_FILE = "manifest.json"
+MANIFEST_VERSION = 1
+OWNER_FILE = ".lit_safe_staging.json"  # inside a staging directory: which process writes it
+CHECKSUM_MAX_BYTES = 1 << 30  # chunk sha256 is verified at load time up to this many chunk bytes (about 1 s here)
+LEGACY_STALE_AFTER_S = 3600.0  # a staging dir without an owner record, untouched this long, was abandoned
+FOREIGN_STALE_AFTER_S = 24 * 3600.0  # the same for one owned by a process on another host (its pid can't be checked)
+
+# The litdata serializers whose decoding is plain data. Everything else is refused, "pickle" above all (and
+# "<any>:pickle", which litdata also routes to pickle), as are the media decoders lit_safe never writes.
+SAFE_DATA_FORMAT = re.compile(r"int|float|bool|str|bytes|json|numpy|tensor|no_header_numpy:\d+|no_header_tensor:\d+")
+SAFE_TREE_NODES = frozenset({"builtins.dict", "builtins.list", "builtins.tuple"})
 
 
 @dataclass
@@ -83,9 +112,16 @@ def fingerprint(settings: dict[str, Any]) -> str:
 
 
 def is_prepared(directory: str | Path) -> bool:
-    """Whether a local directory holds a finished preparation (it has the report and at least one split)."""
+    """Whether a local directory looks like a prepared dataset (a manifest, a report or a split's ``index.json``).
+
+    Looking like one is not being a sound one: :func:`verify_prepared` says whether it may be streamed.
+    """
     directory = Path(directory)
-    return (directory / REPORT_FILE).is_file() and any((directory / s / "index.json").is_file() for s in SPLITS)
+    return (
+        (directory / MANIFEST_FILE).is_file()
+        or (directory / REPORT_FILE).is_file()
+        or any((directory / s / "index.json").is_file() for s in SPLITS)
+    )
 
 
 SPLITS = ("train", "val", "test")
@@ -93,6 +129,165 @@ SPLITS = ("train", "val", "test")
 
 class EmptySplitError(ValueError):
     """Every row of a split was dropped: there is nothing to write."""
+
+
+class PreparedDatasetError(DataValidationError):
+    """A prepared dataset lit_safe refuses to stream: not written by lit_safe, damaged, or asking for a deserializer
+    that could run code. The message names the file."""
+
+
+# ----------------------------------------------------------------------------------------------- what may be read
+def check_index(index: Any, where: str) -> None:
+    """Refuse a litdata ``index.json`` whose items would be decoded by anything but plain-data serializers.
+
+    Args:
+        index: the parsed ``index.json``.
+        where: the file, for the message.
+
+    Raises:
+        PreparedDatasetError: naming ``where`` and what it asks for.
+    """
+    config = index.get("config") if isinstance(index, dict) else None
+    if not isinstance(config, dict) or not isinstance(index.get("chunks"), list):
+        raise PreparedDatasetError(f"{where}: not a litdata index (no 'config' or 'chunks')")
+    formats = config.get("data_format")
+    if not isinstance(formats, list) or not formats:
+        raise PreparedDatasetError(f"{where}: no data_format")
+    unsafe = [f for f in formats if not isinstance(f, str) or not SAFE_DATA_FORMAT.fullmatch(f)]
+    if unsafe:
+        raise PreparedDatasetError(
+            f"{where}: refusing to load items stored with {unsafe}: lit_safe stores only integers, floats, strings, "
+            "bytes and arrays (a 'pickle' item runs code when it is loaded); this dataset was not written by lit_safe"
+        )
+    if config.get("item_loader", "PyTreeLoader") != "PyTreeLoader":
+        raise PreparedDatasetError(f"{where}: unexpected item_loader {config.get('item_loader')!r}")
+    if config.get("encryption") is not None:
+        raise PreparedDatasetError(f"{where}: encrypted chunks; lit_safe never writes them")
+    spec = config.get("data_spec")
+    if spec is not None:
+        try:
+            _check_tree_spec(json.loads(spec)[1])
+        except (TypeError, ValueError, KeyError, IndexError) as error:
+            raise PreparedDatasetError(f"{where}: refusing data_spec ({error})") from None
+    for chunk in index["chunks"]:
+        name = chunk.get("filename") if isinstance(chunk, dict) else None
+        if not isinstance(name, str) or not name or Path(name).name != name or name.startswith("."):
+            raise PreparedDatasetError(f"{where}: bad chunk file name {name!r}")
+
+
+def _check_tree_spec(node: Any) -> None:
+    """Only dicts, lists and tuples: litdata imports the module a ``defaultdict`` node names."""
+    if not isinstance(node, dict):
+        raise TypeError("a tree node is not an object")
+    if node.get("type") is not None and node["type"] not in SAFE_TREE_NODES:
+        raise ValueError(f"container type {node['type']!r} is not one lit_safe writes")
+    for child in node.get("children_spec") or []:
+        _check_tree_spec(child)
+
+
+def _file_record(path: Path) -> dict[str, Any]:
+    return {"bytes": path.stat().st_size, "sha256": _sha256(path)}
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def write_manifest(directory: str | Path, fingerprint: str | None = None) -> dict[str, Any]:
+    """Write ``manifest.json`` for the splits in ``directory``: each ``index.json`` and chunk file with its size and
+    sha256, the report and meta files, and the fingerprint. Checks every index first (:func:`check_index`)."""
+    directory = Path(directory)
+    splits: dict[str, Any] = {}
+    for split in SPLITS:
+        index_path = directory / split / "index.json"
+        if not index_path.is_file():
+            continue
+        index = json.loads(index_path.read_text())
+        check_index(index, str(index_path))
+        chunks = {c["filename"]: _file_record(directory / split / c["filename"]) for c in index["chunks"]}
+        splits[split] = {"index": _file_record(index_path), "chunks": chunks}
+    files = {name: _file_record(directory / name) for name in (REPORT_FILE, META_FILE) if (directory / name).is_file()}
+    manifest = {"written_by": "lit_safe", "manifest_version": MANIFEST_VERSION, "fingerprint": fingerprint,
+                "splits": splits, "files": files}
+    (directory / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    return manifest
+
+
+def verify_prepared(directory: str | Path, checksums: bool | None = None, fingerprint: str | None = None) -> None:
+    """Check a local prepared dataset before anything in it is deserialized.
+
+    Args:
+        directory: the prepared dataset (holding ``manifest.json`` and the split directories).
+        checksums: also compare every chunk's sha256 with the manifest; ``None``: when the chunks total at most
+            :data:`CHECKSUM_MAX_BYTES` (sizes, the ``index.json`` files, report and meta are always checked).
+        fingerprint: the fingerprint the manifest must record (a reused preparation), or ``None``.
+
+    Raises:
+        PreparedDatasetError: no manifest, an ``index.json`` asking for an unsafe deserializer, a split the manifest
+            does not list, or a missing, truncated or altered file; the message names the file.
+    """
+    directory = Path(directory)
+    manifest_path = directory / MANIFEST_FILE
+    if not manifest_path.is_file():
+        raise PreparedDatasetError(
+            f"{directory} was not written by lit_safe (no {MANIFEST_FILE}); prepare it with lit-safe prepare "
+            "(point source at the original data)"
+        )
+    try:
+        manifest = json.loads(manifest_path.read_text())
+        if manifest.get("written_by") != "lit_safe" or manifest.get("manifest_version") != MANIFEST_VERSION:
+            raise ValueError(f"not a lit_safe manifest of version {MANIFEST_VERSION}")
+        splits: dict[str, Any] = manifest["splits"]
+        files: dict[str, Any] = manifest["files"]
+        total = sum(int(record["bytes"]) for entry in splits.values() for record in entry["chunks"].values())
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
+        raise PreparedDatasetError(f"{manifest_path}: unreadable manifest ({error})") from None
+    if fingerprint is not None and manifest.get("fingerprint") != fingerprint:
+        raise PreparedDatasetError(
+            f"{manifest_path}: fingerprint {manifest.get('fingerprint')!r}, expected {fingerprint!r}"
+        )
+    for split in SPLITS:
+        if (directory / split / "index.json").exists() and split not in splits:
+            raise PreparedDatasetError(f"{directory / split / 'index.json'}: a split {MANIFEST_FILE} does not list")
+    if checksums is None:
+        checksums = total <= CHECKSUM_MAX_BYTES
+    for name, record in files.items():
+        if name not in (REPORT_FILE, META_FILE):
+            raise PreparedDatasetError(f"{manifest_path}: unexpected file {name!r}")
+        _check_file(directory / name, record, manifest_path, digest=True)
+    for split, entry in splits.items():
+        if split not in SPLITS:
+            raise PreparedDatasetError(f"{manifest_path}: unexpected split {split!r}")
+        index_path = directory / split / "index.json"
+        _check_file(index_path, entry["index"], manifest_path, digest=True)
+        try:
+            index = json.loads(index_path.read_text())
+        except ValueError as error:
+            raise PreparedDatasetError(f"{index_path}: not JSON ({error})") from None
+        check_index(index, str(index_path))
+        listed = sorted(chunk["filename"] for chunk in index["chunks"])
+        if listed != sorted(entry["chunks"]):
+            raise PreparedDatasetError(f"{index_path}: its chunks {listed} are not those {MANIFEST_FILE} lists")
+        for name, record in entry["chunks"].items():
+            _check_file(directory / split / name, record, manifest_path, digest=checksums)
+
+
+def _check_file(path: Path, record: Any, manifest_path: Path, digest: bool) -> None:
+    try:
+        size, sha = int(record["bytes"]), str(record["sha256"])
+    except (KeyError, TypeError, ValueError):
+        raise PreparedDatasetError(f"{manifest_path}: malformed entry for {path.name}") from None
+    if not path.is_file():
+        raise PreparedDatasetError(f"{path}: missing (listed in {manifest_path})")
+    actual = path.stat().st_size
+    if actual != size:
+        raise PreparedDatasetError(f"{path}: {actual} bytes, {manifest_path.name} says {size} (truncated or damaged)")
+    if digest and _sha256(path) != sha:
+        raise PreparedDatasetError(f"{path}: its sha256 differs from {manifest_path.name} (damaged)")
 
 
 def write_split(items: Iterable[dict[str, Any]], directory: str | Path, chunk_bytes: str = "64MB") -> int:
@@ -106,6 +301,8 @@ def write_split(items: Iterable[dict[str, Any]], directory: str | Path, chunk_by
     count = 0
     for count, item in enumerate(items, start=1):
         writer[count - 1] = item
+        if count == 1:
+            _check_item_formats(writer._data_format, item, directory)
     if count == 0:
         raise EmptySplitError(f"no rows left to write to {directory}: every row was dropped (see the report)")
     writer.done()
@@ -113,31 +310,144 @@ def write_split(items: Iterable[dict[str, Any]], directory: str | Path, chunk_by
     return count
 
 
+def _check_item_formats(data_format: list[str] | None, item: Any, directory: str | Path) -> None:
+    """Refuse, before writing on, items litdata would store with a serializer :func:`check_index` refuses."""
+    formats = list(data_format or [])
+    unsafe = [f for f in formats if not SAFE_DATA_FORMAT.fullmatch(f)]
+    if unsafe:
+        fields = dict(zip(item, formats)) if isinstance(item, dict) and len(item) == len(formats) else formats
+        raise TypeError(
+            f"{directory}: items would be stored as {fields}; lit_safe stores only integers, floats, strings, bytes "
+            "and numpy arrays (never pickle), so that loading a prepared dataset cannot run code"
+        )
+
+
 def publish(
     tmp_dir: Path, final_dir: Path, report: PrepareReport, meta: dict[str, Any], replace: bool = False
 ) -> None:
-    """Write report and meta into ``tmp_dir`` and move it to ``final_dir`` (atomic on one filesystem).
+    """Write report, meta and then the manifest into ``tmp_dir`` and move it to ``final_dir`` (atomic on one
+    filesystem).
 
-    With ``replace`` (a forced preparation) an existing ``final_dir`` is moved aside and deleted first, so that the
-    new preparation wins; otherwise an existing finished ``final_dir`` is kept.
+    With ``replace`` (a forced preparation, or one replacing a damaged directory) an existing ``final_dir`` is moved
+    aside and deleted first, so that the new preparation wins; otherwise an existing sound ``final_dir`` is kept.
     """
     (tmp_dir / REPORT_FILE).write_text(json.dumps(report.to_dict(), indent=2) + "\n")
     (tmp_dir / META_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True, default=str) + "\n")
+    settings = meta.get("settings")
+    write_manifest(tmp_dir, fingerprint(settings) if settings is not None else None)
     final_dir.parent.mkdir(parents=True, exist_ok=True)
     if replace and final_dir.exists():
         old = Path(tempfile.mkdtemp(prefix=f".{final_dir.name}-old-", dir=final_dir.parent))
+        _write_owner(old)
         os.replace(final_dir, old / final_dir.name)
         shutil.rmtree(old, ignore_errors=True)
+    (tmp_dir / OWNER_FILE).unlink(missing_ok=True)
     try:
         os.replace(tmp_dir, final_dir)
     except OSError:
         # Another process finished the same preparation first (same fingerprint, same content): keep theirs.
-        if not is_prepared(final_dir):
-            raise
+        try:
+            verify_prepared(final_dir, checksums=False)
+        except PreparedDatasetError:
+            raise PreparedDatasetError(f"{final_dir} exists and is not a sound preparation; delete it") from None
         shutil.rmtree(tmp_dir, ignore_errors=True)
 
 
+# ---------------------------------------------------------------------------------------------------- staging
 def staging_dir(final_dir: Path) -> Path:
-    """A fresh temporary directory beside ``final_dir`` (same filesystem, so the final rename is atomic)."""
+    """A fresh hidden directory beside ``final_dir`` (same filesystem, so the final rename is atomic), with a record
+    of the process that owns it (host, pid, start time) so that a later preparation can tell it was abandoned."""
     final_dir.parent.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(prefix=f".{final_dir.name}-", dir=final_dir.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final_dir.name}-", dir=final_dir.parent))
+    _write_owner(tmp)
+    return tmp
+
+
+def _process_start(pid: int) -> str | None:
+    """The start time of a process in clock ticks since boot (Linux), to tell a reused pid apart; else ``None``."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat.rsplit(")", 1)[1].split()[19]
+
+
+def _where() -> dict[str, str | None]:
+    """Where this process's pids mean something: host, boot and pid namespace (containers sharing a host name have
+    their own pids)."""
+
+    def read(path: str, link: bool = False) -> str | None:
+        try:
+            return os.readlink(path) if link else Path(path).read_text().strip()
+        except OSError:
+            return None
+
+    return {"host": socket.gethostname(), "boot": read("/proc/sys/kernel/random/boot_id"),
+            "pidns": read("/proc/self/ns/pid", link=True)}
+
+
+def _write_owner(directory: Path) -> None:
+    owner = {**_where(), "pid": os.getpid(), "started": _process_start(os.getpid())}
+    (directory / OWNER_FILE).write_text(json.dumps(owner) + "\n")
+
+
+def _owner_alive(owner: Any) -> bool | None:
+    """Whether the process a staging directory records is still running; ``None`` if that cannot be told (another
+    host, boot or pid namespace, or an unreadable record)."""
+    try:
+        pid, started = int(owner["pid"]), owner.get("started")
+        here = _where()
+        if any(owner.get(key) != value for key, value in here.items() if key == "host" or key in owner):
+            return None
+    except (KeyError, TypeError, ValueError, AttributeError):
+        return None
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, under another user
+        return True
+    return started is None or _process_start(pid) in (None, started)
+
+
+def _last_change(directory: Path) -> float:
+    newest = directory.stat().st_mtime
+    for root, dirs, files in os.walk(directory):
+        for name in dirs + files:
+            try:
+                newest = max(newest, os.stat(os.path.join(root, name)).st_mtime)
+            except OSError:
+                pass
+    return newest
+
+
+def clean_stale_staging(final_dir: Path) -> list[Path]:
+    """Remove the staging directories of preparations that were killed, beside ``final_dir``; returns them.
+
+    A staging directory (``.<name>-*``) is abandoned when the process it records ran on this host and is gone (or
+    its pid now belongs to another process), when it records a process on another host and nothing in it changed for
+    :data:`FOREIGN_STALE_AFTER_S`, or, for one of ``final_dir`` without a record (older lit_safe versions), for
+    :data:`LEGACY_STALE_AFTER_S`. A preparation still running is never touched.
+    """
+    root = final_dir.parent
+    if not root.is_dir():
+        return []
+    removed = []
+    now = time.time()
+    for entry in sorted(root.iterdir()):
+        if not entry.name.startswith(".") or entry.is_symlink() or not entry.is_dir():
+            continue
+        owner_path = entry / OWNER_FILE
+        if owner_path.is_file():
+            try:
+                owner = json.loads(owner_path.read_text())
+            except (OSError, ValueError):
+                owner = None
+            alive = _owner_alive(owner)
+            stale = alive is False or (alive is None and now - _last_change(entry) > FOREIGN_STALE_AFTER_S)
+        else:
+            stale = entry.name.startswith(f".{final_dir.name}-") and now - _last_change(entry) > LEGACY_STALE_AFTER_S
+        if stale:
+            shutil.rmtree(entry, ignore_errors=True)
+            removed.append(entry)
+    return removed

@@ -57,7 +57,7 @@ import numpy as np
 
 from lit_safe.data_modules import sources
 from lit_safe.data_modules.base import PreparedDataModule, Row, Valid
-from lit_safe.data_modules.policy import PreferencePairView, PromptView, SFTView
+from lit_safe.data_modules.policy import PreferencePairView, PromptView, SFTView, count_duplicate_rows
 from lit_safe.data_modules.preparation import SplitReport, is_prepared
 from lit_safe.data_modules.schemas import (
     SAFESORA_CATEGORIES,
@@ -65,6 +65,8 @@ from lit_safe.data_modules.schemas import (
     check_safesora_eval_row,
     check_safesora_label_row,
     check_safesora_pair,
+    is_blank,
+    not_an_object,
     safesora_sub_preferences,
 )
 from lit_safe.data_modules.sources import DataValidationError
@@ -200,6 +202,9 @@ class VideoPairView:
     def encode(self, rows: list[Valid], tokenizer: Any, template: str, max_length: int, report: SplitReport):
         ordered: list[tuple[int, dict, int]] = []
         for index, row in rows:
+            if is_blank(row["prompt_text"]):  # nothing to condition the videos on
+                report.dropped["empty_prompt"] += 1
+                continue
             if row["video_0"]["video_path"] == row["video_1"]["video_path"]:
                 report.dropped["identical_videos"] += 1
                 continue
@@ -255,7 +260,9 @@ class VideoModerationView:
     def encode(self, rows: list[Valid], tokenizer: Any, template: str, max_length: int, report: SplitReport):
         positives = np.zeros(len(self.categories), dtype=np.int64)
         items = unsafe_count = 0
-        for index, row, (frames,) in _decoded_chunks(rows, lambda r: [r["video_path"]], self.reader, report,
+        prompted = [(index, row) for index, row in rows if not is_blank(row["prompt_text"])]
+        report.dropped["empty_prompt"] += len(rows) - len(prompted)
+        for index, row, (frames,) in _decoded_chunks(prompted, lambda r: [r["video_path"]], self.reader, report,
                                                      self.on_bad_row):
             labels = np.asarray([bool(row["video_labels"].get(c, False)) for c in self.categories], dtype=np.uint8)
             unsafe = (not row["is_safe"]) if row.get("is_safe") is not None else bool(labels.any())
@@ -301,9 +308,11 @@ class RowsAs:
 
     def __init__(self, view: Any, convert: Callable[[dict[str, Any]], dict[str, Any]]) -> None:
         self.view, self.convert = view, convert
+        view.count_duplicates = False  # repeated SafeSora rows are counted here, not repeated converted rows
 
     def encode(self, rows: list[Valid], tokenizer: Any, template: str, max_length: int, report: SplitReport):
-        return self.view.encode([(i, self.convert(r)) for i, r in rows], tokenizer, template, max_length, report)
+        rows = [(i, self.convert(r)) for i, r in count_duplicate_rows(rows, report)]
+        return self.view.encode(rows, tokenizer, template, max_length, report)
 
     def __getattr__(self, name: str) -> Any:
         if name == "view":  # not set yet (copy and unpickling look attributes up before __init__ runs)
@@ -355,7 +364,7 @@ class SafeSoraDataModule(PreparedDataModule):
     views = ("preference", "safety", "moderation", "rewrites", "rewrite_pairs", "prompts")
     has_synthetic = True
     prompt_field = "prompt_text"
-    format_version = 1
+    format_version = 2  # 2: manifest.json (see preparation.verify_prepared)
 
     def __init__(
         self,
@@ -617,7 +626,7 @@ class SafeSoraDataModule(PreparedDataModule):
 
         def check(row: Any) -> list[tuple[str, str]]:
             if not isinstance(row, dict):
-                return [("<row>", f"expected a JSON object, got {type(row).__name__}")]
+                return not_an_object(row)
             problems = [(name, "missing required field" if row.get(name) is None else
                          f"expected str, got {type(row[name]).__name__}") for name in ("prompt", "video_path")
                         if not isinstance(row.get(name), str)]
