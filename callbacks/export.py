@@ -2,14 +2,30 @@
 
 Works with any LightningModule that has ``export_pretrained(path)`` (the score-model trainers do), on every
 strategy: the module gathers sharded parameters on all ranks and rank 0 writes config, safetensors and tokenizer.
+A module with a non-finite parameter or buffer (on any rank) is not exported: a ``RuntimeError`` names them and
+nothing is written.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_info
+
+
+def nonfinite_tensors(module: torch.nn.Module) -> list[str]:
+    """Names of the floating-point parameters and buffers of ``module`` with a non-finite value in this rank's
+    shard (the local part of an FSDP2 DTensor)."""
+    bad = []
+    for name, tensor in [*module.named_parameters(), *module.named_buffers()]:
+        if tensor is None or not tensor.is_floating_point() or not tensor.numel():
+            continue
+        local = tensor.to_local() if hasattr(tensor, "to_local") else tensor
+        if not bool(torch.isfinite(local).all()):
+            bad.append(name)
+    return bad
 
 
 class ExportPretrained(Callback):
@@ -33,6 +49,11 @@ class ExportPretrained(Callback):
         if not hasattr(pl_module, "export_pretrained"):
             raise TypeError(f"{type(pl_module).__name__} has no export_pretrained(path); remove ExportPretrained")
         target = self._target(trainer)
+        bad = nonfinite_tensors(pl_module)
+        if not trainer.strategy.reduce_boolean_decision(not bad, all=True):  # every rank refuses together
+            where = ", ".join(bad[:5]) + (" ..." if len(bad) > 5 else "") if bad else "on another rank"
+            raise RuntimeError(f"{type(pl_module).__name__} has non-finite weights at step {trainer.global_step} "
+                               f"({where}): not exported to {target}")
         pl_module.export_pretrained(target)
         self.exported = target
         rank_zero_info(f"Exported the trained model (Hugging Face format) to {target}")

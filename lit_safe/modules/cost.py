@@ -24,7 +24,7 @@ from torchmetrics import MeanMetric
 from lit_safe.losses import cost_preference_loss, preference_accuracy, sign_accuracy
 from lit_safe.models.score_model import ScoreModel, build_score_model, export_score_model, score_pairs
 from lit_safe.models.tokenizer import load_tokenizer
-from lit_safe.modules.base import BackboneModule
+from lit_safe.modules.base import BackboneModule, check_hparams, check_max_nonfinite_steps
 
 COST_SIGN = "positive means unsafe"
 
@@ -85,6 +85,8 @@ class CostModule(BackboneModule):
         normalize_scores: scale costs by their running standard deviation (the sign is kept).
         normalizer_momentum: ``None`` for exact running statistics, or an EMA momentum.
         gradient_checkpointing: recompute activations in backward (for big models).
+        max_nonfinite_steps: optimiser steps in a row whose loss or gradient norm is not finite (each is skipped)
+            before training stops with an error.
     """
 
     score_type = "cost"
@@ -104,8 +106,13 @@ class CostModule(BackboneModule):
         normalize_scores: bool = False,
         normalizer_momentum: float | None = None,
         gradient_checkpointing: bool = False,
+        max_nonfinite_steps: int = 3,
     ) -> None:
         super().__init__()
+        check_hparams(type(self).__name__, positive={"max_grad_norm": max_grad_norm},
+                      non_negative={"lr": lr, "weight_decay": weight_decay, "l2_coeff": l2_coeff,
+                                    "warmup_ratio": warmup_ratio})
+        check_max_nonfinite_steps(type(self).__name__, max_nonfinite_steps)
         self.save_hyperparameters()
         self.tokenizer = load_tokenizer(backbone, revision=revision)
         self.model: ScoreModel | None = None
@@ -142,7 +149,11 @@ class CostModule(BackboneModule):
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         loss, unsafer, safer, raw = self.model_step(batch)
-        self.model.normalizer.update(self.all_gather(raw.detach()))
+        # Statistics of the raw scores on every rank, kept (and exported) whether or not they are applied; a batch
+        # with a non-finite score (a step the base module will skip) would make them NaN for good.
+        gathered = self.all_gather(raw.detach())
+        if bool(torch.isfinite(gathered).all()):
+            self.model.normalizer.update(gathered)
         self.train_stats.update(loss, unsafer, safer, batch["unsafer_sign"], batch["safer_sign"])
         signs = torch.cat([batch["unsafer_sign"], batch["safer_sign"]])
         self.log("train/loss", loss, prog_bar=True)

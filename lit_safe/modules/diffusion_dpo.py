@@ -68,7 +68,7 @@ from lit_safe.models.video_diffusion import (
     load_video_tokenizer,
     shard_unet,
 )
-from lit_safe.modules.base import BackboneModule
+from lit_safe.modules.base import BackboneModule, check_hparams, check_max_nonfinite_steps
 
 EVAL_METRICS = ("loss", "dpo_loss", "implicit_accuracy", "error_gap", "reward_margin", "policy_error_w",
                 "policy_error_l", "ref_error_w", "ref_error_l", "safe_preference_accuracy")
@@ -176,6 +176,8 @@ class DiffusionDPOModule(BackboneModule):
         diffusion_seed: seed of the ``tiny`` preset, of the LoRA initialisation, of the evaluation noise
             (``diffusion_seed + batch_idx``) and of the sample videos (not ``seed``: the data module has that
             hyperparameter, and Lightning refuses two different values under one name).
+        max_nonfinite_steps: optimiser steps in a row whose loss or gradient norm is not finite (each is skipped)
+            before training stops with an error.
     """
 
     def __init__(
@@ -202,8 +204,13 @@ class DiffusionDPOModule(BackboneModule):
         sample_guidance: float = 7.5,
         sample_fps: int = 8,
         diffusion_seed: int = 0,
+        max_nonfinite_steps: int = 3,
     ) -> None:
         super().__init__()
+        check_hparams(type(self).__name__, non_negative={"lr": lr, "weight_decay": weight_decay,
+                                                         "warmup_ratio": warmup_ratio},
+                      positive={"beta": beta, "max_grad_norm": max_grad_norm})
+        check_max_nonfinite_steps(type(self).__name__, max_nonfinite_steps)
         if objective not in ("dpo", "sft"):
             raise ValueError(f"objective must be 'dpo' or 'sft', got {objective!r}")
         if beta_convention not in DIFFUSION_DPO_BETA_FACTORS:
@@ -413,8 +420,10 @@ class DiffusionDPOModule(BackboneModule):
             shape = batch["frames"].shape
             self._video_shape = (int(shape[1]), int(shape[-2]), int(shape[-1]))
             self.log_samples()  # the initial model, for comparison
+        super().on_train_batch_start(batch, batch_idx)  # samples outside the training stream: they do not shift it
 
     def on_train_batch_end(self, outputs: Any, batch: dict, batch_idx: int) -> None:
+        super().on_train_batch_end(outputs, batch, batch_idx)
         every = self.hparams.sample_every_n_steps
         if every and self.global_step % every == 0 and self.global_step != self._last_sample_step:
             self.log_samples()

@@ -41,7 +41,7 @@ from lit_safe.losses import dpo_loss, preference_accuracy, sequence_logprobs
 from lit_safe.models.backbone import load_backbone
 from lit_safe.models.sharding import export_causal_lm
 from lit_safe.models.tokenizer import load_tokenizer
-from lit_safe.modules.base import BackboneModule
+from lit_safe.modules.base import BackboneModule, check_hparams, check_max_nonfinite_steps
 
 
 class PairStats(torch.nn.Module):
@@ -84,6 +84,8 @@ class DPOModule(BackboneModule):
         lr_schedule: ``cosine`` or ``constant`` after warm-up.
         max_grad_norm: clip gradients to this global norm (``None``: measure only).
         gradient_checkpointing: recompute the policy's activations in backward (for big models).
+        max_nonfinite_steps: optimiser steps in a row whose loss or gradient norm is not finite (each is skipped)
+            before training stops with an error.
     """
 
     def __init__(
@@ -99,8 +101,13 @@ class DPOModule(BackboneModule):
         lr_schedule: Literal["cosine", "constant"] = "cosine",
         max_grad_norm: float | None = 1.0,
         gradient_checkpointing: bool = False,
+        max_nonfinite_steps: int = 3,
     ) -> None:
         super().__init__()
+        check_hparams(type(self).__name__, positive={"max_grad_norm": max_grad_norm},
+                      non_negative={"lr": lr, "weight_decay": weight_decay,
+                                    "warmup_ratio": warmup_ratio})
+        check_max_nonfinite_steps(type(self).__name__, max_nonfinite_steps)
         if beta <= 0:
             raise ValueError(f"beta must be positive, got {beta}")
         self.save_hyperparameters()

@@ -34,7 +34,7 @@ from lit_safe.metrics import f1_scores, macro_f1, multilabel_auroc
 from lit_safe.models.moderation import ModerationModel, build_moderation_model, validate_decision
 from lit_safe.models.score_model import export_score_model
 from lit_safe.models.tokenizer import load_tokenizer
-from lit_safe.modules.base import BackboneModule
+from lit_safe.modules.base import BackboneModule, check_hparams, check_max_nonfinite_steps
 
 
 class ModerationStats(Metric):
@@ -170,6 +170,8 @@ class ModerationModule(BackboneModule):
         lr_schedule: ``cosine`` or ``constant`` after warm-up.
         max_grad_norm: clip gradients to this global norm (``None``: measure only).
         gradient_checkpointing: recompute activations in backward (for big models).
+        max_nonfinite_steps: optimiser steps in a row whose loss or gradient norm is not finite (each is skipped)
+            before training stops with an error.
     """
 
     def __init__(
@@ -193,8 +195,13 @@ class ModerationModule(BackboneModule):
         lr_schedule: Literal["cosine", "constant"] = "cosine",
         max_grad_norm: float | None = 1.0,
         gradient_checkpointing: bool = False,
+        max_nonfinite_steps: int = 3,
     ) -> None:
         super().__init__()
+        check_hparams(type(self).__name__, positive={"max_grad_norm": max_grad_norm},
+                      non_negative={"lr": lr, "weight_decay": weight_decay,
+                                    "warmup_ratio": warmup_ratio})
+        check_max_nonfinite_steps(type(self).__name__, max_nonfinite_steps)
         self.save_hyperparameters()  # the decision rule is checked in setup, once categories and severity are known
         self.tokenizer = load_tokenizer(backbone, revision=revision)
         self.model: ModerationModel | None = None

@@ -33,6 +33,7 @@ from typing import Any, Literal
 
 import torch
 from torch import Tensor
+from transformers import LogitsProcessor, LogitsProcessorList
 
 from lit_safe.data_modules.streaming import pad_right
 from lit_safe.data_modules.text import encode_with_eos
@@ -41,7 +42,13 @@ from lit_safe.models.backbone import load_backbone
 from lit_safe.models.score_model import ScoreModel, build_score_model
 from lit_safe.models.sharding import clip_grad_norm, export_causal_lm
 from lit_safe.models.tokenizer import load_tokenizer, tokenizer_fingerprint
-from lit_safe.modules.base import BackboneModule
+from lit_safe.modules.base import (
+    BackboneModule,
+    NonFiniteError,
+    check_hparams,
+    check_max_nonfinite_steps,
+    nonfinite_tensors,
+)
 from lit_safe.optim import adamw_with_schedule, schedule_steps
 from lit_safe.rl import (
     clamp_log_lambda,
@@ -79,6 +86,25 @@ class Rollout:
 
     def select(self, index: Tensor) -> Rollout:
         return Rollout(**{k: None if v is None else v[index] for k, v in vars(self).items()})
+
+
+class FiniteLogits(LogitsProcessor):
+    """Sampling guard: a row of next-token scores with a NaN or +inf (or nothing left to sample) would make
+    ``torch.multinomial`` fail on this rank alone (the others would wait in a collective); such a row samples EOS
+    instead and ``hit`` is set, so that every rank can stop together after ``generate``."""
+
+    def __init__(self, eos_token_id: int) -> None:
+        self.eos_token_id = eos_token_id
+        self.hit = False
+
+    def __call__(self, input_ids: Tensor, scores: Tensor) -> Tensor:
+        bad = torch.isnan(scores).any(-1) | torch.isposinf(scores).any(-1) | torch.isneginf(scores).all(-1)
+        if not bool(bad.any()):
+            return scores
+        self.hit = True
+        eos = torch.full_like(scores[0], float("-inf"))
+        eos[self.eos_token_id] = 0.0
+        return torch.where(bad.unsqueeze(-1), eos, scores)
 
 
 def positions_from_mask(attention_mask: Tensor) -> Tensor:
@@ -146,6 +172,9 @@ class PPOLagrangianModule(BackboneModule):
         samples_every_n_rollouts: log a table of generated samples (prompt, response, reward, cost) to TensorBoard
             every N rollouts (0: never).
         samples_per_table: rows of that table.
+        max_nonfinite_steps: training steps (rollouts) in a row with a non-finite loss or gradient norm (each such
+            update is skipped) before training stops with an error; non-finite weights or sampling logits of the
+            actor stop it at once.
     """
 
     def __init__(
@@ -186,14 +215,26 @@ class PPOLagrangianModule(BackboneModule):
         ptx_coeff: float = 0.0,
         samples_every_n_rollouts: int = 10,
         samples_per_table: int = 4,
+        max_nonfinite_steps: int = 3,
     ) -> None:
         super().__init__()
+        name = type(self).__name__
+        check_hparams(name, non_negative={"actor_lr": actor_lr, "critic_lr": critic_lr, "lambda_lr": lambda_lr,
+                                          "actor_weight_decay": actor_weight_decay,
+                                          "critic_weight_decay": critic_weight_decay, "warmup_ratio": warmup_ratio,
+                                          "kl_coeff": kl_coeff, "ptx_coeff": ptx_coeff},
+                      positive={"temperature": temperature, "top_p": top_p, "max_new_tokens": max_new_tokens,
+                                "max_grad_norm": max_grad_norm})
+        if top_p > 1:
+            raise ValueError(f"{name}: top_p must be in (0, 1], got {top_p}")
+        check_max_nonfinite_steps(name, max_nonfinite_steps)
         if algorithm not in ("ppo_lagrangian", "ppo", "reward_shaping"):
             raise ValueError(f"algorithm must be ppo_lagrangian, ppo or reward_shaping, got {algorithm!r}")
         if algorithm != "ppo" and cost_model is None:
             raise ValueError(f"algorithm {algorithm!r} needs a cost_model")
-        if lambda_init <= 0:
-            raise ValueError(f"lambda_init must be > 0 (lambda is parameterised as log lambda), got {lambda_init}")
+        if not lambda_init > 0:
+            raise ValueError(f"{name}: lambda_init must be > 0 (lambda is parameterised as log lambda), got "
+                             f"{lambda_init}")
         self.save_hyperparameters()
         self.automatic_optimization = False
         self.tokenizer = load_tokenizer(actor, padding_side="left")
@@ -287,13 +328,23 @@ class PPOLagrangianModule(BackboneModule):
         hp = self.hparams
         prompt_ids, prompt_mask = batch["input_ids"], batch["attention_mask"]
         start = self._clock()
+        bad = nonfinite_tensors(self.model)
+        if not self.all_ranks_agree(not bad):
+            raise NonFiniteError(f"{type(self).__name__}: the actor has non-finite weights at step {self.global_step} "
+                                 f"({', '.join(bad[:3]) or 'on another rank'}); cannot sample. Lower the learning "
+                                 f"rate ({self._lr_text()}).")
+        guard = FiniteLogits(self.tokenizer.eos_token_id)
         self.model.eval()
         sequences = self.model.generate(
             input_ids=prompt_ids, attention_mask=prompt_mask, do_sample=True, temperature=hp.temperature,
             top_p=hp.top_p, max_new_tokens=hp.max_new_tokens, pad_token_id=self.tokenizer.pad_token_id,
-            eos_token_id=self.tokenizer.eos_token_id, use_cache=True,
+            eos_token_id=self.tokenizer.eos_token_id, use_cache=True, logits_processor=LogitsProcessorList([guard]),
         )
         self.model.train()
+        if not self.all_ranks_agree(not guard.hit):
+            raise NonFiniteError(f"{type(self).__name__}: the actor's sampling distribution is not finite at step "
+                                 f"{self.global_step} (rollout {self.rollouts_done + 1}): its logits overflow; "
+                                 f"training stopped. Lower the learning rate ({self._lr_text()}).")
         generated = self._clock()
         attention, actions = response_masks(sequences, prompt_mask, self.tokenizer.eos_token_id)
         positions = positions_from_mask(attention)
@@ -351,15 +402,24 @@ class PPOLagrangianModule(BackboneModule):
             optimizer = self.optimizers(use_pl_optimizer=False)[-1]
             optimizer.zero_grad()
             lagrange_loss(self.log_lambda, window_cost.to(self.log_lambda), self.hparams.cost_threshold).backward()
-            optimizer.step()
-            clamp_log_lambda(self.log_lambda, self.hparams.lambda_max)
+            if bool(torch.isfinite(self.log_lambda.grad).all()):  # the same on every rank (an all-ranks window)
+                optimizer.step()
+                clamp_log_lambda(self.log_lambda, self.hparams.lambda_max)
+            else:
+                optimizer.zero_grad(set_to_none=True)
+                self._skipped.append("lambda")
         return window_cost
 
     # ------------------------------------------------------------------------------------------------ update
-    def _step(self, optimizer, loss: Tensor, parameters) -> Tensor:
+    def _step(self, optimizer, loss: Tensor, parameters, name: str) -> Tensor:
+        """One update of one network; with a non-finite loss or gradient norm (on any rank) its gradients are
+        dropped, so that the optimiser step (still taken: the actor's counts as ``global_step``) changes nothing."""
         optimizer.zero_grad()
         self.manual_backward(loss)
         norm = clip_grad_norm(self.trainer.model, list(parameters), self.hparams.max_grad_norm)
+        if not self.all_ranks_agree(bool(torch.isfinite(loss.detach()).all()) and bool(torch.isfinite(norm))):
+            optimizer.zero_grad(set_to_none=True)  # AdamW skips parameters without a gradient
+            self._skipped.append(f"{name} (loss {float(loss.detach()):.4g}, gradient norm {float(norm):.4g})")
         optimizer.step()
         return norm
 
@@ -370,6 +430,7 @@ class PPOLagrangianModule(BackboneModule):
             batch, ptx_batch = batch["prompts"], batch["ptx"]
         if hp.ptx_coeff > 0 and ptx_batch is None:
             raise ValueError("ptx_coeff > 0 needs PTX batches: set the data module's ptx: true")
+        self._skipped: list[str] = []
         rollout = self.rollout(batch)
         window_cost = self.update_lambda(rollout.cost) if self.uses_cost else None
         self.rollouts_done += 1
@@ -400,7 +461,7 @@ class PPOLagrangianModule(BackboneModule):
                     ptx_loss = sft_loss(ptx_logits, ptx_batch["labels"][part])[0]
                     stats["ptx_loss"].append(ptx_loss.detach())
                     loss = loss + hp.ptx_coeff * ptx_loss
-                stats["actor_grad_norm"].append(self._step(actor_optimizer, loss, self.model.parameters()))
+                stats["actor_grad_norm"].append(self._step(actor_optimizer, loss, self.model.parameters(), "actor"))
                 self.lr_schedulers().step()
                 stats["actor_loss"].append(loss.detach())  # PPO loss (+ ptx_coeff x PTX loss)
                 stats["clip_fraction"].append(clip_fraction)
@@ -410,9 +471,11 @@ class PPOLagrangianModule(BackboneModule):
                 for name, critic, optimizer, old_values, returns in critics:
                     values = self._values(critic, mb.sequences, mb.attention_mask, mb.position_ids)
                     value_loss = critic_loss(values, old_values, returns, mb.action_mask, hp.value_clip)
-                    self._step(optimizer, value_loss, critic.parameters())
+                    self._step(optimizer, value_loss, critic.parameters(), f"{name} critic")
                     stats[f"{name}_critic_loss"].append(value_loss.detach())
         update_seconds = self._clock() - update_start
+        skipped = sorted(set(self._skipped), key=self._skipped.index)
+        self.count_step(not skipped, "skipped updates: " + "; ".join(skipped[:4]) if skipped else "")
         t = self.timings
         self.log_dict({
             "perf/generation_seconds": t["generation_seconds"],
@@ -478,9 +541,11 @@ class PPOLagrangianModule(BackboneModule):
 
     # ------------------------------------------------------------------------------------------------ state
     def on_save_checkpoint(self, checkpoint: dict) -> None:
+        super().on_save_checkpoint(checkpoint)  # refuses non-finite weights; the training random stream
         checkpoint["ppo_state"] = {"episode_costs": list(self.episode_costs), "rollouts_done": self.rollouts_done}
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
+        super().on_load_checkpoint(checkpoint)
         state = checkpoint.get("ppo_state", {})
         self.episode_costs = deque(state.get("episode_costs", []), maxlen=self.hparams.episode_window)
         self.rollouts_done = int(state.get("rollouts_done", 0))

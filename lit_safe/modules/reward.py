@@ -23,7 +23,7 @@ from torchmetrics import MeanMetric
 from lit_safe.losses import divergence_index, preference_accuracy, sequence_preference_loss, token_preference_loss
 from lit_safe.models.score_model import ScoreModel, build_score_model, export_score_model, score_pairs
 from lit_safe.models.tokenizer import load_tokenizer
-from lit_safe.modules.base import BackboneModule
+from lit_safe.modules.base import BackboneModule, check_hparams, check_max_nonfinite_steps
 
 
 class ScoreStats(torch.nn.Module):
@@ -79,6 +79,8 @@ class RewardModule(BackboneModule):
         normalize_scores: normalise the model's scores with running statistics (kept and exported either way).
         normalizer_momentum: ``None`` for exact running statistics, or an EMA momentum.
         gradient_checkpointing: recompute activations in backward (for big models).
+        max_nonfinite_steps: optimiser steps in a row whose loss or gradient norm is not finite (each is skipped)
+            before training stops with an error.
     """
 
     score_type = "reward"
@@ -99,8 +101,13 @@ class RewardModule(BackboneModule):
         normalize_scores: bool = False,
         normalizer_momentum: float | None = None,
         gradient_checkpointing: bool = False,
+        max_nonfinite_steps: int = 3,
     ) -> None:
         super().__init__()
+        check_hparams(type(self).__name__, positive={"max_grad_norm": max_grad_norm},
+                      non_negative={"lr": lr, "weight_decay": weight_decay, "l2_coeff": l2_coeff,
+                                    "warmup_ratio": warmup_ratio})
+        check_max_nonfinite_steps(type(self).__name__, max_nonfinite_steps)
         if loss_type not in ("sequence", "token"):
             raise ValueError(f"loss_type must be 'sequence' or 'token', got {loss_type!r}")
         self.save_hyperparameters()
@@ -156,8 +163,11 @@ class RewardModule(BackboneModule):
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         loss, chosen, rejected, raw = self.model_step(batch)
-        # Statistics of the raw scores on every rank, kept (and exported) whether or not they are applied.
-        self.model.normalizer.update(self.all_gather(raw.detach()))
+        # Statistics of the raw scores on every rank, kept (and exported) whether or not they are applied; a batch
+        # with a non-finite score (a step the base module will skip) would make them NaN for good.
+        gathered = self.all_gather(raw.detach())
+        if bool(torch.isfinite(gathered).all()):
+            self.model.normalizer.update(gathered)
         self.train_stats.update(loss, chosen, rejected)
         self.log("train/loss", loss, prog_bar=True)
         self.log("train/accuracy", preference_accuracy(chosen, rejected), prog_bar=True)

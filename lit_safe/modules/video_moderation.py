@@ -32,7 +32,7 @@ from lit_safe.models.moderation import validate_decision
 from lit_safe.models.score_model import export_score_model
 from lit_safe.models.tokenizer import load_tokenizer
 from lit_safe.models.video_text import VideoTextModel, build_video_text_model
-from lit_safe.modules.base import BackboneModule
+from lit_safe.modules.base import BackboneModule, check_hparams, check_max_nonfinite_steps
 from lit_safe.modules.moderation import ModerationStats, category_threshold_tensor, log_category_table
 from lit_safe.modules.video_preference import take_video_settings
 
@@ -91,6 +91,8 @@ class VideoModerationModule(BackboneModule):
         lr_schedule: ``cosine`` or ``constant`` after warm-up.
         max_grad_norm: clip gradients to this global norm (``None``: measure only).
         gradient_checkpointing: recompute the dual encoder's activations in backward.
+        max_nonfinite_steps: optimiser steps in a row whose loss or gradient norm is not finite (each is skipped)
+            before training stops with an error.
     """
 
     def __init__(
@@ -118,8 +120,13 @@ class VideoModerationModule(BackboneModule):
         lr_schedule: Literal["cosine", "constant"] = "cosine",
         max_grad_norm: float | None = 1.0,
         gradient_checkpointing: bool = False,
+        max_nonfinite_steps: int = 3,
     ) -> None:
         super().__init__()
+        check_hparams(type(self).__name__, positive={"max_grad_norm": max_grad_norm},
+                      non_negative={"lr": lr, "weight_decay": weight_decay,
+                                    "warmup_ratio": warmup_ratio})
+        check_max_nonfinite_steps(type(self).__name__, max_nonfinite_steps)
         self.save_hyperparameters()  # the decision rule is checked in setup, once the categories are known
         self.tokenizer = load_tokenizer(backbone, revision=revision)
         self.model: VideoTextModel | None = None

@@ -32,7 +32,7 @@ from lit_safe.losses import masked_cost_preference_loss, preference_accuracy, se
 from lit_safe.models.score_model import export_score_model
 from lit_safe.models.tokenizer import load_tokenizer
 from lit_safe.models.video_text import VideoTextModel, build_video_text_model, video_pair_scores
-from lit_safe.modules.base import BackboneModule
+from lit_safe.modules.base import BackboneModule, check_hparams, check_max_nonfinite_steps
 from lit_safe.modules.cost import CostStats
 from lit_safe.modules.reward import ScoreStats
 
@@ -92,6 +92,8 @@ class VideoScoreModule(BackboneModule):
         lr_schedule: ``cosine`` or ``constant`` after warm-up.
         max_grad_norm: clip gradients to this global norm (``None``: measure only).
         gradient_checkpointing: recompute the dual encoder's activations in backward.
+        max_nonfinite_steps: optimiser steps in a row whose loss or gradient norm is not finite (each is skipped)
+            before training stops with an error.
     """
 
     score_type = "reward"
@@ -118,8 +120,13 @@ class VideoScoreModule(BackboneModule):
         lr_schedule: Literal["cosine", "constant"] = "cosine",
         max_grad_norm: float | None = 1.0,
         gradient_checkpointing: bool = False,
+        max_nonfinite_steps: int = 3,
     ) -> None:
         super().__init__()
+        check_hparams(type(self).__name__, positive={"max_grad_norm": max_grad_norm},
+                      non_negative={"lr": lr, "weight_decay": weight_decay, "l2_coeff": l2_coeff,
+                                    "warmup_ratio": warmup_ratio})
+        check_max_nonfinite_steps(type(self).__name__, max_nonfinite_steps)
         self.save_hyperparameters()
         self.tokenizer = load_tokenizer(backbone, revision=revision)
         self.model: VideoTextModel | None = None
@@ -254,10 +261,11 @@ class VideoCostModule(VideoScoreModule):
         lr_schedule: Literal["cosine", "constant"] = "cosine",
         max_grad_norm: float | None = 1.0,
         gradient_checkpointing: bool = False,
+        max_nonfinite_steps: int = 3,
     ) -> None:
         super().__init__(backbone, revision, dtype, num_frames, frame_size, fusion_width, fusion_layers, fusion_heads,
                          fusion_dropout, freeze_backbone, l2_coeff, lr, weight_decay, betas, warmup_ratio, lr_schedule,
-                         max_grad_norm, gradient_checkpointing)
+                         max_grad_norm, gradient_checkpointing, max_nonfinite_steps)
 
     def model_step(self, batch: dict) -> tuple[Tensor, Tensor, Tensor]:
         """Loss and the costs of the less safe and the safer videos."""
