@@ -15,6 +15,19 @@ Project subcommands:
 - ``lit-safe tree-grow``, ``tree-pairs``, ``tree-experiment``: response trees from a policy, tree and chain preference
   pairs at a label budget, and the equal-budget experiment of tree against chain reward models
   (:mod:`lit_safe.tree_experiment`).
+
+Errors: ``lit-safe`` (:func:`main`) prints a user error as one line, ``lit-safe: error: <message>`` on stderr, and
+exits with code 2; ``LIT_SAFE_DEBUG=1`` shows the traceback instead. User errors (:func:`user_error`) are
+:class:`FileNotFoundError` / :class:`NotADirectoryError` (a missing file or directory), ``DataValidationError``
+(bad rows), :class:`lit_safe.checkpointing.CheckpointError` (a torn checkpoint, one of another module type), and a
+:class:`ValueError` that lit_safe's own code (or jsonargparse, validating the config) raised on purpose. Anything
+else, a ``ValueError`` raised inside torch or transformers included, is treated as a bug and keeps its traceback.
+The checks run before any model is built where they can: backbone and tokenizer names (a preset, an existing
+directory, or a hub id available offline) and the ``--ckpt_path`` (complete, of the configured module type).
+:func:`run`, which tests call in-process, raises the exceptions themselves.
+
+Checkpoints are written atomically (:mod:`lit_safe.checkpointing`): a kill leaves the old or the new
+``last.ckpt``, never a torn one.
 """
 
 from __future__ import annotations
@@ -42,7 +55,17 @@ USAGE = """usage: lit-safe {fit,validate,test,predict,prepare} --config CONFIG.y
   tree-grow                      a response tree (or a pool of independent responses) per prompt, from a policy
   tree-pairs                     tree or chain preference pairs at a label budget, labelled (gold scorer or a file)
   tree-experiment                tree against chain reward models at equal label budgets, over seeds
+
+A configuration error is printed as one line (exit code 2); LIT_SAFE_DEBUG=1 shows its traceback.
 """
+
+# Init arguments that name a model or tokenizer (a preset, a directory or a hub id), checked before anything is built.
+NAME_OPTIONS = ("backbone", "tokenizer", "actor", "reward_model", "cost_model", "reward_critic", "cost_critic", "model")
+# ckpt_path values that Lightning resolves itself (not a local file).
+SPECIAL_CKPT_PATHS = ("best", "last", "hpc", "registry")
+# Data settings that do not change which training batches come next (where prepared data is cached, evaluation and
+# prediction inputs): not reported when a resumed fit changes them.
+DATA_KEYS_NOT_RESUMED = ("prepared_dir", "predict_file", "eval_batch_size")
 
 
 class LitSafeCLI(LightningCLI):
@@ -61,34 +84,133 @@ class LitSafeCLI(LightningCLI):
             run=run,
         )
 
-    def _parse_ckpt_path(self) -> None:
-        """Keep the model's arguments as the config and the command line give them when ``--ckpt_path`` is set, and
-        say which of them differ from the checkpoint's.
+    def instantiate_trainer(self, **kwargs: Any):
+        """The Trainer, with checkpoints written atomically (:class:`lit_safe.checkpointing.AtomicCheckpointIO`)
+        unless the config chose its own ``CheckpointIO``, and the temporaries of killed saves removed."""
+        from lit_safe.checkpointing import prepare_checkpoint_callbacks, with_atomic_checkpoint_io
 
-        LightningCLI (2.4+) otherwise overwrites them with the hyperparameters saved in the checkpoint, which
-        silently drops command-line choices such as ``--model.flag_rule severity`` at test or predict time. The
-        checkpoint still provides the weights (its loader fails loudly when they do not fit the configured model);
-        a warning lists the arguments that differ, so that a changed ``backbone`` or ``pooling`` is seen.
+        trainer_config = self._get(self.config_init, "trainer", default={}) or {}
+        plugins = kwargs.get("plugins", trainer_config.get("plugins"))
+        strategy = kwargs.get("strategy", trainer_config.get("strategy"))
+        kwargs["plugins"] = with_atomic_checkpoint_io(plugins, strategy)
+        trainer = super().instantiate_trainer(**kwargs)
+        prepare_checkpoint_callbacks(trainer)
+        return trainer
+
+    def before_instantiate_classes(self) -> None:
+        """Check the model and tokenizer names of the config (:data:`NAME_OPTIONS`) before anything is built: a typo
+        in a preset, a path that does not exist or a hub id that is not available offline is one clear error."""
+        from lit_safe.models.tokenizer import is_preset, resolve_pretrained
+
+        subcommand = self.config.get("subcommand")
+        config = self.config[subcommand] if subcommand else self.config
+        for section in ("model", "data"):
+            node = config.get(section)
+            init_args = node.get("init_args") if node is not None and hasattr(node, "get") else None
+            for key in NAME_OPTIONS:
+                value = init_args.get(key) if init_args is not None else None
+                if isinstance(value, str) and value and not is_preset(value):
+                    resolve_pretrained(value, what=key)
+
+    def _parse_ckpt_path(self) -> None:
+        """Check ``--ckpt_path`` before anything is built, and keep the model's arguments as the config and the
+        command line give them.
+
+        - A missing file, or a torn one (an interrupted write), is a clear error naming it; so is a checkpoint of
+          another module type than the config's ``model.class_path`` (from the ``_class_path`` LightningCLI saves
+          in the hyperparameters).
+        - LightningCLI (2.4+) otherwise overwrites the model's arguments with the hyperparameters saved in the
+          checkpoint, which silently drops command-line choices such as ``--model.flag_rule severity`` at test or
+          predict time. The checkpoint still provides the weights (its loader fails loudly when they do not fit the
+          configured model); a warning lists the arguments that differ, so that a changed ``backbone`` or
+          ``pooling`` is seen.
+        - ``fit`` warns about changed data settings (``batch_size`` ...): the data loader's saved position in the
+          epoch counts batches of the old settings.
         """
         subcommand = self.config.get("subcommand")
         ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
-        if not ckpt_path or not Path(ckpt_path).is_file():
+        if not ckpt_path:
             return
-        import torch
+        saved = read_checkpoint_metadata(ckpt_path)
+        if saved is None:
+            return
         from lightning.pytorch.utilities import rank_zero_warn
 
-        saved = torch.load(ckpt_path, weights_only=True, map_location="cpu", mmap=True).get("hyper_parameters", {})
-        model = self.config[subcommand].get("model")
-        given = dict(model.get("init_args") or {}) if model is not None else {}
-        def text(value) -> str:
-            return json.dumps(value, default=str)  # tuples and lists compare equal
+        from lit_safe.checkpointing import CheckpointError
 
-        differ = {key: (saved[key], value) for key, value in given.items()
-                  if key in saved and value is not None and text(value) != text(saved[key])}
+        config = self.config[subcommand]
+        model = config.get("model")
+        hparams = saved.get("hyper_parameters") or {}
+        saved_class, configured = hparams.get("_class_path"), model.get("class_path") if model is not None else None
+        if saved_class and configured and _class_name(saved_class) != _class_name(configured):
+            verb = "trains" if subcommand == "fit" else "runs"
+            raise CheckpointError(f"{ckpt_path} is a {_class_name(saved_class)} checkpoint, but the config {verb} "
+                                  f"{_class_name(configured)}")
+
+        given = dict(model.get("init_args") or {}) if model is not None else {}
+        differ = {key: (hparams[key], value) for key, value in given.items()
+                  if key in hparams and value is not None and _text(value) != _text(hparams[key])}
         if differ:
             listed = ", ".join(f"{k}: {old!r} -> {new!r}" for k, (old, new) in sorted(differ.items()))
             rank_zero_warn(f"{ckpt_path} was trained with other model arguments; this run uses the given ones: "
                            f"{listed}")
+
+        data, saved_data = config.get("data"), saved.get("datamodule_hyper_parameters") or {}
+        if subcommand != "fit" or data is None or not saved_data:
+            return
+        changed = {}
+        if saved_data.get("_class_path") and data.get("class_path") and \
+                _class_name(saved_data["_class_path"]) != _class_name(data.get("class_path")):
+            changed["class_path"] = (saved_data["_class_path"], data.get("class_path"))
+        for key, value in dict(data.get("init_args") or {}).items():
+            if key in saved_data and key not in DATA_KEYS_NOT_RESUMED and _text(value) != _text(saved_data[key]):
+                changed[key] = (saved_data[key], value)
+        if changed:
+            listed = ", ".join(f"{k}: {old!r} -> {new!r}" for k, (old, new) in sorted(changed.items()))
+            rank_zero_warn(f"{ckpt_path} was saved with other data settings; resuming with the given ones: {listed} "
+                           "(the saved position in the epoch counts batches of the old settings, so the resumed "
+                           "epoch does not continue with the same samples)")
+
+
+def _text(value: Any) -> str:
+    return json.dumps(value, default=str)  # tuples and lists compare equal
+
+
+def _class_name(class_path: str) -> str:
+    return str(class_path).rsplit(".", 1)[-1]
+
+
+def read_checkpoint_metadata(ckpt_path: str | os.PathLike) -> dict | None:
+    """Everything but the tensors' use of a ``--ckpt_path``: its keys (``hyper_parameters``,
+    ``datamodule_hyper_parameters`` ...), read without loading the weights into memory.
+
+    Returns ``None`` for what Lightning resolves itself (``best``, ``last``, ``hpc``, ``registry``, remote URLs),
+    for a distributed checkpoint directory without ``meta.pt``, and for a complete checkpoint that cannot be read
+    with ``weights_only=True`` (Lightning's own loader then decides).
+
+    Raises:
+        FileNotFoundError: a local path that does not exist.
+        lit_safe.checkpointing.CheckpointError: a torn (empty, truncated) checkpoint file.
+    """
+    import torch
+
+    from lit_safe.checkpointing import check_complete
+
+    text = str(ckpt_path)
+    path = Path(text)
+    if not path.exists():
+        if text in SPECIAL_CKPT_PATHS or text.startswith("registry:") or "://" in text:
+            return None
+        raise FileNotFoundError(f"ckpt_path {text}: no such file or directory")
+    if path.is_dir():  # a distributed (FSDP2) checkpoint: its metadata file has the hyperparameters
+        path = path / "meta.pt"
+        if not path.is_file():
+            return None
+    try:
+        return torch.load(path, weights_only=True, map_location="cpu", mmap=True)
+    except Exception:
+        check_complete(path)  # raises CheckpointError for a torn file
+        return None
 
 
 def prepare_main(argv: list[str]) -> Any:
@@ -181,9 +303,63 @@ def run(args: list[str] | None = None) -> Any:
     return LitSafeCLI(args=None if args is None else argv)
 
 
+def _raised_in(error: BaseException, directories: tuple[str, ...]) -> bool:
+    """Whether the innermost frame of ``error``'s traceback is in a file under one of ``directories``."""
+    traceback = error.__traceback__
+    if traceback is None:
+        return False
+    while traceback.tb_next is not None:
+        traceback = traceback.tb_next
+    filename = os.path.realpath(traceback.tb_frame.f_code.co_filename)
+    return any(filename.startswith(directory + os.sep) for directory in directories)
+
+
+def _package_directories(*names: str) -> tuple[str, ...]:
+    import importlib.util
+
+    directories = []
+    for name in names:
+        spec = importlib.util.find_spec(name)
+        directories += [os.path.realpath(d) for d in (spec.submodule_search_locations or [])] if spec else []
+    return tuple(directories)
+
+
+def user_error(error: BaseException) -> BaseException | None:
+    """The user error behind ``error`` (see the module docstring), or ``None`` when it is a bug.
+
+    jsonargparse wraps what a class's ``__init__`` raises ("Does not validate against any of the Union subtypes");
+    the wrapped cause is what is judged.
+    """
+    from lit_safe.checkpointing import CheckpointError
+    from lit_safe.data_modules.sources import DataValidationError
+
+    jsonargparse = _package_directories("jsonargparse")
+    seen: set[int] = set()
+    while id(error) not in seen:
+        seen.add(id(error))
+        inner = error.__cause__ or (None if error.__suppress_context__ else error.__context__)
+        if inner is None or not _raised_in(error, jsonargparse):
+            break
+        error = inner
+    if isinstance(error, (CheckpointError, DataValidationError, FileNotFoundError, NotADirectoryError)):
+        return error
+    project = _package_directories("lit_safe", "lit_safe.data_modules", "lit_safe.callbacks")
+    if isinstance(error, ValueError) and _raised_in(error, project + jsonargparse):
+        return error
+    return None
+
+
 def main(args: list[str] | None = None) -> None:
-    """Entry point of the ``lit-safe`` console script."""
-    run(args)
+    """Entry point of the ``lit-safe`` console script: a user error is one line on stderr and exit code 2 (its
+    traceback with ``LIT_SAFE_DEBUG=1``); any other exception keeps its traceback."""
+    try:
+        run(args)
+    except Exception as error:
+        cause = user_error(error)
+        if cause is None or os.environ.get("LIT_SAFE_DEBUG", "").strip() not in ("", "0"):
+            raise
+        print(f"lit-safe: error: {cause}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 if __name__ == "__main__":

@@ -85,6 +85,12 @@ def load_backbone(
 
     Returns:
         The model, in training mode, with ``config.pad_token_id`` set from the tokenizer.
+
+    Raises:
+        ValueError: ``name_or_path`` is neither a preset, a directory nor a hub id (a typo such as ``tinyy``; the
+            message lists the presets), or ``dtype`` is unknown.
+        FileNotFoundError: a path that does not exist, or a hub id that is not in the cache while the hub is
+            offline (:func:`lit_safe.models.tokenizer.resolve_pretrained`); checked before anything is built.
     """
     if dtype not in DTYPES:
         raise ValueError(f"unknown dtype {dtype!r}; expected one of {sorted(DTYPES)}")
@@ -94,7 +100,7 @@ def load_backbone(
         model = auto.from_config(config, dtype=DTYPES[dtype], attn_implementation=attn_implementation)
     else:
         model = auto.from_pretrained(
-            resolve_pretrained(name_or_path),
+            resolve_pretrained(name_or_path, what="backbone"),
             revision=revision,
             dtype=DTYPES[dtype],
             attn_implementation=attn_implementation,

@@ -13,7 +13,9 @@ Qwen) is left as it is: lit_safe never derives masks from ``ids != pad``, only f
 from __future__ import annotations
 
 import functools
+import os
 from importlib import resources
+from pathlib import Path
 
 from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
@@ -34,21 +36,87 @@ def is_preset(name_or_path: str) -> bool:
     return name_or_path in PRESET_VOCAB_SIZES
 
 
-def resolve_pretrained(name_or_path: str) -> str:
-    """Where to load a hub id from: the model directory of its offline package when one is installed
-    (:data:`OFFLINE_PACKAGES`), else the id or path itself."""
+def resolve_pretrained(name_or_path: str, what: str = "backbone") -> str:
+    """Where to load a hub id or path from, checked before anything is downloaded or built.
+
+    The model directory of the hub id's offline package when one is installed (:data:`OFFLINE_PACKAGES`), else the
+    path (``~`` expanded) or the hub id itself.
+
+    Args:
+        name_or_path: a hub id (``org/name``) or a local directory (presets are the caller's business).
+        what: the option being resolved (``backbone``, ``tokenizer`` ...), for the error messages.
+
+    Raises:
+        FileNotFoundError: ``name_or_path`` looks like a path (``./``, ``../``, ``/``, ``~``, more than one ``/``)
+            and does not exist; or it is a hub id while the hub is offline (``HF_HUB_OFFLINE=1``) and it is not in
+            the Hugging Face cache.
+        ValueError: a bare name (no ``org/``) that is not a preset, a directory or a cached hub model, e.g. the
+            typo ``tinyy``; the message lists the presets.
+    """
     package = OFFLINE_PACKAGES.get(name_or_path)
-    if package is None:
-        return name_or_path
-    import importlib.util
+    if package is not None:
+        import importlib.util
 
-    spec = importlib.util.find_spec(package)
-    if spec is None or spec.origin is None:
-        return name_or_path
-    from pathlib import Path
+        spec = importlib.util.find_spec(package)
+        if spec is not None and spec.origin is not None:
+            model_dir = Path(spec.origin).parent / "model"
+            if (model_dir / "config.json").is_file():
+                return str(model_dir)
+    local = Path(name_or_path).expanduser()
+    if local.exists():
+        return str(local) if name_or_path.startswith("~") else name_or_path
+    if _looks_like_path(name_or_path):
+        raise FileNotFoundError(f"{what} {name_or_path!r}: no such directory")
+    if "/" not in name_or_path:
+        if _in_hub_cache(name_or_path):
+            return name_or_path  # a legacy hub id without an organisation (gpt2), downloaded before
+        import difflib
 
-    model_dir = Path(spec.origin).parent / "model"
-    return str(model_dir) if (model_dir / "config.json").is_file() else name_or_path
+        close = difflib.get_close_matches(name_or_path, PRESET_VOCAB_SIZES, n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise ValueError(f"{what} {name_or_path!r} is not a preset ({', '.join(PRESET_VOCAB_SIZES)}), a local "
+                         f"directory or a hub id (org/name){hint}")
+    if hub_offline() and not _in_hub_cache(name_or_path):
+        extra = f", or install its offline package ({package})" if package else ""
+        raise FileNotFoundError(f"{what} {name_or_path!r} is not a local directory, and as a hub id it is not "
+                                f"available offline: HF_HUB_OFFLINE is set and it is not in the Hugging Face cache "
+                                f"(download it with network access first{extra})")
+    return name_or_path
+
+
+def _looks_like_path(name: str) -> bool:
+    """Whether ``name`` is written as a filesystem path rather than a hub id ``org/name``."""
+    if name.startswith(("./", "../", "/", "~")) or name in (".", "..") or name.endswith("/"):
+        return True
+    if os.sep != "/" and os.sep in name:
+        return True
+    if name.count("/") > 1:
+        return True
+    if "/" in name:
+        from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+        try:
+            validate_repo_id(name)
+        except HFValidationError:
+            return True  # not a valid hub id either; a path is the likelier intent
+    return False
+
+
+def hub_offline() -> bool:
+    """Whether the Hugging Face hub must not be contacted (``HF_HUB_OFFLINE`` or ``TRANSFORMERS_OFFLINE``)."""
+    from huggingface_hub import constants
+
+    flags = (os.environ.get(key, "").strip().upper() for key in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+    return bool(constants.HF_HUB_OFFLINE) or any(flag in {"1", "ON", "YES", "TRUE"} for flag in flags)
+
+
+def _in_hub_cache(repo_id: str) -> bool:
+    """Whether a snapshot of the model ``repo_id`` is in the local Hugging Face cache."""
+    from huggingface_hub import constants
+    from huggingface_hub.file_download import repo_folder_name
+
+    snapshots = Path(constants.HF_HUB_CACHE) / repo_folder_name(repo_id=repo_id, repo_type="model") / "snapshots"
+    return snapshots.is_dir() and any(snapshots.iterdir())
 
 
 @functools.lru_cache(maxsize=4)
@@ -109,7 +177,7 @@ def load_tokenizer(
     if is_preset(name_or_path):
         tokenizer = preset_tokenizer(name_or_path)
     else:
-        tokenizer = _from_pretrained(resolve_pretrained(name_or_path), revision)
+        tokenizer = _from_pretrained(resolve_pretrained(name_or_path, what="tokenizer"), revision)
     added = {}
     if tokenizer.eos_token is None and tokenizer.sep_token is not None:
         tokenizer.eos_token = tokenizer.sep_token  # encoders (BERT): [SEP] ends a sequence; no new token needed
@@ -126,8 +194,6 @@ def load_tokenizer(
 def _from_pretrained(name_or_path: str, revision: str | None) -> PreTrainedTokenizerBase:
     """``AutoTokenizer.from_pretrained``, also for diffusers checkpoints (``model_index.json``), whose tokenizer is in
     the ``tokenizer/`` subfolder (a hub id without a tokenizer at its root is retried there)."""
-    from pathlib import Path
-
     local = Path(name_or_path).expanduser()
     if (local / "model_index.json").is_file():
         return AutoTokenizer.from_pretrained(str(local / "tokenizer"))
