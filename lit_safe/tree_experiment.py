@@ -285,14 +285,12 @@ def tree_grow(
     return Path(output)
 
 
-def _check_policy(policy: str) -> None:
-    from lit_safe.models.tokenizer import is_preset
+def _check_policy(policy: str, what: str = "policy") -> None:
+    """A preset, an existing directory or a hub id that can be had (offline: in the cache); else one clear error."""
+    from lit_safe.models.tokenizer import is_preset, resolve_pretrained
 
-    if is_preset(policy) or Path(policy).expanduser().is_dir():
-        return
-    if policy.count("/") == 1 and not policy.startswith((".", "/", "~")):
-        return  # a hub id
-    raise FileNotFoundError(f"policy: no model directory at {policy}")
+    if not is_preset(policy):
+        resolve_pretrained(policy, what=what)
 
 
 # ------------------------------------------------------------------------------------------------ gold scorers
@@ -315,8 +313,7 @@ def load_gold_scorer(spec: str, kind: str, template: str = SAFE_RLHF_TEMPLATE, m
     from lit_safe.models.score_model import ScoreModel
     from lit_safe.models.tokenizer import load_tokenizer
 
-    if not Path(spec).expanduser().is_dir() and not (spec.count("/") == 1 and not spec.startswith((".", "/", "~"))):
-        raise FileNotFoundError(f"gold {kind} scorer: no model directory at {spec}")
+    _check_policy(spec, what=f"gold {kind} scorer")
     model = ScoreModel.from_pretrained(spec).to(device).eval()
     tokenizer = load_tokenizer(spec)
 
@@ -655,7 +652,7 @@ def run_tree_experiment(
         raise ValueError(f"best_of_n ({best_of_n}) must be even, >= 2 and >= win_n ({win_n})")
     _check_policy(policy)
     if gold_reward != "synthetic":
-        _check_policy(gold_reward)
+        _check_policy(gold_reward, what="gold_reward")
     started = time.perf_counter()
     out = Path(output)
     out.mkdir(parents=True, exist_ok=True)
