@@ -14,6 +14,10 @@ class does the rest, identically for every dataset:
   ``manifest.json`` of every file's size and checksum; a prepared directory is verified before it is streamed (never
   a pickled item, never a truncated chunk; a damaged reused preparation is prepared again, see
   :func:`~lit_safe.data_modules.preparation.verify_prepared`);
+- object storage: ``prepared_dir: s3://bucket/prefix`` prepares locally and uploads, manifest last (reused by
+  fingerprint when the bucket already holds it); an ``s3://`` source is streamed once its manifest and file sizes
+  check out (:func:`~lit_safe.data_modules.preparation.verify_remote`); ``storage_options`` or the ``AWS_*``
+  environment variables say where the server is;
 - loading with :class:`~lit_safe.data_modules.streaming.LengthGroupedLoader` (length grouping, exact resume);
 - ``predict_file``: ``lit-safe predict`` on a JSONL of ``{"prompt", "response"}`` lines, one output per line.
 
@@ -47,14 +51,22 @@ from lit_safe.data_modules.preparation import (
     EmptySplitError,
     PreparedDatasetError,
     PrepareReport,
+    RemoteAccessError,
     SplitReport,
-    check_index,
+    allow_plain_http,
+    check_remote_index,
     clean_stale_staging,
     fingerprint,
     is_prepared,
+    is_remote,
+    parse_report,
     publish,
+    read_remote,
+    s3_parts,
     staging_dir,
+    upload_prepared,
     verify_prepared,
+    verify_remote,
     write_split,
 )
 from lit_safe.data_modules.sources import DataValidationError
@@ -110,10 +122,16 @@ class PreparedDataModule(LightningDataModule, ABC):
         pack_pairs: pair views only: one row per pair (see :class:`~lit_safe.data_modules.pku_saferlhf.PairView`).
         on_bad_row: ``error`` stops at invalid rows and names them; ``skip`` drops and counts them.
         prepared_dir: where prepared datasets are written (default ``$LIT_SAFE_CACHE/prepared`` or
-            ``~/.cache/lit_safe/prepared``).
+            ``~/.cache/lit_safe/prepared``), or ``s3://bucket/prefix``: prepared locally (staged under
+            ``$LIT_SAFE_CACHE/uploads``), uploaded, and streamed from there.
         predict_file: a JSONL of ``{"prompt": ..., "response": ...}`` lines for ``lit-safe predict`` (each output
             line carries the input's ``line`` number); ``None`` predicts on the test split.
         seed: seeds the split carving, the synthetic data and the shuffling.
+        storage_options: for ``s3://`` locations: boto3 client arguments (``endpoint_url``, ``region_name``,
+            ``aws_access_key_id``...) passed to litdata's ``StreamingDataset`` and to the uploader; ``None``: boto3's
+            own settings (``AWS_ENDPOINT_URL``, ``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``,
+            ``AWS_DEFAULT_REGION``, ``~/.aws``). Not saved with the hyperparameters (keep secrets in the environment:
+            the CLI still writes its config, this argument included, beside the run).
     """
 
     dataset_name = "dataset"  # names the prepared directories: <dataset_name>-<view>-<fingerprint>
@@ -147,6 +165,7 @@ class PreparedDataModule(LightningDataModule, ABC):
         prepared_dir: str | None,
         predict_file: str | None,
         seed: int,
+        storage_options: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
         if view not in self.views:
@@ -163,15 +182,27 @@ class PreparedDataModule(LightningDataModule, ABC):
             if value is not None and (isinstance(value, bool) or not isinstance(value, Integral) or value < least):
                 raise ValueError(f"{name} must be an integer >= {least}, got {value!r}")
         format_prompt("", prompt_template)  # fails early on a template without {prompt}
-        self.save_hyperparameters()
+        if storage_options is not None and not isinstance(storage_options, dict):
+            raise ValueError(f"storage_options must be a mapping of boto3 client arguments, got {storage_options!r}")
+        self.save_hyperparameters(ignore=["storage_options"])  # may hold credentials: kept out of checkpoints
+        self.storage_options = dict(storage_options) if storage_options else None
         self.tokenizer = load_tokenizer(tokenizer)
         self.view = self.make_view(view)
         self.eval_batch_size = eval_batch_size or batch_size
-        root = prepared_dir or Path(os.environ.get("LIT_SAFE_CACHE", "~/.cache/lit_safe")) / "prepared"
-        self.prepared_root = Path(root).expanduser()
+        cache = Path(os.environ.get("LIT_SAFE_CACHE", "~/.cache/lit_safe")).expanduser()
+        root = prepared_dir or cache / "prepared"
+        self.prepared_url: str | None = None  # prepared_dir in object storage
+        if is_remote(root):
+            self.prepared_url = str(root).rstrip("/")
+            bucket, prefix = s3_parts(self.prepared_url)  # only s3:// is written to; fails early otherwise
+            self.prepared_root = cache / "uploads" / bucket / prefix  # where preparations are staged for upload
+            self.prepare_data_per_node = False  # one upload serves every node: global rank 0 prepares
+        else:
+            self.prepared_root = Path(root).expanduser()
         self.datasets: dict[str, StreamingDataset] = {}
         self.report: PrepareReport | None = None
-        self._verified: set[str] = set()  # local prepared directories checked by verify_prepared in this process
+        self._verified: set[str] = set()  # prepared locations checked by verify_prepared/verify_remote here
+        self._manifests: dict[str, dict[str, Any]] = {}  # s3:// location -> its verified manifest
 
     # ------------------------------------------------------------------------------------- what subclasses define
     @abstractmethod
@@ -274,8 +305,10 @@ class PreparedDataModule(LightningDataModule, ABC):
     def prepared_location(self) -> str:
         """The prepared dataset this configuration streams from (a local directory or a URL)."""
         if self._source_kind() == "prepared":
-            return self.hparams.source
+            return self.hparams.source.rstrip("/") if is_remote(self.hparams.source) else self.hparams.source
         name = f"{self.dataset_name}-{self.hparams.view}-{fingerprint(self._settings())}"
+        if self.prepared_url is not None:
+            return f"{self.prepared_url}/{name}"
         return str(self.prepared_root / name)
 
     # ------------------------------------------------------------------------------------------------- preparing
@@ -323,17 +356,49 @@ class PreparedDataModule(LightningDataModule, ABC):
         """
         location = self.prepared_location()
         if self._source_kind() == "prepared":
-            if "://" not in location:
-                self._verify(location)  # raises naming the damaged or foreign file
+            self._verify(location)  # raises naming the damaged or foreign file (s3://: the manifest and sizes)
             self.report = self._load_report(location)
             return self.report
-        final = Path(location)
+        if is_remote(location):
+            return self._prepare_remote(location, force)
+        return self._prepare_local(Path(location), force)
+
+    def _prepare_remote(self, url: str, force: bool) -> PrepareReport:
+        """Reuse the preparation at ``url`` if its manifest (with this fingerprint) and sizes check out; otherwise
+        prepare in a local staging directory, upload it (manifest last), check the upload and delete the staging
+        copy. A staging copy left by an interrupted upload is reused (verified) rather than prepared again."""
+        if not force:
+            damage = self._damage(url)
+            if damage is None:
+                self.report = self._load_report(url)
+                self.report.reused = True
+                print(f"Reusing an identical earlier preparation.\n{self.report.format()}")
+                return self.report
+            if "manifest.json: not found" not in damage:
+                print(f"Preparing again: the earlier preparation is damaged: {damage}")
+        staged = self.prepared_root / url.rsplit("/", 1)[1]
+        report = self._prepare_local(staged, force, output_dir=url)
+        print(f"Uploading {staged} to {url}")
+        upload_prepared(staged, url, self.storage_options)
+        self._verified.discard(url)
+        self._verify(url, fingerprint=fingerprint(self._settings()))  # what a reader will find
+        shutil.rmtree(staged, ignore_errors=True)
+        self._verified.discard(str(staged))
+        report.output_dir, report.reused = url, False
+        self.report = report
+        return report
+
+    def _prepare_local(self, final: Path, force: bool, output_dir: str | None = None) -> PrepareReport:
+        """Prepare into the local directory ``final`` (reused when sound, unless ``force``); the report names
+        ``output_dir`` (default ``final``)."""
+        location = str(final)
         for stale in clean_stale_staging(final):
             print(f"Removed {stale}: the staging directory of an interrupted preparation")
         if final.exists() and not force:
             damage = self._damage(final)
             if damage is None:
                 self.report = self._load_report(location)
+                self.report.reused = True
                 print(f"Reusing an identical earlier preparation.\n{self.report.format()}")
                 return self.report
             print(f"Preparing again: the earlier preparation is damaged: {damage}")
@@ -371,7 +436,7 @@ class PreparedDataModule(LightningDataModule, ABC):
             if shared:
                 reports[split].notes["prompts_shared_with_train"] += len(shared)
         tmp = staging_dir(final)
-        report = PrepareReport(source=str(hp.source), view=hp.view, output_dir=str(final))
+        report = PrepareReport(source=str(hp.source), view=hp.view, output_dir=output_dir or str(final))
         labels: dict[str, Any] = {}
         try:
             for split in SPLITS:
@@ -398,55 +463,69 @@ class PreparedDataModule(LightningDataModule, ABC):
         print(report.format())
         return report
 
-    @staticmethod
-    def _load_report(location: str) -> PrepareReport:
-        if "://" in location:
-            return PrepareReport(source=location, view="prepared", output_dir=location)
-        path = Path(location) / REPORT_FILE
-        try:
-            data = json.loads(path.read_text())
-            report = PrepareReport(source=data["source"], view=data["view"], output_dir=data["output_dir"])
-            for name, split in data["splits"].items():
-                report.splits[name] = SplitReport(split["rows_read"], split["kept"])
-                report.splits[name].dropped.update(split["dropped"])
-                report.splits[name].notes.update(split["notes"])
-        except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
-            raise PreparedDatasetError(f"{path}: unreadable report ({type(error).__name__}: {error})") from None
-        return report
+    def _read_text(self, location: str, name: str) -> str | None:
+        """A small file of a prepared dataset (local or ``s3://``), or ``None`` when absent."""
+        if location.startswith("s3://"):
+            data = read_remote(f"{location}/{name}", self.storage_options)
+            return None if data is None else data.decode("utf-8")
+        path = Path(location) / name
+        return path.read_text() if path.is_file() else None
 
-    def _damage(self, directory: Path) -> str | None:
+    def _load_report(self, location: str) -> PrepareReport:
+        if is_remote(location) and not location.startswith("s3://"):
+            return PrepareReport(source=location, view="prepared", output_dir=location)
+        where = f"{location}/{REPORT_FILE}"
+        try:
+            text = self._read_text(location, REPORT_FILE)
+        except OSError as error:
+            raise PreparedDatasetError(f"{where}: unreadable report ({type(error).__name__}: {error})") from None
+        if text is None:
+            raise PreparedDatasetError(f"{where}: unreadable report (missing)")
+        return parse_report(text, where)
+
+    def _damage(self, location: str | Path) -> str | None:
         """What is wrong with this configuration's own earlier preparation (``None``: sound, and now verified)."""
         try:
-            self._verify(str(directory), fingerprint=fingerprint(self._settings()))
+            self._verify(str(location), fingerprint=fingerprint(self._settings()))
+        except RemoteAccessError:
+            raise  # the store is unreachable or refuses: preparing again would not help
         except PreparedDatasetError as error:
             return str(error)
         return None
 
     def _verify(self, location: str, fingerprint: str | None = None) -> None:
-        """:func:`~lit_safe.data_modules.preparation.verify_prepared`, once per directory and process."""
-        if location not in self._verified:
+        """:func:`~lit_safe.data_modules.preparation.verify_prepared` (``s3://``:
+        :func:`~lit_safe.data_modules.preparation.verify_remote`), once per location and process. Other URLs are
+        checked only on the ``index.json`` litdata downloads (:meth:`_dataset`)."""
+        if location in self._verified:
+            return
+        if location.startswith("s3://"):
+            self._manifests[location] = verify_remote(location, self.storage_options, fingerprint=fingerprint)
+        elif not is_remote(location):
             verify_prepared(location, fingerprint=fingerprint)
-            self._verified.add(location)
+        self._verified.add(location)
 
     def _ensure_verified(self, location: str) -> None:
-        """Before streaming a local prepared directory: verify it; prepare a damaged own preparation again, and raise
-        for a damaged or foreign ``source``."""
-        if "://" in location or location in self._verified:
+        """Before streaming a prepared dataset: verify it; prepare a damaged or missing own preparation again, and
+        raise for a damaged or foreign ``source``."""
+        if location in self._verified:
             return
         if self._source_kind() == "prepared":
             self._verify(location)
+        elif is_remote(location):
+            if self._damage(location) is not None:
+                self.prepare()  # prepares (again) and uploads, saying why
         elif not is_prepared(location) or self._damage(Path(location)) is not None:
             self.prepare()  # prepares (again), saying why
 
     def label_summary(self, split: str = "train") -> dict[str, Any]:
         """Label counts of a prepared split, as the view recorded them (e.g. per-category positives), from
-        ``meta.json``; prepares first if needed. Empty for views that record none or for remote datasets."""
+        ``meta.json``; prepares first if needed. Empty for views that record none or for URLs other than ``s3://``."""
         location = self.prepared_location()
-        if "://" in location:
+        if is_remote(location) and not location.startswith("s3://"):
             return {}
-        if not is_prepared(location):
-            self.prepare()
-        meta = json.loads((Path(location) / META_FILE).read_text())
+        self._ensure_verified(location)
+        meta = json.loads(self._read_text(location, META_FILE) or "{}")
         return meta.get("labels", {}).get(split, {})
 
     # ----------------------------------------------------------------------------------------- Lightning hooks
@@ -467,9 +546,12 @@ class PreparedDataModule(LightningDataModule, ABC):
         self._ensure_verified(self.prepared_location())
 
     def has_split(self, split: str) -> bool:
-        """Whether the prepared dataset has ``split`` (a remote one is assumed to)."""
+        """Whether the prepared dataset has ``split`` (``s3://``: its manifest says; other URLs are assumed to)."""
         location = self.prepared_location()
-        return "://" in location or (Path(location) / split / "index.json").is_file()
+        if location.startswith("s3://"):
+            self._ensure_verified(location)
+            return split in self._manifests[location]["splits"]
+        return is_remote(location) or (Path(location) / split / "index.json").is_file()
 
     def _dataset(self, split: str) -> StreamingDataset:
         """The streaming dataset of a prepared split (opened once; a remote split is opened when first asked for)."""
@@ -478,18 +560,21 @@ class PreparedDataModule(LightningDataModule, ABC):
             self._ensure_verified(location)  # nothing is deserialized from an unverified local directory
             if not self.has_split(split):
                 raise ValueError(f"the prepared dataset {location} has no {split!r} split")
+            if location.startswith("s3://"):
+                allow_plain_http(self.storage_options)
             dataset = StreamingDataset(f"{location}/{split}", shuffle=split == "train",
-                                       seed=self.hparams.seed, transform=self.item_transform())
-            if "://" in location:
-                # Remote: only the index litdata downloaded can be checked here (no manifest, no chunk sizes), but
-                # that is where the deserializers are named, before any item is read.
+                                       seed=self.hparams.seed, transform=self.item_transform(),
+                                       storage_options=self.storage_options)
+            if is_remote(location):
+                # The index litdata downloaded (its cached copy) is what names the deserializers: checked before
+                # any item is read, and for s3:// against the manifest's sha256 as well.
                 index = Path(dataset.input_dir.path or "") / "index.json"
+                where = f"{location}/{split}/index.json"
                 try:
-                    check_index(json.loads(index.read_text()), f"{location}/{split}/index.json")
-                except (OSError, ValueError) as error:
-                    if isinstance(error, PreparedDatasetError):
-                        raise
-                    raise PreparedDatasetError(f"{location}/{split}/index.json: unreadable ({error})") from None
+                    data = index.read_bytes()
+                except OSError as error:
+                    raise PreparedDatasetError(f"{where}: unreadable ({error})") from None
+                check_remote_index(data, where, self._manifests.get(location))
             self.datasets[split] = dataset
         return self.datasets[split]
 

@@ -47,6 +47,8 @@ class BeaverTailsDataModule(PreparedDataModule):
         prepared_dir: where prepared datasets are written.
         predict_file: a JSONL of ``{"prompt", "response"}`` lines for ``lit-safe predict``; ``None``: the test split.
         seed: seeds the split carving and the shuffling.
+        storage_options: boto3 client arguments for ``s3://`` locations (``endpoint_url``...); ``None``: the ``AWS_*``
+            environment variables (see :class:`~lit_safe.data_modules.base.PreparedDataModule`).
     """
 
     dataset_name = "beavertails"
@@ -75,6 +77,7 @@ class BeaverTailsDataModule(PreparedDataModule):
         prepared_dir: str | None = None,
         predict_file: str | None = None,
         seed: int = 42,
+        storage_options: dict[str, Any] | None = None,
     ) -> None:
         super().__init__(
             tokenizer=tokenizer, source=source, view=view, subset=subset, revision=revision,
@@ -83,6 +86,7 @@ class BeaverTailsDataModule(PreparedDataModule):
             batch_size=batch_size, eval_batch_size=eval_batch_size, num_workers=num_workers, group_size=group_size,
             pad_to_multiple_of=pad_to_multiple_of, pack_pairs=False, on_bad_row=on_bad_row,
             prepared_dir=prepared_dir, predict_file=predict_file, seed=seed,
+            storage_options=storage_options,
         )
 
     def make_view(self, name: str) -> ModerationView:

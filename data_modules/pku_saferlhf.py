@@ -259,6 +259,8 @@ class PKUSafeRLHFDataModule(PreparedDataModule):
             of PPO-Lagrangian: training batches become ``{"prompts": ..., "ptx": ...}``, one of each per step, and
             an epoch ends with the shorter stream.
         seed: seeds the split carving, the synthetic data and the shuffling.
+        storage_options: boto3 client arguments for ``s3://`` locations (``endpoint_url``...); ``None``: the ``AWS_*``
+            environment variables (see :class:`~lit_safe.data_modules.base.PreparedDataModule`).
     """
 
     dataset_name = "pku_saferlhf"
@@ -292,6 +294,7 @@ class PKUSafeRLHFDataModule(PreparedDataModule):
         sft_responses: Literal["both", "better", "safer"] = "both",
         ptx: bool = False,
         seed: int = 42,
+        storage_options: dict[str, Any] | None = None,
     ) -> None:
         if sft_responses not in ("both", "better", "safer"):
             raise ValueError(f"sft_responses must be both, better or safer, got {sft_responses!r}")
@@ -305,6 +308,7 @@ class PKUSafeRLHFDataModule(PreparedDataModule):
             max_length=max_length, batch_size=batch_size, eval_batch_size=eval_batch_size, num_workers=num_workers,
             group_size=group_size, pad_to_multiple_of=pad_to_multiple_of, pack_pairs=pack_pairs,
             on_bad_row=on_bad_row, prepared_dir=prepared_dir, predict_file=predict_file, seed=seed,
+            storage_options=storage_options,
         )
 
     def make_view(self, name: str) -> Any:

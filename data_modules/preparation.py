@@ -17,8 +17,15 @@ would run code when read), and a missing, truncated or altered file, naming it. 
 always checked; chunk checksums when the chunks total at most :data:`CHECKSUM_MAX_BYTES` (reading a large video
 dataset in full at every start would cost minutes; pass ``checksums=True`` to force it). The allowlist, not the
 manifest, is what keeps code out: a crafted directory can carry a matching manifest, but not a ``pickle`` item.
-A remote dataset (``s3://...``) is checked less: only the ``index.json`` litdata downloads for a split (the same
-allowlist, before any item is read); its manifest, sizes and checksums are not.
+Object storage (``s3://bucket/prefix``, any S3-compatible server): a preparation is written locally (the same code
+path, in a staging directory under ``$LIT_SAFE_CACHE/uploads/``) and uploaded by :func:`upload_prepared`, the
+manifest last and the previous manifest deleted first, so that a reader never takes a partial upload for a finished
+one. :func:`verify_remote` refuses a URL without ``manifest.json`` (naming the URL) and compares the size of every
+file it lists with the bucket's listing; the ``index.json`` litdata downloads for a split is compared with the
+manifest's sha256 and passes the same allowlist before any item is read. Chunk checksums are not checked remotely
+(that would mean downloading everything twice). Other URL schemes litdata streams (``local://``, ``gs://``, ...) are
+checked on their ``index.json`` only. Endpoints and credentials are those of boto3, which litdata streams with: the
+standard ``AWS_*`` environment variables, or ``storage_options`` (boto3 client arguments such as ``endpoint_url``).
 """
 
 from __future__ import annotations
@@ -36,6 +43,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 from litdata.streaming.writer import BinaryWriter
 from litdata.utilities.env import _DistributedEnv
@@ -83,6 +91,7 @@ class PrepareReport:
     view: str
     output_dir: str
     splits: dict[str, SplitReport] = field(default_factory=dict)
+    reused: bool = False  # an identical earlier preparation was found (not saved in report.json)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -109,6 +118,20 @@ def fingerprint(settings: dict[str, Any]) -> str:
     """A short stable hash of the settings that determine a prepared dataset."""
     blob = json.dumps(settings, sort_keys=True, default=str).encode("utf-8")
     return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def parse_report(text: str | bytes, where: str) -> PrepareReport:
+    """A :class:`PrepareReport` from the text of a ``report.json``; ``where`` names it in the error."""
+    try:
+        data = json.loads(text)
+        report = PrepareReport(source=data["source"], view=data["view"], output_dir=data["output_dir"])
+        for name, split in data["splits"].items():
+            report.splits[name] = SplitReport(split["rows_read"], split["kept"])
+            report.splits[name].dropped.update(split["dropped"])
+            report.splits[name].notes.update(split["notes"])
+    except (ValueError, KeyError, TypeError, AttributeError) as error:
+        raise PreparedDatasetError(f"{where}: unreadable report ({type(error).__name__}: {error})") from None
+    return report
 
 
 def is_prepared(directory: str | Path) -> bool:
@@ -238,30 +261,21 @@ def verify_prepared(directory: str | Path, checksums: bool | None = None, finger
             "(point source at the original data)"
         )
     try:
-        manifest = json.loads(manifest_path.read_text())
-        if manifest.get("written_by") != "lit_safe" or manifest.get("manifest_version") != MANIFEST_VERSION:
-            raise ValueError(f"not a lit_safe manifest of version {MANIFEST_VERSION}")
-        splits: dict[str, Any] = manifest["splits"]
-        files: dict[str, Any] = manifest["files"]
-        total = sum(int(record["bytes"]) for entry in splits.values() for record in entry["chunks"].values())
-    except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
+        text = manifest_path.read_text()
+    except OSError as error:
         raise PreparedDatasetError(f"{manifest_path}: unreadable manifest ({error})") from None
-    if fingerprint is not None and manifest.get("fingerprint") != fingerprint:
-        raise PreparedDatasetError(
-            f"{manifest_path}: fingerprint {manifest.get('fingerprint')!r}, expected {fingerprint!r}"
-        )
+    manifest = _parse_manifest(text, str(manifest_path), fingerprint)
+    splits: dict[str, Any] = manifest["splits"]
+    files: dict[str, Any] = manifest["files"]
+    total = sum(int(record["bytes"]) for entry in splits.values() for record in entry["chunks"].values())
     for split in SPLITS:
         if (directory / split / "index.json").exists() and split not in splits:
             raise PreparedDatasetError(f"{directory / split / 'index.json'}: a split {MANIFEST_FILE} does not list")
     if checksums is None:
         checksums = total <= CHECKSUM_MAX_BYTES
-    for name, record in files.items():
-        if name not in (REPORT_FILE, META_FILE):
-            raise PreparedDatasetError(f"{manifest_path}: unexpected file {name!r}")
+    for name, record in files.items():  # names, splits and record shapes were checked by _parse_manifest
         _check_file(directory / name, record, manifest_path, digest=True)
     for split, entry in splits.items():
-        if split not in SPLITS:
-            raise PreparedDatasetError(f"{manifest_path}: unexpected split {split!r}")
         index_path = directory / split / "index.json"
         _check_file(index_path, entry["index"], manifest_path, digest=True)
         try:
@@ -274,6 +288,33 @@ def verify_prepared(directory: str | Path, checksums: bool | None = None, finger
             raise PreparedDatasetError(f"{index_path}: its chunks {listed} are not those {MANIFEST_FILE} lists")
         for name, record in entry["chunks"].items():
             _check_file(directory / split / name, record, manifest_path, digest=checksums)
+
+
+def _parse_manifest(text: str | bytes, where: str, fingerprint: str | None = None) -> dict[str, Any]:
+    """A parsed lit_safe manifest, its shape checked (and its fingerprint, when given); raises naming ``where``."""
+    try:
+        manifest = json.loads(text)
+        if manifest.get("written_by") != "lit_safe" or manifest.get("manifest_version") != MANIFEST_VERSION:
+            raise ValueError(f"not a lit_safe manifest of version {MANIFEST_VERSION}")
+        for name, record in manifest["files"].items():
+            if name not in (REPORT_FILE, META_FILE):
+                raise PreparedDatasetError(f"{where}: unexpected file {name!r}")
+            int(record["bytes"]), str(record["sha256"])
+        for split, entry in manifest["splits"].items():
+            if split not in SPLITS:
+                raise PreparedDatasetError(f"{where}: unexpected split {split!r}")
+            for record in (entry["index"], *entry["chunks"].values()):
+                int(record["bytes"]), str(record["sha256"])
+            for name in entry["chunks"]:
+                if not isinstance(name, str) or not name or Path(name).name != name or name.startswith("."):
+                    raise PreparedDatasetError(f"{where}: bad chunk file name {name!r}")
+    except (ValueError, KeyError, TypeError, AttributeError) as error:
+        if isinstance(error, PreparedDatasetError):
+            raise
+        raise PreparedDatasetError(f"{where}: unreadable manifest ({error})") from None
+    if fingerprint is not None and manifest.get("fingerprint") != fingerprint:
+        raise PreparedDatasetError(f"{where}: fingerprint {manifest.get('fingerprint')!r}, expected {fingerprint!r}")
+    return manifest
 
 
 def _check_file(path: Path, record: Any, manifest_path: Path, digest: bool) -> None:
@@ -351,6 +392,196 @@ def publish(
         except PreparedDatasetError:
             raise PreparedDatasetError(f"{final_dir} exists and is not a sound preparation; delete it") from None
         shutil.rmtree(tmp_dir, ignore_errors=True)
+
+
+# --------------------------------------------------------------------------------------------- object storage
+REMOTE_RETRIES = 5  # boto3 attempts per request of lit_safe's own S3 calls (litdata's streaming client has its own)
+
+
+def is_remote(location: str | Path) -> bool:
+    """Whether ``location`` is a URL (``s3://...``, litdata's ``local://``...) rather than a local path."""
+    return "://" in str(location)
+
+
+def s3_parts(url: str) -> tuple[str, str]:
+    """``(bucket, key prefix without slashes at either end)`` of an ``s3://bucket/prefix`` URL.
+
+    Raises:
+        ValueError: another scheme, or no bucket.
+    """
+    parsed = urlparse(url)
+    if parsed.scheme != "s3" or not parsed.netloc:
+        raise ValueError(f"{url}: expected s3://bucket/prefix (prepared datasets are written to S3-compatible storage "
+                         "only; other URLs can be streamed as a prepared source)")
+    return parsed.netloc, parsed.path.strip("/")
+
+
+def s3_client(storage_options: dict[str, Any] | None = None) -> Any:
+    """A boto3 S3 client resolved as litdata's streaming client resolves it (``litdata.streaming.client.S3Client``
+    outside Lightning Studios): ``boto3.Session().client("s3", **storage_options)``, so endpoint, credentials and
+    region come from ``storage_options`` (boto3 client arguments: ``endpoint_url``, ``region_name``,
+    ``aws_access_key_id``...) or else from boto3's own sources (``AWS_ENDPOINT_URL_S3``/``AWS_ENDPOINT_URL``,
+    ``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``, ``AWS_DEFAULT_REGION``, ``~/.aws``). Unlike litdata's client
+    (1,000 adaptive attempts) it gives up after a few, so a wrong endpoint is an error, not a hang."""
+    import boto3
+    import botocore.config
+
+    options = dict(storage_options or {})
+    options.setdefault("config", botocore.config.Config(retries={"max_attempts": REMOTE_RETRIES, "mode": "standard"},
+                                                        connect_timeout=10, read_timeout=120))
+    return boto3.Session().client("s3", **options)
+
+
+def allow_plain_http(storage_options: dict[str, Any] | None = None) -> str | None:
+    """Let litdata download chunks from an ``http://`` endpoint (a local MinIO, a test server); returns the endpoint.
+
+    litdata (0.2.76) fetches ``index.json`` with boto3 but chunks with obstore when it is installed (it is a litdata
+    dependency), and builds obstore's client without ``allow_http``: against a plain-HTTP endpoint every chunk fails
+    with ``BadScheme``. When the endpoint boto3 resolves is ``http://``, this adds ``allow_http`` to litdata's obstore
+    client options (process-wide; loader workers forked afterwards inherit it). HTTPS endpoints are left alone.
+    """
+    endpoint = s3_client(storage_options).meta.endpoint_url
+    if endpoint and endpoint.lower().startswith("http://"):
+        from litdata.streaming import downloader
+
+        options = getattr(downloader, "_OBSTORE_CLIENT_OPTIONS", None)
+        if isinstance(options, dict):
+            options["allow_http"] = "true"
+    return endpoint
+
+
+class RemoteAccessError(PreparedDatasetError):
+    """The object store could not be reached or refused the request (endpoint, credentials, bucket): not a damaged
+    dataset, so nothing is prepared again because of it."""
+
+
+def _s3_error(error: Exception, url: str) -> RemoteAccessError:
+    return RemoteAccessError(f"{url}: {type(error).__name__}: {error} (check the endpoint and credentials: "
+                                "AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, or storage_options)")
+
+
+def read_remote(url: str, storage_options: dict[str, Any] | None = None, client: Any = None) -> bytes | None:
+    """The content of the object at ``url``, or ``None`` when there is none.
+
+    Raises:
+        PreparedDatasetError: the bucket is missing or the server cannot be reached or refuses (naming ``url``).
+    """
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    bucket, key = s3_parts(url)
+    client = client or s3_client(storage_options)
+    try:
+        return client.get_object(Bucket=bucket, Key=key)["Body"].read()
+    except ClientError as error:
+        if error.response.get("Error", {}).get("Code") in ("NoSuchKey", "404", "NotFound"):
+            return None
+        raise _s3_error(error, url) from None
+    except BotoCoreError as error:
+        raise _s3_error(error, url) from None
+
+
+def _remote_sizes(url: str, client: Any) -> dict[str, int]:
+    """``{path relative to url: bytes}`` of every object under the prefix ``url/``."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    bucket, prefix = s3_parts(url)
+    sizes = {}
+    try:
+        for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=f"{prefix}/"):
+            for entry in page.get("Contents", []):
+                sizes[entry["Key"][len(prefix) + 1 :]] = int(entry["Size"])
+    except (ClientError, BotoCoreError) as error:
+        raise _s3_error(error, url) from None
+    return sizes
+
+
+def _manifest_files(manifest: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """``{relative path: record}`` of every file a manifest lists (not the manifest itself)."""
+    files = dict(manifest["files"])
+    for split, entry in manifest["splits"].items():
+        files[f"{split}/index.json"] = entry["index"]
+        files.update({f"{split}/{name}": record for name, record in entry["chunks"].items()})
+    return files
+
+
+def verify_remote(url: str, storage_options: dict[str, Any] | None = None,
+                  fingerprint: str | None = None) -> dict[str, Any]:
+    """Check a prepared dataset in object storage before it is streamed; returns its manifest.
+
+    ``manifest.json`` must exist (it is uploaded last: without it the upload did not finish, or lit_safe did not
+    write the dataset), be a lit_safe manifest (with ``fingerprint``, when given), and every file it lists must be
+    in the bucket with the size it records, and no split the manifest lacks. Two requests (one GET, one LIST);
+    checksums are not compared here (the ``index.json`` of a split is, when it is opened).
+
+    Raises:
+        PreparedDatasetError: naming the URL of the manifest or of the missing or truncated file.
+    """
+    url = url.rstrip("/")
+    client = s3_client(storage_options)
+    where = f"{url}/{MANIFEST_FILE}"
+    text = read_remote(where, client=client)
+    if text is None:
+        raise PreparedDatasetError(
+            f"{where}: not found: {url} is not a finished lit_safe preparation (nothing prepared there, an upload "
+            "that did not finish, or data lit_safe did not write); prepare it with lit-safe prepare and "
+            "prepared_dir: s3://..."
+        )
+    manifest = _parse_manifest(text, where, fingerprint)
+    sizes = _remote_sizes(url, client)
+    for path, record in _manifest_files(manifest).items():
+        if path not in sizes:
+            raise PreparedDatasetError(f"{url}/{path}: missing (listed in {where})")
+        if sizes[path] != int(record["bytes"]):
+            raise PreparedDatasetError(f"{url}/{path}: {sizes[path]} bytes, {MANIFEST_FILE} says {record['bytes']} "
+                                       "(truncated or damaged)")
+    for split in SPLITS:
+        if f"{split}/index.json" in sizes and split not in manifest["splits"]:
+            raise PreparedDatasetError(f"{url}/{split}/index.json: a split {MANIFEST_FILE} does not list")
+    return manifest
+
+
+def check_remote_index(index_bytes: bytes, url: str, manifest: dict[str, Any] | None) -> None:
+    """Check the ``index.json`` litdata downloaded for a remote split (``url`` names it): the serializer allowlist
+    (:func:`check_index`), and, with the dataset's ``manifest``, its sha256."""
+    if manifest is not None:
+        split = url.rstrip("/").rsplit("/", 2)[-2]
+        expected = manifest["splits"].get(split, {}).get("index", {}).get("sha256")
+        if hashlib.sha256(index_bytes).hexdigest() != expected:
+            raise PreparedDatasetError(f"{url}: its sha256 differs from {MANIFEST_FILE} (changed after it was "
+                                       "prepared, or a stale litdata cache)")
+    try:
+        index = json.loads(index_bytes)
+    except ValueError as error:
+        raise PreparedDatasetError(f"{url}: unreadable ({error})") from None
+    check_index(index, url)
+
+
+def upload_prepared(directory: str | Path, url: str, storage_options: dict[str, Any] | None = None) -> None:
+    """Upload a finished local preparation (verified first) to ``url`` (``s3://bucket/prefix/<name>``).
+
+    Readers go by the manifest, so it is deleted first (a replaced preparation reads as unfinished while its files
+    change), every other file is uploaded (each split's chunks before its ``index.json``), objects of an earlier
+    preparation the new manifest does not list are deleted, and the manifest is uploaded last.
+    """
+    from boto3.exceptions import S3UploadFailedError
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    directory, url = Path(directory), url.rstrip("/")
+    verify_prepared(directory)
+    manifest = json.loads((directory / MANIFEST_FILE).read_text())
+    bucket, prefix = s3_parts(url)
+    client = s3_client(storage_options)
+    files = sorted(_manifest_files(manifest), key=lambda path: (path.count("/") == 0, path.endswith("index.json"),
+                                                               path))
+    try:
+        client.delete_object(Bucket=bucket, Key=f"{prefix}/{MANIFEST_FILE}")
+        for path in files:
+            client.upload_file(str(directory / path), bucket, f"{prefix}/{path}")
+        for stale in sorted(set(_remote_sizes(url, client)) - set(files) - {MANIFEST_FILE}):
+            client.delete_object(Bucket=bucket, Key=f"{prefix}/{stale}")
+        client.upload_file(str(directory / MANIFEST_FILE), bucket, f"{prefix}/{MANIFEST_FILE}")
+    except (ClientError, BotoCoreError, S3UploadFailedError) as error:
+        raise _s3_error(error, url) from None
 
 
 # ---------------------------------------------------------------------------------------------------- staging

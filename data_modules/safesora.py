@@ -395,6 +395,7 @@ class SafeSoraDataModule(PreparedDataModule):
         prepared_dir: str | None = None,
         predict_file: str | None = None,
         seed: int = 42,
+        storage_options: dict[str, Any] | None = None,
     ) -> None:
         if dimension not in DIMENSIONS:
             raise ValueError(f"unknown dimension {dimension!r}; dimensions: {list(DIMENSIONS)}")
@@ -410,7 +411,7 @@ class SafeSoraDataModule(PreparedDataModule):
         super().__init__(tokenizer, source, view, subset, revision, train_split, val_split, test_split, val_fraction,
                          test_fraction, synthetic_rows, prompt_template, max_length, batch_size, eval_batch_size,
                          num_workers, group_size, pad_to_multiple_of, False, on_bad_row, prepared_dir, predict_file,
-                         seed)
+                         seed, storage_options=storage_options)
         # the resolved defaults (save_hyperparameters may have recorded the None the caller passed)
         self.hparams.prompt_template, self.hparams.max_length = prompt_template, max_length
 

@@ -81,6 +81,8 @@ class TreePreferenceDataModule(PreparedDataModule):
         prepared_dir: where prepared datasets are written (default ``$LIT_SAFE_CACHE/prepared``).
         predict_file: a JSONL of ``{"prompt", "response"}`` lines for ``lit-safe predict``.
         seed: seeds the split carving and the shuffling.
+        storage_options: boto3 client arguments for ``s3://`` locations (``endpoint_url``...); ``None``: the ``AWS_*``
+            environment variables (see :class:`~lit_safe.data_modules.base.PreparedDataModule`).
     """
 
     dataset_name = "tree_preference"
@@ -108,6 +110,7 @@ class TreePreferenceDataModule(PreparedDataModule):
         prepared_dir: str | None = None,
         predict_file: str | None = None,
         seed: int = 42,
+        storage_options: dict[str, Any] | None = None,
     ) -> None:
         super().__init__(
             tokenizer=tokenizer, source=source, view=view, subset=None, revision=None, train_split=train_split,
@@ -116,6 +119,7 @@ class TreePreferenceDataModule(PreparedDataModule):
             eval_batch_size=eval_batch_size, num_workers=num_workers, group_size=group_size,
             pad_to_multiple_of=pad_to_multiple_of, pack_pairs=pack_pairs, on_bad_row=on_bad_row,
             prepared_dir=prepared_dir, predict_file=predict_file, seed=seed,
+            storage_options=storage_options,
         )
 
     def make_view(self, name: str) -> Any:
