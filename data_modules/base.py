@@ -69,6 +69,7 @@ from lit_safe.data_modules.preparation import (
     verify_remote,
     write_split,
 )
+from lit_safe.data_modules.schemas import not_an_object
 from lit_safe.data_modules.sources import DataValidationError
 from lit_safe.data_modules.streaming import LengthGroupedLoader, pad_right
 from lit_safe.data_modules.text import format_prompt
@@ -88,7 +89,7 @@ def prompt_bucket(prompt: str, seed: int) -> float:
 def check_prediction_row(row: Any) -> list[tuple[str, str]]:
     """Check one line of a prediction file: a JSON object with string ``prompt`` and ``response``."""
     if not isinstance(row, dict):
-        return [("<row>", f"expected a JSON object, got {type(row).__name__}")]
+        return not_an_object(row)
     problems = []
     for name in ("prompt", "response"):
         if row.get(name) is None:

@@ -35,7 +35,8 @@ def is_data_file(path: Path) -> bool:
 
 @dataclass(frozen=True)
 class UndecodableRow:
-    """A row whose bytes are not valid UTF-8 text (or whose JSON decodes to text that no UTF-8 encoder accepts).
+    """A line that is not a row: its bytes are not valid UTF-8 text, it is not valid JSON, or its JSON decodes to
+    text that no UTF-8 encoder accepts.
 
     :func:`read_file` yields it in the row's place instead of raising, so that the bad line is a per-row problem:
     every row check of :mod:`~lit_safe.data_modules.schemas` reports it as ``("<row>", problem)``, which names the
@@ -102,8 +103,9 @@ def _read_jsonl(path: Path, opener) -> Iterator[tuple[str, Any]]:
                 continue
             try:
                 row = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise DataValidationError(f"{where}: invalid JSON ({err.msg})") from err
+            except json.JSONDecodeError as err:  # a cut or garbled line: a bad row like any other (named or skipped)
+                yield where, UndecodableRow(f"invalid JSON ({err.msg} at column {err.colno})")
+                continue
             if b"\\ud" in raw or b"\\uD" in raw:  # a surrogate escape: valid only as half of a pair
                 bad = _lone_surrogate(row)
                 if bad is not None:

@@ -350,11 +350,17 @@ def user_error(error: BaseException) -> BaseException | None:
 
 
 def main(args: list[str] | None = None) -> None:
-    """Entry point of the ``lit-safe`` console script: a user error is one line on stderr and exit code 2 (its
-    traceback with ``LIT_SAFE_DEBUG=1``); any other exception keeps its traceback."""
+    """Entry point of the ``lit-safe`` console script: a user error is one line on stderr and exit code 2, a run
+    stopped by non-finite steps one line and exit code 1 (their tracebacks with ``LIT_SAFE_DEBUG=1``); any other
+    exception keeps its traceback."""
     try:
         run(args)
     except Exception as error:
+        from lit_safe.modules.base import NonFiniteError
+
+        if isinstance(error, NonFiniteError) and os.environ.get("LIT_SAFE_DEBUG", "").strip() in ("", "0"):
+            print(f"lit-safe: error: {error}", file=sys.stderr)  # a run that diverged: said in one line, exit 1
+            raise SystemExit(1) from None
         cause = user_error(error)
         if cause is None or os.environ.get("LIT_SAFE_DEBUG", "").strip() not in ("", "0"):
             raise

@@ -150,10 +150,14 @@ def test_bad_lines_are_named(tmp_path):
 
 
 def test_invalid_json_and_wrong_file_type(tmp_path):
-    dm = _module(tmp_path, on_bad_row="skip")
     broken = _write(tmp_path / "broken.jsonl", [ROWS[0], ROWS[1], '{"prompt": "p", "response": ', ROWS[2]])
-    with pytest.raises(DataValidationError, match=r"broken\.jsonl: line 3: invalid JSON"):
-        dm.prediction_loader(broken)
+    with pytest.raises(DataValidationError, match=r"broken\.jsonl: line 3: field '<row>': invalid JSON"):
+        _module(tmp_path).prediction_loader(broken)
+    # under skip a cut line is a bad row like any other: dropped and counted, the other lines predicted
+    lines = [line for batch in _module(tmp_path, on_bad_row="skip").prediction_loader(broken)
+             for line in batch["line"].tolist()]
+    assert lines == [1, 2, 4]
+    dm = _module(tmp_path, on_bad_row="skip")
 
     as_json = tmp_path / "predict.json"
     as_json.write_text(json.dumps(ROWS))

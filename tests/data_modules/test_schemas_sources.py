@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from lit_safe.data_modules import sources
+from lit_safe.data_modules import schemas, sources
 from lit_safe.data_modules.schemas import (
     PKU_HARM_CATEGORIES,
     PKU_REQUIRED_FIELDS,
@@ -255,10 +255,10 @@ def test_invalid_json_line_names_file_and_line(tmp_path, real_rows):
     reader = sources.read_file(path)
     assert next(reader)[1] == real_rows[0]
     assert next(reader)[1] == real_rows[1]
-    with pytest.raises(DataValidationError) as err:
-        next(reader)
-    assert str(path) in str(err.value)
-    assert "line 3" in str(err.value)
+    where, row = next(reader)  # a bad row in its place (named under on_bad_row: error, dropped and counted by skip)
+    assert where == f"{path}: line 3"
+    assert isinstance(row, sources.UndecodableRow) and row.problem.startswith("invalid JSON")
+    assert schemas.check_pku_saferlhf_row(row) == [("<row>", row.problem)]
 
 
 def test_invalid_json_file(tmp_path):

@@ -115,11 +115,20 @@ def test_nonfinite_weights_are_neither_exported_nor_checkpointed(tmp_path):
     assert not (tmp_path / "export").exists()
 
 
-def test_the_reported_reward_run_with_lr_1000_stops_instead_of_exporting_nan(tmp_path, quickstart_config):
+def test_the_reported_reward_run_with_lr_1000_stops_instead_of_exporting_nan(tmp_path, quickstart_config, capsys):
     config = quickstart_config("reward", tmp_path, synthetic_rows=400)
     with pytest.raises(NonFiniteError, match="not finite at step .*max_nonfinite_steps=3.*lr=1000.0"):
         run(["fit", "--config", str(config), "--model.init_args.lr", "1000", "--trainer.max_steps", "100"])
     assert not (tmp_path / "reward_model").exists()
+    # the console script says it in one line and exits 1 (no traceback wall)
+    from lit_safe.cli import main
+
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config", str(config), "--model.init_args.lr", "1000", "--trainer.max_steps", "100"])
+    assert exit_info.value.code == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("lit-safe: error: RewardModule: not finite at step") and "Traceback" not in "".join(err)
 
 
 # ------------------------------------------------------------------------------------------------------------ PPO
