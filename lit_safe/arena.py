@@ -98,6 +98,18 @@ def read_prompts(path: str | Path, limit: int | None = None) -> list[str]:
         rows = ((f"synthetic test row {i}", row) for i, row in enumerate(generate_pku_saferlhf_rows(**SYNTHETIC_TEST)))
     else:
         rows = read_file(path)
+    prompts = distinct_prompts(rows, limit)
+    if not prompts:
+        raise DataValidationError(f"{path}: no prompts")
+    return prompts
+
+
+def distinct_prompts(rows, limit: int | None = None) -> list[str]:
+    """The distinct ``prompt`` strings of ``(location, row)`` pairs, in order, at most ``limit``.
+
+    Raises:
+        DataValidationError: a row without a string ``prompt``, named by its location.
+    """
     prompts, seen = [], set()
     for where, row in rows:
         prompt = row.get("prompt") if isinstance(row, dict) else None
@@ -108,8 +120,6 @@ def read_prompts(path: str | Path, limit: int | None = None) -> list[str]:
             prompts.append(prompt)
         if limit is not None and len(prompts) >= limit:
             break
-    if not prompts:
-        raise DataValidationError(f"{path}: no prompts")
     return prompts
 
 
@@ -235,4 +245,4 @@ def run_arena(
     return summary
 
 
-__all__ = ["arena_summary", "format_summary", "generate", "read_prompts", "run_arena", "score"]
+__all__ = ["arena_summary", "distinct_prompts", "format_summary", "generate", "read_prompts", "run_arena", "score"]

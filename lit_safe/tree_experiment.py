@@ -171,34 +171,20 @@ def read_prompt_list(prompts: str, num_prompts: int | None, skip: int = 0, promp
     """Distinct prompts of a file (rows with a ``prompt``), a hub dataset (``prompt_split`` of ``subset`` at
     ``revision``) or ``synthetic``: the prompts of synthetic PKU-SafeRLHF rows (seed 7, never the quickstart's
     training or test rows), after skipping the first ``skip``."""
+    from lit_safe.arena import distinct_prompts, read_prompts
     from lit_safe.data_modules.sources import DataValidationError
 
     wanted = None if num_prompts is None else skip + num_prompts
     if prompts == "synthetic":
         from lit_safe.data_modules.synthetic import generate_pku_saferlhf_rows
 
-        out, seen = [], set()
         rows = generate_pku_saferlhf_rows(2 * (wanted or 1000), seed=7)
-        for row in rows:
-            if row["prompt"] not in seen:
-                seen.add(row["prompt"])
-                out.append(row["prompt"])
+        out = distinct_prompts(((f"synthetic row {i}", r) for i, r in enumerate(rows)), wanted)
     elif not Path(prompts).expanduser().exists() and prompts.count("/") == 1 and not prompts.startswith((".", "~")):
         from lit_safe.data_modules.sources import read_hub
 
-        out, seen = [], set()
-        for where, row in read_hub(prompts, prompt_split, subset, revision):
-            prompt = row.get("prompt") if isinstance(row, dict) else None
-            if not isinstance(prompt, str):
-                raise DataValidationError(f"{where}: field 'prompt': expected a string, got {type(prompt).__name__}")
-            if prompt not in seen:
-                seen.add(prompt)
-                out.append(prompt)
-            if wanted is not None and len(out) >= wanted:
-                break
+        out = distinct_prompts(read_hub(prompts, prompt_split, subset, revision), wanted)
     else:
-        from lit_safe.arena import read_prompts
-
         out = read_prompts(prompts, wanted)
     out = out[skip:wanted]
     if num_prompts is not None and len(out) < num_prompts:
