@@ -36,7 +36,7 @@ Departures and limits:
 
 * Only models whose cache layers are all full-attention :class:`transformers.cache_utils.DynamicLayer` are supported
   (Llama, Qwen, Mistral without a sliding window, GPT-2, ...); sliding-window and linear-attention (Mamba) layers
-  cannot be cropped to a prefix and raise ``NotImplementedError``. The model must take ``cache=``,
+  cannot be cropped to a prefix and are refused with a ``ValueError``. The model must take ``cache=``,
   ``position_ids=`` and a 2D ``attention_mask`` (transformers >= 5 causal LMs do).
 * Within a batch, stopped rows are not compacted away (the waste is reported); with separators, the segments of a
   level have different lengths, so the batch of the next level runs until its longest row stops.
@@ -251,7 +251,7 @@ class _Grower:
         unsupported = {type(layer).__name__ for layer in cache.layers
                        if type(layer) is not DynamicLayer or not layer.is_initialized}
         if unsupported or not cache.layers:
-            raise NotImplementedError(
+            raise ValueError(
                 f"{type(self.model).__name__} uses cache layers {sorted(unsupported) or '(none)'}: tree generation "
                 "needs full-attention DynamicLayer caches that can be cropped to a prefix")
         return _OpenNode(0, [la.keys for la in cache.layers], [la.values for la in cache.layers], 0, 0, n, logits[0])
@@ -438,7 +438,7 @@ def grow_tree(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompt
 
     Raises:
         ValueError: a temperature <= 0, a per-level list of the wrong length, or another invalid setting.
-        NotImplementedError: a model whose cache layers cannot be cropped to a prefix (sliding window, Mamba).
+        ValueError: a model whose cache layers cannot be cropped to a prefix (sliding window, Mamba).
     """
     tree = _grow(model, tokenizer, prompt, prompt_ids, tree_id, depth=depth, branching=branching,
                  segment_tokens=segment_tokens, separators=separators, temperatures=temperatures, top_p=top_p,

@@ -124,7 +124,7 @@ def test_sliding_window_cache_is_refused(lm):
                            num_attention_heads=2, num_key_value_heads=1, sliding_window=8,
                            eos_token_id=tokenizer.eos_token_id)
     model = AutoModelForCausalLM.from_config(config).eval()
-    with pytest.raises(NotImplementedError, match="DynamicSlidingWindowLayer"):
+    with pytest.raises(ValueError, match="DynamicSlidingWindowLayer"):
         grow_tree(model, tokenizer, PROMPT, ids, "t", depth=2, branching=2, segment_tokens=3, max_new_tokens=6)
 
 
