@@ -132,13 +132,18 @@ def grow_file(model, tokenizer, prompts: Sequence[str], output: str | Path, *, k
                                  segment_tokens=segment_tokens, separators=separators, temperatures=temperatures,
                                  top_p=top_p, max_new_tokens=max_new_tokens, generator=generator)
             else:
-                first = temperatures if isinstance(temperatures, (int, float)) else temperatures[0]
-                tree = sample_independent(model, tokenizer, prompt, ids, tid, responses=responses, temperature=first,
+                tree = sample_independent(model, tokenizer, prompt, ids, tid, responses=responses,
+                                          temperature=_first(temperatures),
                                           top_p=top_p, max_new_tokens=max_new_tokens, generator=generator)
             f.write(json.dumps(tree.to_json()) + "\n")
             f.flush()
             bar.update(1)
     return target
+
+
+def _first(temperatures: float | Sequence[float]) -> float:
+    """The temperature of the first level (what independent responses are sampled at)."""
+    return temperatures if isinstance(temperatures, (int, float)) else temperatures[0]
 
 
 def _drop_torn_line(path: Path) -> None:
@@ -250,6 +255,11 @@ def tree_grow(
     dtype = {"32-true": "float32", "bf16-true": "bfloat16", "16-true": "float16"}.get(precision)
     if dtype is None:
         raise ValueError(f"precision must be 32-true, bf16-true or 16-true, got {precision!r}")
+    from lit_safe.models.tree_generation import check_tree_settings
+
+    check_tree_settings(depth=1 if kind == "pool" else depth, branching=branching if kind == "tree" else responses,
+                        segment_tokens=segment_tokens, temperatures=temperatures if kind == "tree" else
+                        _first(temperatures), top_p=top_p, max_new_tokens=max_new_tokens)
     _check_policy(policy)
     texts = read_prompt_list(prompts, num_prompts, skip_prompts, prompt_split, prompt_subset, prompt_revision)
     fabric = Fabric(accelerator=accelerator, devices=devices, strategy="ddp" if devices > 1 else "auto")
@@ -636,6 +646,10 @@ def run_tree_experiment(
         raise ValueError(f"unknown topologies {unknown}; expected any of {list(TOPOLOGIES)}")
     if best_of_n < 2 or win_n > best_of_n or best_of_n % 2:
         raise ValueError(f"best_of_n ({best_of_n}) must be even, >= 2 and >= win_n ({win_n})")
+    from lit_safe.models.tree_generation import check_tree_settings
+
+    check_tree_settings(depth=depth, branching=branching, segment_tokens=segment_tokens, temperatures=temperatures,
+                        top_p=top_p, max_new_tokens=max_new_tokens)
     _check_policy(policy)
     if gold_reward != "synthetic":
         _check_policy(gold_reward, what="gold_reward")

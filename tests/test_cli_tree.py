@@ -200,3 +200,22 @@ def test_a_saved_score_model_is_a_gold_scorer(tmp_path, tiny_tokenizer):
     for row in rows:
         assert row["better_response_id"] == (0 if row["gold_reward_0"] > row["gold_reward_1"] else 1)
         assert row["label_source"].startswith("reward=") and row["label_source"].endswith(":argmax")
+
+
+@pytest.mark.parametrize("option, value, message", [
+    ("--temperatures", "0", "temperature must be a finite number > 0"),
+    ("--depth", "0", "depth must be >= 1"),
+    ("--branching", "[2, 2, 2]", "branching has 3 values but depth is 2"),
+    ("--top_p", "1.5", r"top_p must be in \(0, 1\]"),
+])
+def test_bad_growth_settings_fail_before_any_model_or_prompt_is_loaded(option, value, message, tmp_path,
+                                                                        monkeypatch):
+    from lit_safe import tree_experiment
+
+    def no_loading(*args, **kwargs):
+        raise AssertionError("the policy was loaded before the settings were checked")
+
+    monkeypatch.setattr(tree_experiment, "load_policy", no_loading)
+    monkeypatch.setattr(tree_experiment, "read_prompt_list", no_loading)
+    with pytest.raises(ValueError, match=message):
+        run(["tree-grow", *GROW, option, value, "--output", str(tmp_path / "t.jsonl")])

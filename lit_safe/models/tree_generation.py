@@ -342,10 +342,18 @@ class _Grower:
                 break
 
 
-def _validate(depth: int, branching: list, segment_tokens: int, temperatures: list, top_p: float,
-              max_new_tokens: int, prompt_ids: Sequence[int]) -> None:
+def check_tree_settings(*, depth: int, branching: int | Sequence[int], segment_tokens: int,
+                        temperatures: float | Sequence[float], top_p: float,
+                        max_new_tokens: int) -> tuple[list[int], list[float]]:
+    """Check how trees are to grow before any model is loaded; returns branching and temperature per level.
+
+    Raises:
+        ValueError: naming the first setting out of range (a temperature of 0, a per-level list of the wrong length).
+    """
     if depth < 1:
         raise ValueError(f"depth must be >= 1, got {depth}")
+    branching = _per_level(branching, depth, "branching")
+    temperatures = [float(t) if isinstance(t, int) else t for t in _per_level(temperatures, depth, "temperatures")]
     if any(not isinstance(b, int) or b < 1 for b in branching):
         raise ValueError(f"branching must be positive integers, got {branching}")
     if segment_tokens < 1:
@@ -358,8 +366,7 @@ def _validate(depth: int, branching: list, segment_tokens: int, temperatures: li
         raise ValueError(f"top_p must be in (0, 1], got {top_p}")
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
-    if len(prompt_ids) == 0:
-        raise ValueError("prompt_ids is empty: the model needs at least one token (e.g. BOS) to condition on")
+    return branching, temperatures
 
 
 def _grow(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompt: str, prompt_ids: Sequence[int],
@@ -367,10 +374,11 @@ def _grow(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompt: st
           separators: Sequence[str] | None, temperatures: float | Sequence[float], top_p: float, max_new_tokens: int,
           generator: torch.Generator | None, trace: Trace | None = None) -> ResponseTree:
     """:func:`grow_tree` with an optional ``trace`` callback (see :data:`Trace`)."""
-    branching_per_level = _per_level(branching, depth, "branching")
-    temperature_per_level = [float(t) if isinstance(t, int) else t for t in _per_level(temperatures, depth,
-                                                                                       "temperatures")]
-    _validate(depth, branching_per_level, segment_tokens, temperature_per_level, top_p, max_new_tokens, prompt_ids)
+    branching_per_level, temperature_per_level = check_tree_settings(
+        depth=depth, branching=branching, segment_tokens=segment_tokens, temperatures=temperatures, top_p=top_p,
+        max_new_tokens=max_new_tokens)
+    if len(prompt_ids) == 0:
+        raise ValueError("prompt_ids is empty: the model needs at least one token (e.g. BOS) to condition on")
     if model.training:
         warnings.warn("grow_tree: the model is in training mode (dropout on); call model.eval() first", stacklevel=3)
     tree = ResponseTree(tree_id, prompt, len(prompt_ids))
