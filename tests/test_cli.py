@@ -138,3 +138,21 @@ def test_every_trainer_fragment_composes_with_the_quickstart(path, capsys):
             assert printed["trainer"][key]["class_path"] == value["class_path"]
         elif not isinstance(value, dict):
             assert printed["trainer"][key] == value
+
+
+def test_a_run_prints_none_of_lightnings_repeated_noise(tmp_path, quickstart_config, caplog):
+    """No LeafSpec deprecation, IterableDataset-length caution or logger advertisement on a plain fit; other
+    warnings still show."""
+    import logging
+    import warnings
+
+    config = quickstart_config("reward", tmp_path, synthetic_rows=200)
+    caplog.set_level(logging.INFO)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        run(["fit", "--config", str(config), "--trainer.max_steps", "2"])
+        warnings.warn("a warning of the user's own", UserWarning, stacklevel=2)
+    messages = [str(w.message) for w in caught]
+    assert not [m for m in messages if "LeafSpec" in m or "`IterableDataset` has `__len__`" in m], messages
+    assert "a warning of the user's own" in messages
+    assert not [r for r in caplog.records if "litlogger" in r.getMessage()]
