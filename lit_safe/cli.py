@@ -287,8 +287,10 @@ def tree_main(command: str, argv: list[str]) -> Any:
 
 # What Lightning repeats on every run that says nothing about the user's run: a deprecation inside Lightning itself
 # (its own pytree helper), the IterableDataset-length caution (lit_safe's loaders split the data per worker and rank
-# through litdata, so the length is exact) and an advertisement for another logger.
-NOISE_WARNINGS = (r".*isinstance\(treespec, LeafSpec\)` is deprecated", r"Your `IterableDataset` has `__len__` defined")
+# through litdata, so the length is exact), the caution against passing `args` beside sys.argv (run(args) passes them
+# on purpose, e.g. from Python or tests) and an advertisement for another logger.
+NOISE_WARNINGS = (r".*isinstance\(treespec, LeafSpec\)` is deprecated", r"Your `IterableDataset` has `__len__` defined",
+                  r"LightningCLI's args parameter is intended to run from within Python")
 NOISE_LOG_PREFIXES = ("💡 Tip: For seamless cloud logging",)
 
 
