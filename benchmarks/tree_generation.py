@@ -85,8 +85,8 @@ def main() -> None:
     warnings.filterwarnings("ignore")
 
     from lit_safe.data_modules.synthetic import generate_pku_saferlhf_rows
-    from lit_safe.data_modules.text import format_prompt
     from lit_safe.models.backbone import load_backbone
+    from lit_safe.models.text import format_prompt
     from lit_safe.models.tokenizer import load_tokenizer
     from lit_safe.models.tree_generation import grow_tree, sample_independent
 

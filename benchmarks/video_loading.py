@@ -55,7 +55,7 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(args.threads)
     warnings.filterwarnings("ignore")
     from lit_safe.data_modules.safesora import SafeSoraDataModule
-    from lit_safe.data_modules.video import read_video
+    from lit_safe.models.frames import read_video
 
     common = {"frame_size": args.frame_size, "num_frames": args.num_frames, "threads": args.threads}
     with tempfile.TemporaryDirectory() as tmp:

@@ -71,8 +71,8 @@ from lit_safe.data_modules.preparation import (
 )
 from lit_safe.data_modules.schemas import not_an_object
 from lit_safe.data_modules.sources import DataValidationError
-from lit_safe.data_modules.streaming import LengthGroupedLoader, pad_right
-from lit_safe.data_modules.text import format_prompt
+from lit_safe.data_modules.streaming import LengthGroupedLoader
+from lit_safe.models.text import format_prompt, pad_right
 from lit_safe.models.tokenizer import load_tokenizer, tokenizer_fingerprint
 
 MAX_LISTED_PROBLEMS = 10

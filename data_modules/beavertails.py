@@ -15,9 +15,9 @@ from __future__ import annotations
 from typing import Any, Literal
 
 from lit_safe.data_modules.base import PreparedDataModule
-from lit_safe.data_modules.moderation import ModerationView, beavertails_responses, uses_pair_input
+from lit_safe.data_modules.moderation_view import ModerationView, beavertails_responses, uses_pair_input
 from lit_safe.data_modules.schemas import BEAVERTAILS_CATEGORIES, beavertails_label_notes, check_beavertails_row
-from lit_safe.data_modules.text import SAFE_RLHF_TEMPLATE
+from lit_safe.models.text import SAFE_RLHF_TEMPLATE
 
 
 class BeaverTailsDataModule(PreparedDataModule):

@@ -35,7 +35,7 @@ from typing import Any, Literal
 import numpy as np
 
 from lit_safe.data_modules.base import PreparedDataModule, Valid, prompt_bucket
-from lit_safe.data_modules.moderation import ModerationView, pku_responses, uses_pair_input
+from lit_safe.data_modules.moderation_view import ModerationView, pku_responses, uses_pair_input
 from lit_safe.data_modules.policy import PromptView, SFTView, count_duplicate_rows
 from lit_safe.data_modules.preparation import SplitReport
 from lit_safe.data_modules.schemas import (
@@ -46,12 +46,12 @@ from lit_safe.data_modules.schemas import (
     pku_label_notes,
     text_digest,
 )
-from lit_safe.data_modules.streaming import pad_right
-from lit_safe.data_modules.text import (
+from lit_safe.models.text import (
     SAFE_RLHF_TEMPLATE,
     encode_with_eos,
     format_prompt,
     pack_pair,
+    pad_right,
     pair_attention,
     shared_prefix_length,
 )

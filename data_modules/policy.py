@@ -35,8 +35,7 @@ import numpy as np
 
 from lit_safe.data_modules.preparation import SplitReport
 from lit_safe.data_modules.schemas import is_blank, row_digest, text_digest
-from lit_safe.data_modules.streaming import pad_left, pad_right
-from lit_safe.data_modules.text import format_prompt
+from lit_safe.models.text import encode_prompts, pad_left, pad_right
 
 IGNORE_INDEX = -100
 ENCODE_CHUNK = 8192
@@ -55,15 +54,6 @@ def count_duplicate_rows(rows: Iterable[tuple[int, Any]], report: SplitReport) -
         else:
             seen.add(key)
         yield index, row
-
-
-def encode_prompts(tokenizer: Any, prompts: list[str], template: str) -> list[np.ndarray]:
-    """Prompts in the template, tokenised with the tokenizer's special tokens (BOS), no EOS: int32 arrays."""
-    if not prompts:
-        return []
-    encoded = tokenizer([format_prompt(p, template) for p in prompts], add_special_tokens=True)["input_ids"]
-    eos = tokenizer.eos_token_id
-    return [np.asarray(ids[:-1] if ids and ids[-1] == eos else ids, dtype=np.int32) for ids in encoded]
 
 
 def encode_sft(
@@ -274,5 +264,5 @@ class PreferencePairView:
                 "row": torch.as_tensor([int(i["row"]) for i in items])}
 
 
-__all__ = ["IGNORE_INDEX", "PreferencePairView", "PromptView", "SFTView", "count_duplicate_rows", "encode_prompts",
+__all__ = ["IGNORE_INDEX", "PreferencePairView", "PromptView", "SFTView", "count_duplicate_rows",
            "encode_sft"]

@@ -15,7 +15,7 @@ Sources, as :class:`~lit_safe.data_modules.base.PreparedDataModule` reads them, 
 missing video is a validation error naming the row, the field and the path; an unreadable one stops preparation
 naming the row and the file (with ``on_bad_row: skip`` both are dropped and counted, never silently).
 
-Videos are decoded with PyAV (:mod:`lit_safe.data_modules.video`), ``num_frames`` frames sampled uniformly and
+Videos are decoded with PyAV (:mod:`lit_safe.models.frames`), ``num_frames`` frames sampled uniformly and
 resized to ``frame_size`` (short side, centre crop), then stored in the litdata chunks either as decoded ``uint8``
 frames (``video_storage: frames``) or re-encoded as a small H.264 clip of exactly those frames (``mp4``; decoded in
 the loader workers). ``benchmarks/video_loading.py`` measures both: decoded frames stream several times faster
@@ -70,14 +70,9 @@ from lit_safe.data_modules.schemas import (
     safesora_sub_preferences,
 )
 from lit_safe.data_modules.sources import DataValidationError
-from lit_safe.data_modules.streaming import pad_right
-from lit_safe.data_modules.text import encode_with_eos, format_prompt
-from lit_safe.data_modules.video import VideoDecodeError, encode_mp4, read_video, to_batch_layout
+from lit_safe.models.frames import VideoDecodeError, encode_mp4, read_video, to_batch_layout
+from lit_safe.models.text import REWRITE_TEMPLATE, VIDEO_TEMPLATE, encode_prompt_texts, pad_right
 
-REWRITE_TEMPLATE = (
-    "Rewrite the user's request as a detailed prompt for a text-to-video model.\nRequest: {prompt}\nVideo prompt: "
-)
-VIDEO_TEMPLATE = "{prompt}"
 DIMENSIONS = ("helpfulness", "harmlessness", "safety_first", *SAFESORA_SUB_PREFERENCES)
 VIDEO_VIEWS = ("preference", "safety", "moderation")
 STORAGES = ("frames", "mp4")
@@ -108,11 +103,6 @@ def cost_sign(video: dict[str, Any]) -> int:
     """+1 for a video labelled unsafe, -1 for one labelled safe, 0 without an ``is_safe`` label."""
     is_safe = video.get("is_safe")
     return 0 if is_safe is None else (-1 if is_safe else 1)
-
-
-def encode_prompt_texts(tokenizer: Any, prompts: list[str], template: str, max_length: int) -> tuple[list, int]:
-    """The user prompts as the video models read them: template, BOS, cut to ``max_length`` with EOS."""
-    return encode_with_eos(tokenizer, [format_prompt(p, template) for p in prompts], max_length)
 
 
 # ----------------------------------------------------------------------------------------------- video reading
@@ -680,4 +670,4 @@ def _config_files(directory: Path) -> dict[str, Path]:
     return out
 
 
-__all__ = ["DIMENSIONS", "REWRITE_TEMPLATE", "SafeSoraDataModule", "cost_sign", "preferred"]
+__all__ = ["DIMENSIONS", "SafeSoraDataModule", "cost_sign", "preferred"]

@@ -40,7 +40,7 @@ from typing import Any
 import numpy as np
 
 from lit_safe.data_modules.schemas import SAFESORA_CATEGORIES
-from lit_safe.data_modules.video import write_mp4
+from lit_safe.models.frames import write_mp4
 
 GENERATOR_VERSION = 5
 COLOURS = {

@@ -23,32 +23,7 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
-import numpy as np
-import torch
 from litdata import StreamingDataLoader, StreamingDataset
-
-
-def pad_right(sequences: list[np.ndarray], pad_id: int, multiple_of: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
-    """Right-pad 1-D int arrays into ``(ids (N, L), attention_mask (N, L))``; ``L`` rounds up to ``multiple_of``."""
-    length = max(len(s) for s in sequences)
-    length = -(-length // multiple_of) * multiple_of
-    ids = torch.full((len(sequences), length), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(sequences), length), dtype=torch.long)
-    for i, seq in enumerate(sequences):
-        ids[i, : len(seq)] = torch.as_tensor(seq, dtype=torch.long)
-        mask[i, : len(seq)] = 1
-    return ids, mask
-
-
-def pad_left(sequences: list[np.ndarray], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Left-pad 1-D int arrays (for generation): ``(ids (N, L), attention_mask (N, L))``."""
-    length = max(len(s) for s in sequences)
-    ids = torch.full((len(sequences), length), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(sequences), length), dtype=torch.long)
-    for i, seq in enumerate(sequences):
-        ids[i, length - len(seq) :] = torch.as_tensor(seq, dtype=torch.long)
-        mask[i, length - len(seq) :] = 1
-    return ids, mask
 
 
 def _identity(items: list[Any]) -> list[Any]:

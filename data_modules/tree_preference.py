@@ -25,7 +25,7 @@ from lit_safe.data_modules.base import PreparedDataModule
 from lit_safe.data_modules.pku_saferlhf import PreferenceView, SafetyView
 from lit_safe.data_modules.preparation import SplitReport
 from lit_safe.data_modules.schemas import check_tree_pair_row
-from lit_safe.data_modules.text import SAFE_RLHF_TEMPLATE
+from lit_safe.models.text import SAFE_RLHF_TEMPLATE
 
 
 def _lca_depth(row: dict[str, Any]) -> int:

@@ -22,10 +22,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from lit_safe.data_modules.policy import encode_prompts
 from lit_safe.data_modules.sources import DataValidationError, read_file
-from lit_safe.data_modules.streaming import pad_left, pad_right
-from lit_safe.data_modules.text import SAFE_RLHF_TEMPLATE, encode_with_eos, format_prompt
+from lit_safe.models.text import SAFE_RLHF_TEMPLATE, encode_prompts, encode_with_eos, format_prompt, pad_left, pad_right
 
 
 def arena_summary(reward_a: Tensor, cost_a: Tensor, reward_b: Tensor, cost_b: Tensor) -> dict[str, Any]:

@@ -44,7 +44,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from lit_safe.data_modules.text import SAFE_RLHF_TEMPLATE
+from lit_safe.models.text import SAFE_RLHF_TEMPLATE
 from lit_safe.trees import TOPOLOGIES, ResponseTree, Scorer, label_pairs, merge_labels, sample_pairs
 
 
@@ -109,7 +109,7 @@ def grow_file(model, tokenizer, prompts: Sequence[str], output: str | Path, *, k
     a resumed or sharded run grows the same trees as an uninterrupted one."""
     from tqdm.auto import tqdm
 
-    from lit_safe.data_modules.policy import encode_prompts
+    from lit_safe.models.text import encode_prompts
     from lit_safe.models.tree_generation import grow_tree, sample_independent
 
     output = Path(output)

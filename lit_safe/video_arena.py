@@ -25,10 +25,9 @@ import torch
 from torch import Tensor
 
 from lit_safe.arena import _check_model, arena_summary, format_summary, generate
-from lit_safe.data_modules.safesora import REWRITE_TEMPLATE, encode_prompt_texts
 from lit_safe.data_modules.sources import DataValidationError, read_file
-from lit_safe.data_modules.streaming import pad_right
-from lit_safe.data_modules.video import encode_mp4, read_video, resize_array, sample_indices
+from lit_safe.models.frames import encode_mp4, read_video, resize_array, sample_indices
+from lit_safe.models.text import REWRITE_TEMPLATE, encode_prompt_texts, pad_right
 
 
 def read_video_prompts(path: str, limit: int | None = None, seed: int = 0) -> list[str]:

@@ -12,7 +12,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from lit_safe.cli import run
 from lit_safe.data_modules.schemas import PKU_HARM_CATEGORIES
 from lit_safe.data_modules.synthetic import generate_pku_saferlhf_rows
-from lit_safe.models.moderation import ModerationModel
+from lit_safe.models.moderation_model import ModerationModel
 from lit_safe.modules.moderation import ModerationModule
 
 

@@ -181,8 +181,8 @@ def test_a_saved_score_model_is_a_gold_scorer(tmp_path, tiny_tokenizer):
     import torch
 
     from lit_safe.arena import score
-    from lit_safe.data_modules.text import SAFE_RLHF_TEMPLATE
     from lit_safe.models.score_model import ScoreModel, build_score_model
+    from lit_safe.models.text import SAFE_RLHF_TEMPLATE
 
     torch.manual_seed(0)
     build_score_model("tiny", tiny_tokenizer, "reward").save_pretrained(tmp_path / "gold", tokenizer=tiny_tokenizer)

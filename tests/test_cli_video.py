@@ -17,10 +17,10 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from transformers import AutoModelForCausalLM
 
 from lit_safe.cli import run
-from lit_safe.data_modules.safesora import REWRITE_TEMPLATE, SafeSoraDataModule, encode_prompt_texts
+from lit_safe.data_modules.safesora import SafeSoraDataModule
 from lit_safe.data_modules.schemas import SAFESORA_CATEGORIES
-from lit_safe.data_modules.streaming import pad_right
-from lit_safe.data_modules.video import read_video, to_batch_layout
+from lit_safe.models.frames import read_video, to_batch_layout
+from lit_safe.models.text import REWRITE_TEMPLATE, encode_prompt_texts, pad_right
 from lit_safe.models.tokenizer import load_tokenizer
 from lit_safe.models.video_diffusion import load_video_diffusion
 from lit_safe.models.video_text import VideoTextModel

@@ -169,7 +169,7 @@ class ScoreModel(nn.Module):
         Args:
             input_ids: ``(B, L)`` token ids.
             attention_mask: ``(B, L)``, 1 for real tokens; or a boolean ``(B, 1, L, L)`` mask (True: may attend)
-                for rows that pack several sequences (see :func:`lit_safe.data_modules.text.pack_pair`), which
+                for rows that pack several sequences (see :func:`lit_safe.models.text.pack_pair`), which
                 then need ``position_ids`` and ``end_index``.
             position_ids: ``(B, L)`` positions (default: 0, 1, ... along the row).
             end_index: ``(B,)`` or ``(B, K)`` positions to read end scores at (default: the last attended token).

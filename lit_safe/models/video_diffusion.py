@@ -243,7 +243,7 @@ class VideoDiffusion(nn.Module):
 
         Args:
             frames: ``uint8 (B, F, 3, H, W)``; normalised to ``[-1, 1]`` with
-                :func:`lit_safe.data_modules.video.frames_to_float` (mean = std = 0.5).
+                :func:`lit_safe.models.frames.frames_to_float` (mean = std = 0.5).
             sample: draw from the VAE posterior (as the reference trainers do); ``False`` takes its mean.
             generator: for a reproducible draw (a CPU generator gives the same latents on every device).
             chunk_size: frames per VAE call (bounds memory).
@@ -251,7 +251,7 @@ class VideoDiffusion(nn.Module):
         Returns:
             ``(B, C, F, H/s, W/s)`` times ``vae.config.scaling_factor``.
         """
-        from lit_safe.data_modules.video import frames_to_float
+        from lit_safe.models.frames import frames_to_float
 
         if frames.dim() != 5 or frames.shape[2] != 3:
             raise ValueError(f"frames must be uint8 (B, F, 3, H, W), got shape {tuple(frames.shape)}")

@@ -7,7 +7,7 @@ on one GPU, and on a tiny random CLIP for CPU tests (preset ``tiny``). A forward
 
 1. the prompt's tokens go through the text encoder: token states ``(N, L, D_t)``;
 2. each of the ``F`` frames of each video, normalised with the backbone's image mean and std
-   (:func:`lit_safe.data_modules.video.frames_to_float`) and resized to its ``image_size``, goes through the vision
+   (:func:`lit_safe.models.frames.frames_to_float`) and resized to its ``image_size``, goes through the vision
    encoder: one pooled vector per frame, ``(N, F, D_v)``;
 3. both are projected to the fusion width, get a modality embedding (and the frames a learned temporal position
    embedding), and are concatenated after a learned ``[SCORE]`` token; a small ``nn.TransformerEncoder``
@@ -44,9 +44,9 @@ import torch
 from torch import Tensor, nn
 from transformers import AutoConfig, AutoModel, CLIPConfig, PreTrainedModel, PreTrainedTokenizerBase
 
-from lit_safe.data_modules.video import frames_to_float, resize_frames
 from lit_safe.models.backbone import DTYPES
-from lit_safe.models.moderation import ModerationOutput, flag_decisions, validate_decision
+from lit_safe.models.frames import frames_to_float, resize_frames
+from lit_safe.models.moderation_model import ModerationOutput, flag_decisions, validate_decision
 from lit_safe.models.score_model import read_tensors, save_with_heads
 
 Head = Literal["score", "moderation"]

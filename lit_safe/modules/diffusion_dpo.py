@@ -464,7 +464,7 @@ class DiffusionDPOModule(BackboneModule):
         if height % 2 or width % 2:
             rank_zero_warn(f"sample videos of odd size {height}x{width} are not written as mp4 (H.264)")
             return videos
-        from lit_safe.data_modules.video import write_mp4
+        from lit_safe.models.frames import write_mp4
 
         folder = Path(log_dir) / "samples"
         for i, video in enumerate(videos):

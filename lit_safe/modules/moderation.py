@@ -31,7 +31,7 @@ from torchmetrics import Metric
 
 from lit_safe.losses import moderation_loss
 from lit_safe.metrics import f1_scores, macro_f1, multilabel_auroc
-from lit_safe.models.moderation import ModerationModel, build_moderation_model, validate_decision
+from lit_safe.models.moderation_model import ModerationModel, build_moderation_model, validate_decision
 from lit_safe.models.score_model import export_score_model
 from lit_safe.models.tokenizer import load_tokenizer
 from lit_safe.modules.base import BackboneModule, check_hparams, check_max_nonfinite_steps

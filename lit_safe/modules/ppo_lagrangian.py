@@ -35,12 +35,11 @@ import torch
 from torch import Tensor
 from transformers import LogitsProcessor, LogitsProcessorList
 
-from lit_safe.data_modules.streaming import pad_right
-from lit_safe.data_modules.text import encode_with_eos
 from lit_safe.losses import sft_loss
 from lit_safe.models.backbone import load_backbone
 from lit_safe.models.score_model import ScoreModel, build_score_model
 from lit_safe.models.sharding import clip_grad_norm, export_causal_lm
+from lit_safe.models.text import encode_with_eos, pad_right
 from lit_safe.models.tokenizer import load_tokenizer, tokenizer_fingerprint
 from lit_safe.modules.base import (
     BackboneModule,

@@ -28,7 +28,7 @@ import torch
 from lightning.pytorch.utilities import rank_zero_warn
 
 from lit_safe.losses import moderation_loss
-from lit_safe.models.moderation import validate_decision
+from lit_safe.models.moderation_model import validate_decision
 from lit_safe.models.score_model import export_score_model
 from lit_safe.models.tokenizer import load_tokenizer
 from lit_safe.models.video_text import VideoTextModel, build_video_text_model

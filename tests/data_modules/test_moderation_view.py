@@ -13,7 +13,7 @@ from litdata import StreamingDataset
 
 from lit_safe.data_modules.base import prompt_bucket
 from lit_safe.data_modules.beavertails import BeaverTailsDataModule
-from lit_safe.data_modules.moderation import (
+from lit_safe.data_modules.moderation_view import (
     ModerationView,
     beavertails_responses,
     encode_sentence_pairs,

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from lit_safe.data_modules.pku_saferlhf import PKUSafeRLHFDataModule, PreferenceView
-from lit_safe.data_modules.text import pack_pair, pair_attention, shared_prefix_length
+from lit_safe.models.text import pack_pair, pair_attention, shared_prefix_length
 from lit_safe.modules.reward import RewardModule
 
 

@@ -13,9 +13,10 @@ import torch
 from litdata import StreamingDataset
 
 from lit_safe.data_modules.pku_saferlhf import PKUSafeRLHFDataModule, pku_sft_pairs
-from lit_safe.data_modules.policy import IGNORE_INDEX, PromptView, SFTView, encode_prompts, encode_sft
+from lit_safe.data_modules.policy import IGNORE_INDEX, PromptView, SFTView, encode_sft
 from lit_safe.data_modules.preparation import SplitReport
 from lit_safe.data_modules.synthetic import generate_pku_saferlhf_rows
+from lit_safe.models.text import encode_prompts
 
 # Written out here (not imported) so that a change of the modules' default template is caught.
 TEMPLATE = "BEGINNING OF CONVERSATION: USER: {prompt} ASSISTANT:"

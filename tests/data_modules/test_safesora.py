@@ -16,7 +16,7 @@ import torch
 from lit_safe.data_modules.safesora import SafeSoraDataModule
 from lit_safe.data_modules.schemas import SAFESORA_CATEGORIES
 from lit_safe.data_modules.sources import DataValidationError
-from lit_safe.data_modules.video import read_video, to_batch_layout
+from lit_safe.models.frames import read_video, to_batch_layout
 
 SIZE, FRAMES, ROWS = 32, 4, 60  # 60 pairs: 20 prompts x 3 videos; 2 test prompts (6 pairs)
 CHOICES = ("video_0", "video_1")

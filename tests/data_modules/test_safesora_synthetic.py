@@ -17,7 +17,7 @@ from lit_safe.data_modules.schemas import (
     check_safesora_label_row,
     check_safesora_pair,
 )
-from lit_safe.data_modules.video import read_video
+from lit_safe.models.frames import read_video
 
 NUM_PAIRS = 30  # 10 prompts x 3 videos x 3 pairs; test_fraction 0.125 -> 1 test prompt
 EVAL_PROMPTS = 6

@@ -6,7 +6,7 @@ import numpy as np
 from litdata import StreamingDataset
 
 from lit_safe.data_modules.pku_saferlhf import PKUSafeRLHFDataModule
-from lit_safe.data_modules.text import SAFE_RLHF_TEMPLATE, encode_with_eos
+from lit_safe.models.text import SAFE_RLHF_TEMPLATE, encode_with_eos
 
 
 def _items(location: str, split: str) -> list[dict]:

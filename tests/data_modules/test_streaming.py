@@ -9,7 +9,8 @@ import torch
 from litdata import StreamingDataset
 from litdata.streaming.writer import BinaryWriter
 
-from lit_safe.data_modules.streaming import LengthGroupedLoader, pad_left, pad_right
+from lit_safe.data_modules.streaming import LengthGroupedLoader
+from lit_safe.models.text import pad_left, pad_right
 
 N_ITEMS = 203
 BATCH = 5

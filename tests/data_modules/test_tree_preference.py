@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from lit_safe.data_modules.sources import DataValidationError
-from lit_safe.data_modules.text import SAFE_RLHF_TEMPLATE, encode_with_eos, format_prompt
 from lit_safe.data_modules.tree_preference import TreePreferenceDataModule
+from lit_safe.models.text import SAFE_RLHF_TEMPLATE, encode_with_eos, format_prompt
 from lit_safe.trees import ResponseTree, label_pairs, sample_pairs
 
 

@@ -15,7 +15,7 @@ from transformers import BertConfig, LlamaConfig
 
 from lit_safe.losses import moderation_loss
 from lit_safe.models.backbone import load_backbone
-from lit_safe.models.moderation import (
+from lit_safe.models.moderation_model import (
     ModerationModel,
     build_moderation_model,
     flag_decisions,
@@ -301,7 +301,7 @@ def test_minilm_moderation_model_trains(minilm_tokenizer):
 
 
 def test_decide_applies_the_rule_saved_with_the_model(tiny_tokenizer):
-    from lit_safe.models.moderation import ModerationOutput
+    from lit_safe.models.moderation_model import ModerationOutput
 
     torch.manual_seed(0)
     model = ModerationModel(load_backbone("tiny", tiny_tokenizer), ["a", "b"], severity_levels=4)
@@ -332,7 +332,7 @@ def test_decide_applies_the_rule_saved_with_the_model(tiny_tokenizer):
     ],
 )
 def test_validate_decision_rejects_rules_that_cannot_work(decision, levels, message):
-    from lit_safe.models.moderation import validate_decision
+    from lit_safe.models.moderation_model import validate_decision
 
     with pytest.raises(ValueError, match=message):
         validate_decision(decision, ["a", "b"], levels)

@@ -177,7 +177,7 @@ def test_a_saved_model_continues_only_as_the_same_kind(tmp_path, tiny_tokenizer)
 
 
 def test_moderation_decision_rules(tiny_tokenizer):
-    from lit_safe.models.moderation import ModerationOutput
+    from lit_safe.models.moderation_model import ModerationOutput
 
     model = tiny("moderation", categories=CATEGORIES[:2], decision={"flag_rule": "unsafe", "flag_threshold": 0.7})
     out = ModerationOutput(torch.tensor([[2.0, -2.0], [-2.0, -2.0]]), torch.tensor([0.0, 1.0]), None)

@@ -232,7 +232,7 @@ def test_gif_bytes_is_an_animated_gif():
 def test_fit_logs_metrics_and_samples_checkpoints_and_exports(tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    from lit_safe.data_modules.video import read_video
+    from lit_safe.models.frames import read_video
 
     module = DiffusionDPOModule(beta=50.0, lr=1e-4, warmup_ratio=0.0, sample_every_n_steps=2,
                                 sample_prompts=["a kite", "the sea"], sample_steps=2)

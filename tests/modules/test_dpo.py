@@ -11,8 +11,9 @@ from lightning.pytorch import Trainer, seed_everything
 from torch.utils.data import DataLoader
 from transformers import AutoModelForCausalLM
 
-from lit_safe.data_modules.policy import IGNORE_INDEX, PreferencePairView, SFTView, encode_prompts
+from lit_safe.data_modules.policy import IGNORE_INDEX, PreferencePairView, SFTView
 from lit_safe.data_modules.preparation import SplitReport
+from lit_safe.models.text import encode_prompts
 from lit_safe.models.tokenizer import load_tokenizer, tokenizer_fingerprint
 from lit_safe.modules.dpo import DPOModule
 

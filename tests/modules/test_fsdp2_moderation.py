@@ -11,7 +11,7 @@ import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from lit_safe.data_modules.schemas import PKU_HARM_CATEGORIES
-from lit_safe.models.moderation import ModerationModel
+from lit_safe.models.moderation_model import ModerationModel
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -146,7 +146,7 @@ def test_score_models_with_another_tokenizer_read_decoded_text(tiny_models, tmp_
     the reward critic, which must read the actor's ids, starts from the actor instead of that reward model."""
     import re
 
-    from lit_safe.data_modules.text import encode_with_eos
+    from lit_safe.models.text import encode_with_eos
     from lit_safe.models.tokenizer import load_tokenizer
 
     other = load_tokenizer("small")

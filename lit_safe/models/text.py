@@ -1,4 +1,8 @@
-"""Prompt templates and tokenisation of (prompt, response) text, shared by every text view.
+"""Text as the models read it: prompt templates, tokenisation with EOS, padding and pair packing.
+
+The one place for these rules, used by the data views (to prepare), the trainers (PPO re-encodes rollouts for a
+scorer with another tokenizer) and the arenas (to generate and score): the same template and the same truncation
+everywhere, so that a model is never scored on text tokenised differently from what it was trained on.
 
 The default template is the Safe RLHF one (``BEGINNING OF CONVERSATION: USER: {prompt} ASSISTANT:``, no space
 after ``ASSISTANT:``, the response, then EOS). It is a config value because real models' chat templates differ.
@@ -9,11 +13,17 @@ ends in EOS and a score model always reads its end score there.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
+import torch
 from transformers import PreTrainedTokenizerBase
 
 SAFE_RLHF_TEMPLATE = "BEGINNING OF CONVERSATION: USER: {prompt} ASSISTANT:"
+REWRITE_TEMPLATE = (
+    "Rewrite the user's request as a detailed prompt for a text-to-video model.\nRequest: {prompt}\nVideo prompt: "
+)
+VIDEO_TEMPLATE = "{prompt}"
 
 
 def format_prompt(prompt: str, template: str = SAFE_RLHF_TEMPLATE) -> str:
@@ -87,8 +97,6 @@ def pair_attention(lengths: list[int], shared: list[int], chosen: list[int], wid
     the chosen part. Padding keys are masked; padding queries attend to position 0 only (a row with no allowed key
     would give NaN in softmax).
     """
-    import torch
-
     pos = torch.arange(width)
     n, d, c = (torch.as_tensor(v).unsqueeze(1) for v in (lengths, shared, chosen))
     # segment per token: 0 shared prefix, 1 chosen only, 2 rejected only, -1 padding
@@ -98,3 +106,40 @@ def pair_attention(lengths: list[int], shared: list[int], chosen: list[int], wid
     mask = ((key == 0) | (key == query)) & causal & (query >= 0) & (key >= 0)
     mask[:, :, 0] |= query.squeeze(2) < 0
     return mask.unsqueeze(1)
+
+
+def encode_prompts(tokenizer: Any, prompts: list[str], template: str) -> list[np.ndarray]:
+    """Prompts in the template, tokenised with the tokenizer's special tokens (BOS), no EOS: int32 arrays."""
+    if not prompts:
+        return []
+    encoded = tokenizer([format_prompt(p, template) for p in prompts], add_special_tokens=True)["input_ids"]
+    eos = tokenizer.eos_token_id
+    return [np.asarray(ids[:-1] if ids and ids[-1] == eos else ids, dtype=np.int32) for ids in encoded]
+
+
+def encode_prompt_texts(tokenizer: Any, prompts: list[str], template: str, max_length: int) -> tuple[list, int]:
+    """The user prompts as the video models read them: template, BOS, cut to ``max_length`` with EOS."""
+    return encode_with_eos(tokenizer, [format_prompt(p, template) for p in prompts], max_length)
+
+
+def pad_right(sequences: list[np.ndarray], pad_id: int, multiple_of: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-pad 1-D int arrays into ``(ids (N, L), attention_mask (N, L))``; ``L`` rounds up to ``multiple_of``."""
+    length = max(len(s) for s in sequences)
+    length = -(-length // multiple_of) * multiple_of
+    ids = torch.full((len(sequences), length), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(sequences), length), dtype=torch.long)
+    for i, seq in enumerate(sequences):
+        ids[i, : len(seq)] = torch.as_tensor(seq, dtype=torch.long)
+        mask[i, : len(seq)] = 1
+    return ids, mask
+
+
+def pad_left(sequences: list[np.ndarray], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Left-pad 1-D int arrays (for generation): ``(ids (N, L), attention_mask (N, L))``."""
+    length = max(len(s) for s in sequences)
+    ids = torch.full((len(sequences), length), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(sequences), length), dtype=torch.long)
+    for i, seq in enumerate(sequences):
+        ids[i, length - len(seq) :] = torch.as_tensor(seq, dtype=torch.long)
+        mask[i, length - len(seq) :] = 1
+    return ids, mask

@@ -27,8 +27,7 @@ import numpy as np
 from lit_safe.data_modules.policy import count_duplicate_rows
 from lit_safe.data_modules.preparation import SplitReport
 from lit_safe.data_modules.schemas import is_blank, text_digest
-from lit_safe.data_modules.streaming import pad_right
-from lit_safe.data_modules.text import encode_with_eos, format_prompt
+from lit_safe.models.text import encode_with_eos, format_prompt, pad_right
 
 ENCODE_CHUNK = 8192  # responses tokenised per call
 # (prompt, response, {category: bool}, is_safe, severity or None, sha256 or None) per labelled response

@@ -1,4 +1,4 @@
-"""Video reading and writing (data_modules/video.py): uniform frame sampling by hand, mp4 round trips through PyAV
+"""Video reading and writing (lit_safe/models/frames.py): uniform frame sampling by hand, mp4 round trips through PyAV
 (shape, dtype, colour, resize + centre crop, frame order), decode errors that name the file, and the normalisation
 and resizing a video model applies to uint8 frames."""
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from lit_safe.data_modules.video import (
+from lit_safe.models.frames import (
     VideoDecodeError,
     encode_mp4,
     frames_to_float,
