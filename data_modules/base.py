@@ -595,6 +595,10 @@ class PreparedDataModule(LightningDataModule, ABC):
     def train_dataloader(self) -> LengthGroupedLoader:
         return self._loader("train", train=True)
 
+    def train_batches(self) -> int:
+        """Training batches per epoch on this rank (what a trainer sizes its learning-rate schedule by)."""
+        return len(self._loader("train", train=True))
+
     def val_dataloader(self) -> LengthGroupedLoader | list:
         if not self.has_split("val"):  # val_fraction 0 and no val split: no validation
             return []

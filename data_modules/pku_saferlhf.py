@@ -355,6 +355,11 @@ class PKUSafeRLHFDataModule(PreparedDataModule):
 
         return CombinedLoader({"prompts": prompts, "ptx": self.ptx_data.train_dataloader()}, mode="min_size")
 
+    def train_batches(self) -> int:
+        """Rollout batches per epoch: with ``ptx`` the training loader stops with the shorter of prompts and sft."""
+        prompts = super().train_batches()
+        return prompts if self.ptx_data is None else min(prompts, self.ptx_data.train_batches())
+
     def view_settings(self) -> dict[str, Any]:
         return {"sft_responses": self.sft_responses} if self.hparams.view == "sft" else {}
 

@@ -1,4 +1,5 @@
-"""Optimisers and learning-rate schedules shared by the trainers (pure torch; no Lightning).
+"""Optimisers and learning-rate schedules shared by the trainers (pure torch; no Lightning: the length of a schedule
+comes in as a number, counted by :meth:`lit_safe.modules.base.BackboneModule.optimizer_steps`).
 
 Safe RLHF's recipe: AdamW with betas (0.9, 0.95), no weight decay on biases and normalisation weights, and a
 cosine (or constant) schedule after a linear warm-up over a share of the total optimiser steps.
@@ -82,39 +83,3 @@ def total_optimizer_steps(
         return max_steps
     total = per_epoch * max(1, max_epochs)
     return min(total, max_steps) if max_steps >= 0 else total
-
-
-def schedule_steps(trainer) -> int:
-    """Optimiser steps of a Lightning run, for the length of its schedule (call from ``configure_optimizers``).
-
-    Counted from the DataModule's training loader rather than with ``trainer.estimated_stepping_batches``, which
-    sets up the fit loop's loader before a checkpoint is restored and so makes Lightning 2.6 skip restoring the
-    loader's position on resume. Falls back to ``estimated_stepping_batches`` without a DataModule.
-    """
-    if trainer.datamodule is None:
-        return int(trainer.estimated_stepping_batches)
-    loader = trainer.datamodule.train_dataloader()
-    if hasattr(loader, "flattened") and hasattr(loader, "_mode"):  # a CombinedLoader (len() needs iter() first)
-        lengths = [len(part) for part in loader.flattened]
-        batches = min(lengths) if loader._mode == "min_size" else max(lengths)
-    else:
-        batches = len(loader)
-    limit = trainer.limit_train_batches
-    batches = min(batches, int(limit) if isinstance(limit, int) else int(batches * limit))
-    return total_optimizer_steps(trainer.max_steps, trainer.max_epochs, batches, trainer.accumulate_grad_batches)
-
-
-def lightning_adamw(named_parameters: Iterable[tuple[str, nn.Parameter]], hparams, trainer) -> dict:
-    """What ``configure_optimizers`` returns for the score-model trainers: AdamW over decay groups and a per-step
-    warm-up schedule, from the module's ``lr``, ``weight_decay``, ``betas``, ``warmup_ratio`` and ``lr_schedule``
-    hyperparameters, over :func:`schedule_steps` of the trainer."""
-    optimizer, scheduler = adamw_with_schedule(
-        named_parameters,
-        lr=hparams.lr,
-        weight_decay=hparams.weight_decay,
-        betas=tuple(hparams.betas),
-        total_steps=max(1, schedule_steps(trainer)),
-        warmup_ratio=hparams.warmup_ratio,
-        schedule=hparams.lr_schedule,
-    )
-    return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

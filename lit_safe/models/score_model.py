@@ -26,6 +26,7 @@ from torch import Tensor, nn
 from transformers import AutoConfig, AutoModel, PreTrainedModel, PreTrainedTokenizerBase
 
 from lit_safe.models.backbone import DTYPES, hidden_size
+from lit_safe.models.text import encode_with_eos, pad_right
 
 ScoreType = Literal["reward", "cost", "critic"]
 SCORE_CONFIG_KEYS = ("score_type", "score_dim", "do_normalize", "normalizer_type", "momentum", "mean", "var", "count")
@@ -413,6 +414,29 @@ def score_pairs(model: ScoreModel, batch: dict) -> tuple[Tensor, Tensor, ScoreOu
         out = model(batch["input_ids"], batch["attention_mask"])
         first, second = out.end_scores.chunk(2)
     return first, second, out
+
+
+@torch.no_grad()
+def score_texts(model: nn.Module, tokenizer: PreTrainedTokenizerBase, texts: list[str], max_length: int,
+                batch_size: int | None = None) -> Tensor:
+    """End scores ``(N,)`` of a score model on full conversations (prompt in its template, then the response),
+    tokenised as the model was trained (:func:`lit_safe.models.text.encode_with_eos`), on the model's device.
+
+    Args:
+        model: a :class:`ScoreModel` (anything returning ``end_scores`` from ``(input_ids, attention_mask)``).
+        tokenizer: the model's tokenizer.
+        texts: the conversations.
+        max_length: longest sequence the model reads (EOS included).
+        batch_size: texts per forward pass (``None``: all at once).
+    """
+    device = next(model.parameters()).device
+    size = batch_size or max(1, len(texts))
+    scores = []
+    for start in range(0, len(texts), size):
+        encoded, _ = encode_with_eos(tokenizer, texts[start : start + size], max_length)
+        ids, mask = pad_right(encoded, tokenizer.pad_token_id)
+        scores.append(model(ids.to(device), mask.to(device)).end_scores)
+    return torch.cat(scores)
 
 
 def export_score_model(model: nn.Module, trainer, tokenizer, path: str | Path, **config) -> Path | None:

@@ -31,7 +31,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 
 from lit_safe.models.sharding import apply_fsdp2, clip_grad_norm
 from lit_safe.models.tokenizer import tokenizer_fingerprint
-from lit_safe.optim import lightning_adamw
+from lit_safe.optim import adamw_with_schedule, total_optimizer_steps
 
 
 class NonFiniteError(RuntimeError):
@@ -113,7 +113,32 @@ class BackboneModule(LightningModule):
                         param_dtype=torch.bfloat16 if bf16 else None)
 
     def configure_optimizers(self):
-        return lightning_adamw(self.model.named_parameters(), self.hparams, self.trainer)
+        """AdamW over decay groups and a per-step warm-up schedule from the module's ``lr``, ``weight_decay``,
+        ``betas``, ``warmup_ratio`` and ``lr_schedule`` hyperparameters, as long as :meth:`optimizer_steps`."""
+        hp = self.hparams
+        optimizer, scheduler = adamw_with_schedule(
+            self.model.named_parameters(), lr=hp.lr, weight_decay=hp.weight_decay, betas=tuple(hp.betas),
+            total_steps=max(1, self.optimizer_steps()), warmup_ratio=hp.warmup_ratio, schedule=hp.lr_schedule)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def optimizer_steps(self) -> int:
+        """Optimiser steps (training batches over gradient accumulation) this run will take, for the length of a
+        learning-rate schedule (call from ``configure_optimizers``).
+
+        Counted from the DataModule's ``train_batches()`` (or the length of its training loader) rather than with
+        ``trainer.estimated_stepping_batches``, which sets up the fit loop's loader before a checkpoint is restored
+        and so makes Lightning 2.6 skip restoring the loader's position on resume. Falls back to
+        ``estimated_stepping_batches`` without a DataModule.
+        """
+        trainer = self.trainer
+        datamodule = trainer.datamodule
+        if datamodule is None:
+            return int(trainer.estimated_stepping_batches)
+        count = getattr(datamodule, "train_batches", None)
+        batches = count() if callable(count) else len(datamodule.train_dataloader())
+        limit = trainer.limit_train_batches
+        batches = min(batches, int(limit) if isinstance(limit, int) else int(batches * limit))
+        return total_optimizer_steps(trainer.max_steps, trainer.max_epochs, batches, trainer.accumulate_grad_batches)
 
     # ------------------------------------------------------------------------------------- non-finite guard
     @property

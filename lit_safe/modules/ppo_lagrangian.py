@@ -48,7 +48,7 @@ from lit_safe.modules.base import (
     check_max_nonfinite_steps,
     nonfinite_tensors,
 )
-from lit_safe.optim import adamw_with_schedule, schedule_steps
+from lit_safe.optim import adamw_with_schedule
 from lit_safe.rl import (
     clamp_log_lambda,
     combined_advantage,
@@ -304,7 +304,7 @@ class PPOLagrangianModule(BackboneModule):
 
     def _actor_updates(self) -> int:
         """Actor optimiser steps of the whole run: rollout batches x PPO epochs x minibatches."""
-        return schedule_steps(self.trainer) * self.hparams.ppo_epochs * self.hparams.num_minibatches
+        return self.optimizer_steps() * self.hparams.ppo_epochs * self.hparams.num_minibatches
 
     def on_before_optimizer_step(self, optimizer) -> None:
         """Gradients are clipped per network in :meth:`_step` (manual optimisation)."""
