@@ -439,22 +439,24 @@ def score_texts(model: nn.Module, tokenizer: PreTrainedTokenizerBase, texts: lis
     return torch.cat(scores)
 
 
-def export_score_model(model: nn.Module, trainer, tokenizer, path: str | Path, **config) -> Path | None:
+def export_score_model(model: nn.Module, tokenizer, path: str | Path, *, root: nn.Module, prefix: str,
+                       **config) -> Path | None:
     """Write a (possibly sharded) score or moderation model in the Hugging Face format; call on every rank
     (gathering is a collective), rank 0 writes.
 
     Args:
-        model: the model (anything with ``backbone`` and ``save_pretrained(path, tokenizer=, state_dict=)``), an
-            attribute ``model`` of the LightningModule the trainer wraps.
-        trainer: the Lightning trainer, or ``None`` outside one.
+        model: the model (anything with ``backbone`` and ``save_pretrained(path, tokenizer=, state_dict=)``).
         tokenizer: saved beside the weights.
         path: output directory.
+        root: the module holding ``model`` as the strategy wrapped it (see
+            :func:`lit_safe.models.sharding.full_state_dict`).
+        prefix: ``model``'s name inside ``root`` with a trailing dot.
         config: extra entries for ``config.json`` (e.g. the cost sign convention).
     """
-    from lit_safe.models.sharding import full_state_dict
+    from lit_safe.models.sharding import full_state_dict, is_writer
 
-    state = full_state_dict(model, trainer.model if trainer is not None else model, prefix="model.")
-    if trainer is not None and not trainer.is_global_zero:
+    state = full_state_dict(model, root, prefix=prefix)
+    if not is_writer():
         return None
     for key, value in config.items():
         setattr(model.backbone.config, key, value)

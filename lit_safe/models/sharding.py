@@ -135,18 +135,27 @@ def full_state_dict(module: nn.Module, root: nn.Module, prefix: str) -> dict[str
     return {k: v.detach().cpu() for k, v in module.state_dict().items()}
 
 
-def export_causal_lm(model: nn.Module, trainer, tokenizer, path: str | Path) -> Path | None:
+def is_writer() -> bool:
+    """Whether this process writes exports: rank 0, or the only process."""
+    import torch.distributed as dist
+
+    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
+
+
+def export_causal_lm(model: nn.Module, tokenizer, path: str | Path, *, root: nn.Module, prefix: str) -> Path | None:
     """Write a (possibly sharded) causal LM in the Hugging Face format with its tokenizer; call on every rank
     (gathering is a collective), rank 0 writes.
 
     Args:
-        model: the causal LM, the attribute ``model`` of the LightningModule the trainer wraps.
-        trainer: the Lightning trainer, or ``None`` outside one.
+        model: the causal LM.
         tokenizer: saved beside the weights.
         path: output directory.
+        root: the module holding ``model`` as the strategy wrapped it (a LightningModule, or the trainer's
+            ``model`` under FSDP1).
+        prefix: ``model``'s name inside ``root`` with a trailing dot (``"model."``).
     """
-    state = full_state_dict(model, trainer.model if trainer is not None else model, prefix="model.")
-    if trainer is not None and not trainer.is_global_zero:
+    state = full_state_dict(model, root, prefix=prefix)
+    if not is_writer():
         return None
     path = Path(path)
     model.save_pretrained(path, state_dict=state)

@@ -493,20 +493,21 @@ def shard_unet(unet: nn.Module, mesh, param_dtype: torch.dtype | None = None, fr
     return unet
 
 
-def export_video_diffusion(model: VideoDiffusion, trainer, path: str | Path, prefix: str = "model.") -> Path | None:
+def export_video_diffusion(model: VideoDiffusion, path: str | Path, *, root: nn.Module, prefix: str) -> Path | None:
     """Write a (possibly sharded) :class:`VideoDiffusion` with :meth:`~VideoDiffusion.save_pretrained`; call on
     every rank (gathering is a collective), rank 0 writes.
 
     Args:
-        model: the model, the attribute ``prefix`` (without its dot) of the LightningModule the trainer wraps.
-        trainer: the Lightning trainer, or ``None`` outside one.
+        model: the model.
         path: output directory.
-        prefix: the model's name inside the wrapped root, for FSDP1.
+        root: the module holding ``model`` as the strategy wrapped it (see
+            :func:`lit_safe.models.sharding.full_state_dict`).
+        prefix: ``model``'s name inside ``root`` with a trailing dot.
     """
-    from lit_safe.models.sharding import full_state_dict
+    from lit_safe.models.sharding import full_state_dict, is_writer
 
-    state = full_state_dict(model, trainer.model if trainer is not None else model, prefix=prefix)
-    if trainer is not None and not trainer.is_global_zero:
+    state = full_state_dict(model, root, prefix=prefix)
+    if not is_writer():
         return None
     return model.save_pretrained(path, state_dict=state)
 

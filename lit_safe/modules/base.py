@@ -112,6 +112,11 @@ class BackboneModule(LightningModule):
             apply_fsdp2(model, self.trainer.strategy.device_mesh["data_parallel"],
                         param_dtype=torch.bfloat16 if bf16 else None)
 
+    def export_root(self) -> torch.nn.Module:
+        """The module the strategy wraps (``trainer.model``: under FSDP1 a full state dict is taken from it), or this
+        module outside a trainer: the ``root`` of the export helpers, with the network's attribute name as prefix."""
+        return self.trainer.model if self._trainer is not None else self
+
     def configure_optimizers(self):
         """AdamW over decay groups and a per-step warm-up schedule from the module's ``lr``, ``weight_decay``,
         ``betas``, ``warmup_ratio`` and ``lr_schedule`` hyperparameters, as long as :meth:`optimizer_steps`."""

@@ -199,4 +199,5 @@ class CostModule(BackboneModule):
     # ------------------------------------------------------------------------------------------------ export
     def export_pretrained(self, path: str | Path) -> Path | None:
         """Write the model in the Hugging Face format, the cost sign convention in its config. Call on every rank."""
-        return export_score_model(self.model, self._trainer, self.tokenizer, path, cost_sign=COST_SIGN)
+        return export_score_model(self.model, self.tokenizer, path, root=self.export_root(), prefix="model.",
+                                  cost_sign=COST_SIGN)

@@ -475,4 +475,4 @@ class DiffusionDPOModule(BackboneModule):
     def export_pretrained(self, path: str | Path) -> Path | None:
         """Write the trained policy in the diffusers ``TextToVideoSDPipeline`` layout (LoRA merged). Call on every
         rank."""
-        return export_video_diffusion(self.model, self._trainer, path, prefix="model.")
+        return export_video_diffusion(self.model, path, root=self.export_root(), prefix="model.")

@@ -208,4 +208,4 @@ class RewardModule(BackboneModule):
     # ------------------------------------------------------------------------------------------------ export
     def export_pretrained(self, path: str | Path) -> Path | None:
         """Write the model in the Hugging Face format (config, safetensors, tokenizer). Call on every rank."""
-        return export_score_model(self.model, self._trainer, self.tokenizer, path)
+        return export_score_model(self.model, self.tokenizer, path, root=self.export_root(), prefix="model.")

@@ -136,4 +136,4 @@ class SFTModule(BackboneModule):
     def export_pretrained(self, path) -> Any:
         """Write the trained policy as a Hugging Face causal LM (config, safetensors, tokenizer). Call on every
         rank."""
-        return export_causal_lm(self.model, self._trainer, self.tokenizer, path)
+        return export_causal_lm(self.model, self.tokenizer, path, root=self.export_root(), prefix="model.")

@@ -273,7 +273,7 @@ class VideoModerationModule(BackboneModule):
     # ------------------------------------------------------------------------------------------------ export
     def export_pretrained(self, path: str | Path) -> Path | None:
         """Write the model, its categories and its decision rule in the Hugging Face format. Call on every rank."""
-        return export_score_model(self.model, self._trainer, self.tokenizer, path)
+        return export_score_model(self.model, self.tokenizer, path, root=self.export_root(), prefix="model.")
 
 
 __all__ = ["VideoModerationModule", "category_pos_weight"]
