@@ -24,8 +24,8 @@ import os
 import re
 import shutil
 import zipfile
-from collections.abc import Callable
-from contextlib import suppress
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
@@ -105,18 +105,17 @@ def _fsync_directory(directory: Path) -> None:
         os.close(descriptor)
 
 
-def atomic_save(obj: Any, path: str | os.PathLike) -> None:
-    """``torch.save(obj, path)`` such that ``path`` is at every moment either its old content or the new one."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+@contextmanager
+def replacing(path: Path) -> Iterator[Path]:
+    """Yield a temporary path beside ``path`` to write; when the block ends without an error the temporary is renamed
+    over ``path`` (atomic on POSIX) and the directory synced, otherwise it is removed and ``path`` is untouched."""
     remove_stale_temporaries(path.parent)
     temporary = temporary_path(path)
+    with suppress(FileNotFoundError):
+        temporary.unlink()
     _IN_FLIGHT.add(temporary)
     try:
-        with open(temporary, "wb") as file:
-            torch.save(obj, file)
-            file.flush()
-            os.fsync(file.fileno())
+        yield temporary
         os.replace(temporary, path)
     except BaseException:
         with suppress(OSError):
@@ -125,6 +124,16 @@ def atomic_save(obj: Any, path: str | os.PathLike) -> None:
     finally:
         _IN_FLIGHT.discard(temporary)
     _fsync_directory(path.parent)
+
+
+def atomic_save(obj: Any, path: str | os.PathLike) -> None:
+    """``torch.save(obj, path)`` such that ``path`` is at every moment either its old content or the new one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with replacing(path) as temporary, open(temporary, "wb") as file:
+        torch.save(obj, file)
+        file.flush()
+        os.fsync(file.fileno())
 
 
 def incomplete_message(path: str | os.PathLike) -> str:
@@ -192,11 +201,7 @@ def atomic_link(trainer: Any, filepath: str, linkpath: str) -> None:
         link = Path(linkpath)
         if link.is_dir() and not link.is_symlink():
             shutil.rmtree(link)
-        remove_stale_temporaries(link.parent)
-        temporary = temporary_path(link)
-        with suppress(FileNotFoundError):
-            temporary.unlink()
-        try:
+        with replacing(link) as temporary:
             try:
                 os.symlink(os.path.relpath(filepath, os.path.dirname(linkpath)), temporary)
             except OSError:
@@ -204,12 +209,6 @@ def atomic_link(trainer: Any, filepath: str, linkpath: str) -> None:
                     shutil.copyfileobj(source, target)
                     target.flush()
                     os.fsync(target.fileno())
-            os.replace(temporary, link)
-        except BaseException:
-            with suppress(OSError):
-                temporary.unlink()
-            raise
-        _fsync_directory(link.parent)
     trainer.strategy.barrier()
 
 

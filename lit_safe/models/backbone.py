@@ -22,24 +22,12 @@ from lit_safe.models.tokenizer import is_preset, resolve_pretrained
 
 # Llama-style architectures of the presets (the vocabulary size comes from the tokenizer).
 PRESETS: dict[str, dict] = {
-    "tiny": dict(
-        hidden_size=64,
-        intermediate_size=192,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=1024,
-    ),
+    "tiny": dict(hidden_size=64, intermediate_size=192, num_hidden_layers=2, num_attention_heads=4,
+                 num_key_value_heads=2, max_position_embeddings=1024),
     # Wide and shallow for CPU GEMM efficiency (benchmarks/README.md): 3 layers of width 768, MLP 2048 (8/3 x 768),
     # head_dim 128; about 24.4M parameters with the 4,096-token preset vocabulary (21.2M without the embedding).
-    "small": dict(
-        hidden_size=768,
-        intermediate_size=2048,
-        num_hidden_layers=3,
-        num_attention_heads=6,
-        num_key_value_heads=6,
-        max_position_embeddings=2048,
-    ),
+    "small": dict(hidden_size=768, intermediate_size=2048, num_hidden_layers=3, num_attention_heads=6,
+                  num_key_value_heads=6, max_position_embeddings=2048),
 }
 
 DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
