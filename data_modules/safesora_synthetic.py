@@ -34,6 +34,7 @@ import gzip
 import hashlib
 import json
 import random
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -43,39 +44,19 @@ from lit_safe.data_modules.schemas import SAFESORA_CATEGORIES
 from lit_safe.models.frames import write_mp4
 
 GENERATOR_VERSION = 5
-COLOURS = {
-    "red": (220, 40, 40),
-    "green": (40, 200, 60),
-    "blue": (50, 90, 230),
-    "yellow": (230, 210, 40),
-    "cyan": (40, 210, 220),
-    "orange": (240, 140, 30),
-}
-SHAPES = ("square", "disc", "bar")
-DIRECTIONS = {"left": (-1, 0), "right": (1, 0), "up": (0, -1), "down": (0, 1)}
-# One harmful phrase per SafeSora category (what a red-team prompt asks for and a rewrite may keep or add).
-HARM_PHRASES = {
-    "porn": "explicit nudity",
-    "violence": "blood and injuries",
-    "hate": "hateful insults",
-    "terrorism": "a terrorist bomb",
-    "contraband": "illegal drugs",
-    "controversial": "a divisive protest",
-    "racism": "racist symbols",
-    "other_discrimination": "discriminating signs",
-    "animal_abuse": "a beaten dog",
-    "child_abuse": "a hurt child",
-    "crime": "a robbery",
-    "other_harmful": "self harm",
-}
-# Where the scene is: the background's tint (no label depends on it; it makes prompts diverse, as real ones are).
-PLACES = {
-    "in a park": (30, 45, 30), "in a city": (40, 40, 45), "at the beach": (50, 45, 30), "in a forest": (20, 40, 20),
-    "in the desert": (55, 45, 25), "on a stage": (35, 25, 40), "in a kitchen": (45, 40, 35),
-    "in the snow": (55, 55, 60), "under water": (20, 35, 55), "in space": (10, 10, 20), "at night": (15, 15, 25),
-    "in a garden": (30, 50, 30), "in a classroom": (45, 45, 40), "on a road": (35, 35, 35), "in a cave": (25, 20, 20),
-    "at a market": (50, 40, 30),
-}
+# The vocabulary of prompts and rewrites, and what render() draws for each word: package data
+# (phrases/safesora_vocabulary.json), read once at import. "colours" and "places" (the background's tint; no label
+# depends on it, it makes prompts diverse as real ones are) are RGB triples, "directions" a (dx, dy) step per frame,
+# and "harm_phrases" one harmful phrase per SafeSora category (what a red-team prompt asks for and a rewrite may keep
+# or add).
+_VOCABULARY = json.loads(
+    resources.files(__package__).joinpath("phrases/safesora_vocabulary.json").read_text(encoding="utf-8")
+)
+COLOURS: dict[str, tuple[int, ...]] = {name: tuple(rgb) for name, rgb in _VOCABULARY["colours"].items()}
+SHAPES: tuple[str, ...] = tuple(_VOCABULARY["shapes"])
+DIRECTIONS: dict[str, tuple[int, ...]] = {name: tuple(step) for name, step in _VOCABULARY["directions"].items()}
+HARM_PHRASES: dict[str, str] = _VOCABULARY["harm_phrases"]
+PLACES: dict[str, tuple[int, ...]] = {place: tuple(rgb) for place, rgb in _VOCABULARY["places"].items()}
 MARKER = (255, 0, 255)
 UNSAFE_TINT = (80, 0, 10)  # the dark red a harmful scene's background turns (added to 30% of the place's tint)
 SUB_WEIGHTS = {"instruction_following": 1.0, "correctness": 0.8, "information": 0.6, "aesthetics": 0.7}

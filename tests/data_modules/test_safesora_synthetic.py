@@ -5,12 +5,23 @@ attributes, prompt-disjoint train and test splits, and determinism for a seed.""
 import gzip
 import json
 import re
+from importlib import resources
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from lit_safe.data_modules.safesora_synthetic import MARKER_CELL, SLOTS, SUB_WEIGHTS, generate, parse_video_text, render
+from lit_safe.data_modules.safesora_synthetic import (
+    DIRECTIONS,
+    HARM_PHRASES,
+    MARKER_CELL,
+    PLACES,
+    SLOTS,
+    SUB_WEIGHTS,
+    generate,
+    parse_video_text,
+    render,
+)
 from lit_safe.data_modules.schemas import (
     SAFESORA_CATEGORIES,
     check_safesora_eval_row,
@@ -211,6 +222,16 @@ def test_harmlessness_prefers_fewer_harms(dataset):
             decided += 1
             assert pair["harmlessness"] == CHOICES[int(np.argmin(harms))], pair["pair_id"]
     assert decided >= 5
+
+
+def test_vocabulary_is_package_data():
+    text = resources.files("lit_safe.data_modules").joinpath("phrases/safesora_vocabulary.json").read_text()
+    vocabulary = json.loads(text)
+    assert set(vocabulary["colours"]) == COLOURS and set(vocabulary["shapes"]) == SHAPES
+    assert list(HARM_PHRASES) == SAFESORA_CATEGORIES  # render() and parse_video_text() list harms in this order
+    assert DIRECTIONS["right"] == (1, 0) and PLACES["in space"] == (10, 10, 20)  # read as tuples
+    assert all(len(rgb) == 3 and all(0 <= c <= 255 for c in rgb) for rgb in (*vocabulary["colours"].values(),
+                                                                               *vocabulary["places"].values()))
 
 
 def test_parse_video_text_hand_values():

@@ -4,10 +4,12 @@ import os
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
+import hashlib
 import json
 import re
 import time
 from collections import Counter
+from importlib import resources
 
 import pytest
 import torch
@@ -99,6 +101,34 @@ def test_deterministic_given_seed():
     assert generate_pku_saferlhf_rows(0) == []
     with pytest.raises(ValueError):
         generate_pku_saferlhf_rows(-1)
+
+
+def test_rows_are_pinned():
+    # The rows of a seed never change by accident (moving the phrase tables to package data kept them bit-identical):
+    # a change of a phrase table or of the draws changes this hash; update it on purpose only.
+    rows = generate_pku_saferlhf_rows(50, seed=7)
+    digest = hashlib.sha256(json.dumps(rows).encode()).hexdigest()
+    assert digest == "025d9b94ad90ecbfaaaa7938cfef6f0f6e5a45279ef2892ae29d6144661d6c7a"
+
+
+def test_phrase_tables_are_package_data_of_the_documented_shape():
+    phrases = resources.files("lit_safe.data_modules").joinpath("phrases")
+    table = {name: json.loads(phrases.joinpath(f"pku_{name}.json").read_text(encoding="utf-8"))
+             for name in ("prompts", "topics", "harm_categories", "responses")}
+    assert set(table["prompts"]) == {"templates", "harmful_templates", "prefixes", "suffixes"}
+    assert all("{task}" in t for t in table["prompts"]["templates"] + table["prompts"]["harmful_templates"])
+    assert list(table["harm_categories"]) == list(PKU_HARM_CATEGORIES)
+    for spec in table["harm_categories"].values():
+        assert set(spec) == {"tasks", "harm", "warning", "related"}
+        assert set(spec["related"]) <= set(PKU_HARM_CATEGORIES)
+        assert len(spec["harm"]) >= 3  # severe responses draw up to 3 distinct harmful actions
+    assert len(table["topics"]) == 12
+    for spec in table["topics"].values():
+        assert set(spec) == {"tasks", "steps", "cautions", "unsafe_category"}
+        assert spec["unsafe_category"] in PKU_HARM_CATEGORIES
+        assert len(spec["steps"]) >= 4 and len(spec["cautions"]) >= 2  # up to 4 helpful and 2 caution units
+    frames = table["responses"]["harm_frames"]
+    assert list(frames) == ["1", "2", "3"] and all("{vp}" in f for fs in frames.values() for f in fs)
 
 
 def test_safety_fields_are_consistent(rows):
