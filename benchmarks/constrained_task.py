@@ -60,7 +60,7 @@ def main() -> None:
         (work / f"{algorithm}.yaml").write_text(yaml.safe_dump(config))
         start = time.perf_counter()
         run(["fit", "--config", str(work / f"{algorithm}.yaml"), "--seed_everything", str(args.seed),
-             "--model.actor", str(runs / "sft_model"), "--model.reward_model", str(runs / "reward_model"),
+             "--model.backbone", str(runs / "sft_model"), "--model.reward_model", str(runs / "reward_model"),
              "--model.cost_model", str(runs / "cost_model"), "--data.tokenizer", str(runs / "sft_model"),
              "--model.algorithm", algorithm, "--model.cost_threshold", str(args.cost_threshold),
              "--trainer.max_steps", str(args.max_steps), "--trainer.enable_progress_bar", "false",

@@ -60,13 +60,14 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(args.threads)
     warnings.filterwarnings("ignore")
     from lit_safe.losses import diffusion_dpo_loss
-    from lit_safe.modules.diffusion_dpo import DiffusionDPOModule, pair_noise
+    from lit_safe.models.video_diffusion import pair_noise
+    from lit_safe.modules.diffusion_dpo import DiffusionDPOModule
 
     device = torch.device(args.device)
     dtype = torch.bfloat16 if args.dtype == "bfloat16" else torch.float32
     for objective in args.objectives:
         for reference in args.references if objective == "dpo" else ["none"]:
-            module = DiffusionDPOModule(model=args.model, objective=objective,
+            module = DiffusionDPOModule(backbone=args.model, objective=objective,
                                         reference=reference if reference != "none" else "copy", lr=1e-5)
             module.configure_model()
             module.to(device)
@@ -99,8 +100,7 @@ def main(argv: list[str] | None = None) -> None:
                     latents = latents[:b]
                     noise = torch.randn(latents.shape, device=device)
                     t = torch.randint(0, model.num_train_timesteps, (b,), device=device)
-                noisy = model.scheduler.add_noise(latents, noise, t)
-                target = model.noise_target(latents, noise, t)
+                noisy, target = model.noise_latents(latents, noise, t)
                 texts = text.repeat(2, 1, 1) if objective == "dpo" else text
                 with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
                     if objective == "dpo":

@@ -97,12 +97,15 @@ def run_cli(args: list[str], timeout: float = 900) -> dict:
 def shrunk_config(name: str, tmp: Path, trainer: dict | None = None, model: dict | None = None,
                   data: dict | None = None, every_step_checkpoints: bool = False) -> Path:
     """The shipped quickstart config ``name`` with its outputs under ``tmp`` (as the tests' ``quickstart_config``
-    fixture does), no progress bar, ``num_workers 0`` and the given overrides. With ``every_step_checkpoints`` its
-    ``ModelCheckpoint`` saves ``step{N}.ckpt`` after every step and ``last.ckpt``, keeping them all."""
+    fixture does), no progress bar, ``num_workers 0``, no sample callbacks (what is checked here is the training, and
+    sample videos cost time) and the given overrides. With ``every_step_checkpoints`` its ``ModelCheckpoint`` saves
+    ``step{N}.ckpt`` after every step and ``last.ckpt``, keeping them all."""
     config = yaml.safe_load((REPO / "configs" / "quickstart" / f"{name}.yaml").read_text())
     config["trainer"].update({"max_epochs": 1, "enable_progress_bar": False, "enable_model_summary": False,
                               "log_every_n_steps": 1, **(trainer or {})})
     config["trainer"]["logger"]["init_args"]["save_dir"] = str(tmp / "runs")
+    config["trainer"]["callbacks"] = [c for c in config["trainer"]["callbacks"]
+                                      if not c["class_path"].startswith("lit_safe.callbacks.samples.")]
     for callback in config["trainer"]["callbacks"]:
         if callback["class_path"].endswith("ModelCheckpoint"):
             if every_step_checkpoints:
@@ -500,8 +503,7 @@ TRAINERS = {
                                                              "max_length": 128},
                        "model": {"max_new_tokens": 12, "episode_window": 6}},
     "dpo": {"config": "prompt_augmenter_dpo", "data": VIDEO_DATA, "model": {"backbone": "tiny"}, "trainer": VALIDATE},
-    "diffusion_dpo": {"config": "diffusion_dpo", "data": VIDEO_DATA, "model": {"model": "tiny",
-                                                                                "sample_every_n_steps": 0},
+    "diffusion_dpo": {"config": "diffusion_dpo", "data": VIDEO_DATA, "model": {"backbone": "tiny"},
                       "trainer": VALIDATE},
 }
 DEFAULT_TRAINERS = ["reward", "cost", "moderation", "sft", "ppo_lagrangian"]
@@ -673,7 +675,7 @@ def part_b_trainer(name: str, tmp: Path, steps: int, kill_points: list[tuple[int
     data = {**spec.get("data", {}), "prepared_dir": str(tmp / "prepared")}
     if name == "ppo_lagrangian":
         exports = _ensure_ppo_models(tmp, steps, exports)
-        model.update({"actor": str(exports["sft"]), "reward_model": str(exports["reward"]),
+        model.update({"backbone": str(exports["sft"]), "reward_model": str(exports["reward"]),
                       "cost_model": str(exports["cost"])})
         data["tokenizer"] = str(exports["sft"])
     trainer = {"max_steps": steps, **spec.get("trainer", {})}

@@ -69,9 +69,9 @@ def main() -> None:
     config["trainer"]["logger"]["init_args"]["save_dir"] = str(work / "runs")
     config["trainer"]["callbacks"] = []
     config["model"]["init_args"].update({
-        "actor": str(work / "actor"), "reward_model": str(work / "reward"), "cost_model": str(work / "cost"),
+        "backbone": str(work / "actor"), "reward_model": str(work / "reward"), "cost_model": str(work / "cost"),
         "max_new_tokens": args.max_new_tokens, "ppo_epochs": args.ppo_epochs,
-        "num_minibatches": args.num_minibatches, "samples_every_n_rollouts": 0,
+        "num_minibatches": args.num_minibatches,
     })
     config["data"]["init_args"].update({"tokenizer": str(work / "actor"), "batch_size": args.batch,
                                         "num_workers": 0, "prepared_dir": str(work / "prepared")})

@@ -10,22 +10,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_info
 
-
-def nonfinite_tensors(module: torch.nn.Module) -> list[str]:
-    """Names of the floating-point parameters and buffers of ``module`` with a non-finite value in this rank's
-    shard (the local part of an FSDP2 DTensor)."""
-    bad = []
-    for name, tensor in [*module.named_parameters(), *module.named_buffers()]:
-        if tensor is None or not tensor.is_floating_point() or not tensor.numel():
-            continue
-        local = tensor.to_local() if hasattr(tensor, "to_local") else tensor
-        if not bool(torch.isfinite(local).all()):
-            bad.append(name)
-    return bad
+from lit_safe.models.sharding import nonfinite_tensors
 
 
 class ExportPretrained(Callback):

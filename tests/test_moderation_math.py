@@ -1,5 +1,5 @@
 """Hand-checked numbers for the moderation maths: lit_safe.metrics (F1, macro F1, AUROC),
-lit_safe.losses.moderation_loss and the ModerationStats metric of lit_safe.modules.moderation."""
+lit_safe.losses.moderation_loss and the ModerationStats metric of lit_safe.metrics."""
 
 import os
 
@@ -11,8 +11,7 @@ import pytest
 import torch
 
 from lit_safe.losses import moderation_loss
-from lit_safe.metrics import binary_auroc, f1_scores, macro_f1, multilabel_auroc
-from lit_safe.modules.moderation import ModerationStats
+from lit_safe.metrics import ModerationStats, binary_auroc, f1_scores, macro_f1, multilabel_auroc
 
 NAN = float("nan")
 
@@ -212,9 +211,13 @@ SEVERITY_ARGMAX = torch.tensor([0, 1, 1, 3, 3, 2, 1])
 SEVERITY_P = torch.full((7, 4), 0.1).scatter(1, SEVERITY_ARGMAX[:, None], 0.7)
 
 
-def _stats(severity_levels, chunks, severity=SEVERITY_T, losses=(1.75,)):
-    groups = severity_levels or 2
-    stats = ModerationStats(3, groups, severity_levels)
+CATEGORY_NAMES = ["a", "b", "c"]
+
+
+def _stats(severity_levels, chunks, severity=SEVERITY_T, losses=(1.75,), groups=None):
+    if groups is None:
+        groups = [f"severity_{k}" for k in range(severity_levels)] if severity_levels else ["safe", "unsafe"]
+    stats = ModerationStats(CATEGORY_NAMES, groups, severity_levels)
     flagged, detected = UNSAFE_P >= 0.5, CATEGORY_P >= 0.5
     start = 0
     for size, loss in zip(chunks, losses):
@@ -255,6 +258,22 @@ def test_moderation_stats_by_hand():
     # category 1: positives 0.4 0.8 0.2 vs negatives 0.6 0.1 0.2 0.2: 3 + 4 + (1 + 1/2 + 1/2) = 9 of 12;
     # category 2: no positive -> NaN
     _assert_values(out["auroc"], [10 / 12, 9 / 12, NAN])
+    # the logged scalars: one per category and per group, named
+    for c, name in enumerate(CATEGORY_NAMES):
+        assert out[f"f1/{name}"].dim() == 0
+        _assert_values(out[f"f1/{name}"], float(out["f1"][c]))
+        _assert_values(out[f"auroc/{name}"], float(out["auroc"][c]))
+    for g, value in enumerate([1 / 2, 0.0, 2 / 3, 1.0]):
+        _assert_values(out[f"flag_rate/severity_{g}"], value, atol=1e-7)
+
+
+def test_moderation_stats_without_groups_report_no_flag_rates():
+    """SafeSora's video moderation logs no flag rates: no groups, no ``flag_rate/...`` keys, the rest unchanged."""
+    out = _stats(0, [7], severity=torch.full((7,), -1), groups=[])
+    assert not [k for k in out if k.startswith("flag_rate/")] and "severity_accuracy" not in out
+    assert out["group_total"].shape == (0,)
+    _assert_values(out["accuracy"], 4 / 7)
+    _assert_values(out["macro_f1"], 8 / 15)
 
 
 def test_moderation_stats_severity_accuracy_skips_unlabelled_rows():
@@ -272,6 +291,8 @@ def test_moderation_stats_without_severity_groups_safe_unsafe():
     assert out["flag_rate"].shape == (2,)
     _assert_values(out["flag_rate"], [1 / 2, 3 / 5], atol=1e-7)  # safe: row 1 of rows 0, 1; unsafe: rows 3, 4, 5 of 2-6
     assert out["group_total"].tolist() == [2, 5]
+    _assert_values(out["flag_rate/safe"], 1 / 2, atol=1e-7)
+    _assert_values(out["flag_rate/unsafe"], 3 / 5, atol=1e-7)
     assert "severity_accuracy" not in out
     _assert_values(out["accuracy"], 4 / 7)
     _assert_values(out["f1"], [2 / 3, 2 / 5, 0.0])

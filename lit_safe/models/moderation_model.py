@@ -146,6 +146,31 @@ class ModerationOutput(NamedTuple):
     severity_logits: Tensor | None
 
 
+def moderation_decisions(out: ModerationOutput, categories: list[str], decision: dict) -> dict[str, Tensor | None]:
+    """Probabilities and the decisions of a rule (:func:`flag_decisions`) for a batch of moderation logits.
+
+    Args:
+        out: the logits of ``N`` items (``severity_logits`` ``None`` without a severity head).
+        categories: the category names, in logit order.
+        decision: the rule: ``flag_rule`` (default ``unsafe``), ``flag_threshold`` (0.5), ``flag_min_severity`` (1)
+            and ``category_thresholds`` (``{name: threshold}``; 0.5 for a category it leaves out).
+
+    Returns:
+        ``category_probs (N, C)``, ``unsafe_prob (N,)``, ``severity_probs (N, S)`` or ``None``, ``flagged (N,)`` and
+        ``detected (N, C)`` (booleans).
+    """
+    decision = {"flag_rule": "unsafe", "flag_threshold": 0.5, "flag_min_severity": 1, **decision}
+    named = decision.get("category_thresholds") or {}
+    thresholds = torch.tensor([float(named.get(c, 0.5)) for c in categories])
+    category_probs, unsafe_prob = out.category_logits.sigmoid(), out.unsafe_logits.sigmoid()
+    severity_probs = out.severity_logits.softmax(-1) if out.severity_logits is not None else None
+    flagged, detected = flag_decisions(category_probs, unsafe_prob, severity_probs, decision["flag_rule"],
+                                       float(decision["flag_threshold"]), int(decision["flag_min_severity"]),
+                                       thresholds)
+    return {"category_probs": category_probs, "unsafe_prob": unsafe_prob, "severity_probs": severity_probs,
+            "flagged": flagged, "detected": detected}
+
+
 class ModerationModel(nn.Module):
     """A backbone (``AutoModel``) plus moderation heads on a pooled vector.
 
@@ -200,23 +225,9 @@ class ModerationModel(nn.Module):
         return ModerationOutput(self.category_head(pooled).float(), unsafe, severity)
 
     def decide(self, out: ModerationOutput) -> dict[str, Tensor | None]:
-        """Probabilities and the decision of the model's own rule (``self.decision``, saved with the model; default:
-        flag at P(unsafe) >= 0.5, categories at 0.5).
-
-        Returns:
-            ``category_probs (B, C)``, ``unsafe_prob (B,)``, ``severity_probs (B, S)`` or ``None``, ``flagged (B,)``
-            and ``detected (B, C)`` (booleans).
-        """
-        decision = {"flag_rule": "unsafe", "flag_threshold": 0.5, "flag_min_severity": 1, **self.decision}
-        named = decision.get("category_thresholds") or {}
-        thresholds = torch.tensor([float(named.get(c, 0.5)) for c in self.categories])
-        category_probs, unsafe_prob = out.category_logits.sigmoid(), out.unsafe_logits.sigmoid()
-        severity_probs = out.severity_logits.softmax(-1) if out.severity_logits is not None else None
-        flagged, detected = flag_decisions(category_probs, unsafe_prob, severity_probs, decision["flag_rule"],
-                                           float(decision["flag_threshold"]), int(decision["flag_min_severity"]),
-                                           thresholds)
-        return {"category_probs": category_probs, "unsafe_prob": unsafe_prob, "severity_probs": severity_probs,
-                "flagged": flagged, "detected": detected}
+        """Probabilities and the decision of the model's own rule (``self.decision``, saved with the model):
+        :func:`moderation_decisions`."""
+        return moderation_decisions(out, self.categories, self.decision)
 
     # ----------------------------------------------------------------------------------------- Hugging Face format
     def moderation_config(self) -> dict:
@@ -295,4 +306,4 @@ def build_moderation_model(
 
 
 __all__ = ["ModerationModel", "ModerationOutput", "build_moderation_model", "flag_decisions", "is_encoder",
-           "pool_hidden", "validate_decision"]
+           "moderation_decisions", "pool_hidden", "validate_decision"]

@@ -107,6 +107,19 @@ def clip_grad_norm(root: nn.Module, parameters, max_norm: float | None) -> torch
     return norm.detach()
 
 
+def nonfinite_tensors(module: nn.Module) -> list[str]:
+    """Names of the floating-point parameters and buffers of ``module`` with a non-finite value in this rank's
+    shard (the local part of an FSDP2 DTensor): a local check, reduce the answer across ranks."""
+    bad = []
+    for name, tensor in [*module.named_parameters(), *module.named_buffers()]:
+        if tensor is None or not tensor.is_floating_point() or not tensor.numel():
+            continue
+        local = tensor.to_local() if hasattr(tensor, "to_local") else tensor
+        if not bool(torch.isfinite(local).all()):
+            bad.append(name)
+    return bad
+
+
 def full_state_dict(module: nn.Module, root: nn.Module, prefix: str) -> dict[str, torch.Tensor]:
     """Gather the full (unsharded) state dict of ``module`` on CPU; call it on every rank (it is a collective).
 

@@ -49,33 +49,52 @@ COMPONENTS: tuple[str, ...] = ("unet", "vae", "text_encoder", "tokenizer", "sche
 # The ``tiny`` preset: the diffusers unit-test UNet3D widened to (32, 64) channels (about 1.3M parameters), a
 # two-level VAE (latents at H/2, 4 channels), and a 2-layer CLIP text encoder of width 32 (the UNet's
 # cross-attention width) over the ``tiny`` tokenizer. The schedule is ModelScope T2V's (scaled linear betas).
-TINY_UNET = dict(
-    sample_size=16,
-    in_channels=4,
-    out_channels=4,
-    down_block_types=("CrossAttnDownBlock3D", "DownBlock3D"),
-    up_block_types=("UpBlock3D", "CrossAttnUpBlock3D"),
-    block_out_channels=(32, 64),
-    layers_per_block=1,
-    norm_num_groups=32,
-    cross_attention_dim=32,
-    attention_head_dim=4,  # UNet3D reads it as the number of heads
-)
-TINY_VAE = dict(
-    in_channels=3,
-    out_channels=3,
-    down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
-    up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
-    block_out_channels=(32, 64),
-    layers_per_block=1,
-    latent_channels=4,
-    norm_num_groups=32,
-    sample_size=32,
-)
+_TINY_LEVELS = dict(block_out_channels=(32, 64), layers_per_block=1, norm_num_groups=32)  # UNet and VAE alike
+TINY_UNET = dict(sample_size=16, in_channels=4, out_channels=4, cross_attention_dim=32,
+                 down_block_types=("CrossAttnDownBlock3D", "DownBlock3D"),
+                 up_block_types=("UpBlock3D", "CrossAttnUpBlock3D"),
+                 attention_head_dim=4,  # UNet3D reads it as the number of heads
+                 **_TINY_LEVELS)
+TINY_VAE = dict(sample_size=32, in_channels=3, out_channels=3, latent_channels=4,
+                down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
+                up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
+                **_TINY_LEVELS)
 TINY_TEXT = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
                  max_position_embeddings=77)
 TINY_SCHEDULE = dict(num_train_timesteps=1000, beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
                      clip_sample=False, prediction_type="epsilon")
+
+
+def sample_noise(latents: Tensor, num_timesteps: int,
+                 generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+    """One noise and one timestep per sample of ``latents`` (only their shape, dtype and device are read).
+
+    Args:
+        latents: ``(B, C, F, h, w)``.
+        num_timesteps: T of the training schedule; timesteps are uniform on ``{0, ..., T - 1}``.
+        generator: draws both, noise first (on its own device, then moved: a CPU generator gives the same draw
+            everywhere); ``None`` uses the global RNG on the latents' device.
+
+    Returns:
+        ``(noise (B, C, F, h, w), timesteps (B,) long)`` on the latents' device.
+    """
+    device = generator.device if generator is not None else latents.device
+    noise = torch.randn(latents.shape, generator=generator, device=device, dtype=latents.dtype)
+    timesteps = torch.randint(0, num_timesteps, (latents.size(0),), generator=generator, device=device)
+    return noise.to(latents.device), timesteps.to(latents.device)
+
+
+def pair_noise(latents_w: Tensor, num_timesteps: int,
+               generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+    """One noise and one timestep per pair, shared by its winner and its loser (Diffusion-DPO): :func:`sample_noise`
+    for the winners ``(B, C, F, h, w)``, repeated.
+
+    Returns:
+        ``(noise (2B, C, F, h, w), timesteps (2B,) long)`` with ``noise[:B] == noise[B:]`` and
+        ``timesteps[:B] == timesteps[B:]``, for a batch laid out winners first.
+    """
+    noise, timesteps = sample_noise(latents_w, num_timesteps, generator)
+    return noise.repeat(2, *([1] * (noise.dim() - 1))), timesteps.repeat(2)
 
 
 def tokenizer_path(name_or_path: str, revision: str | None = None) -> str:
@@ -282,11 +301,14 @@ class VideoDiffusion(nn.Module):
         unet = self.unet if unet is None else unet
         return unet(noisy, timesteps, encoder_hidden_states=text).sample
 
-    def noise_target(self, latents: Tensor, noise: Tensor, timesteps: Tensor) -> Tensor:
-        """What the UNet is trained to predict: the noise (``epsilon``) or the velocity (``v_prediction``)."""
+    def noise_latents(self, latents: Tensor, noise: Tensor, timesteps: Tensor) -> tuple[Tensor, Tensor]:
+        """The forward process at ``timesteps`` (the training schedule's ``add_noise``) and what the UNet is
+        trained to predict there: ``(noisy latents, target)``, the target being the noise (``epsilon``) or the
+        velocity (``v_prediction``)."""
+        noisy = self.scheduler.add_noise(latents, noise, timesteps)
         if self.scheduler.config.prediction_type == "v_prediction":
-            return self.scheduler.get_velocity(latents, noise, timesteps)
-        return noise
+            return noisy, self.scheduler.get_velocity(latents, noise, timesteps)
+        return noisy, noise
 
     # ------------------------------------------------------------------------------------------------- LoRA
     def add_lora(self, rank: int = 8, alpha: float | None = None,
@@ -522,6 +544,8 @@ __all__ = [
     "load_video_diffusion",
     "load_video_tokenizer",
     "merge_lora_state_dict",
+    "pair_noise",
+    "sample_noise",
     "shard_unet",
     "tiny_video_diffusion",
     "tokenizer_path",

@@ -14,7 +14,7 @@ on one GPU, and on a tiny random CLIP for CPU tests (preset ``tiny``). A forward
    (pre-norm, ``fusion_layers`` layers) fuses them, the prompt's padding masked out;
 4. the heads read the ``[SCORE]`` token's final state: ``score`` (one number; ``score_type`` ``reward`` or ``cost``,
    cost > 0 meaning unsafe) or ``moderation`` (``C`` category logits and one unsafe logit, decided by
-   :func:`lit_safe.models.moderation.flag_decisions`).
+   :func:`lit_safe.models.moderation_model.flag_decisions`).
 
 The contrastive parts of the backbone that this model does not use (``visual_projection``, ``text_projection``,
 ``logit_scale``, SigLIP's ``logit_bias`` and text ``head``) are frozen, so that DDP finds no parameter without a
@@ -46,7 +46,7 @@ from transformers import AutoConfig, AutoModel, CLIPConfig, PreTrainedModel, Pre
 
 from lit_safe.models.backbone import DTYPES
 from lit_safe.models.frames import frames_to_float, resize_frames
-from lit_safe.models.moderation_model import ModerationOutput, flag_decisions, validate_decision
+from lit_safe.models.moderation_model import ModerationOutput, moderation_decisions, validate_decision
 from lit_safe.models.score_model import read_tensors, save_with_heads
 
 Head = Literal["score", "moderation"]
@@ -335,20 +335,9 @@ class VideoTextModel(nn.Module):
 
     def decide(self, out: ModerationOutput) -> dict[str, Tensor | None]:
         """Probabilities and the decision of the model's rule (``self.decision``; default: flag at P(unsafe) >= 0.5,
-        categories detected at 0.5).
-
-        Returns:
-            ``category_probs (N, C)``, ``unsafe_prob (N,)``, ``severity_probs`` (``None``), ``flagged (N,)`` and
-            ``detected (N, C)`` (booleans).
-        """
-        decision = {"flag_rule": "unsafe", "flag_threshold": 0.5, **self.decision}
-        named = decision.get("category_thresholds") or {}
-        thresholds = torch.tensor([float(named.get(c, 0.5)) for c in self.categories])
-        category_probs, unsafe_prob = out.category_logits.sigmoid(), out.unsafe_logits.sigmoid()
-        flagged, detected = flag_decisions(category_probs, unsafe_prob, None, decision["flag_rule"],
-                                           float(decision["flag_threshold"]), 1, thresholds)
-        return {"category_probs": category_probs, "unsafe_prob": unsafe_prob, "severity_probs": None,
-                "flagged": flagged, "detected": detected}
+        categories detected at 0.5): :func:`~lit_safe.models.moderation_model.moderation_decisions`, with
+        ``severity_probs`` ``None``."""
+        return moderation_decisions(out, self.categories, self.decision)
 
     # ----------------------------------------------------------------------------------------- Hugging Face format
     def video_config(self) -> dict:
@@ -427,14 +416,11 @@ def build_video_text_model(
     decision: dict | None = None,
     num_frames: int = 8,
     frame_size: int | None = None,
-    fusion_width: int | None = None,
-    fusion_layers: int = 2,
-    fusion_heads: int = 4,
-    fusion_dropout: float = 0.0,
     freeze_backbone: bool = False,
     dtype: str = "float32",
     revision: str | None = None,
     gradient_checkpointing: bool = False,
+    **fusion,
 ) -> VideoTextModel:
     """A video-text model on ``backbone``.
 
@@ -445,18 +431,19 @@ def build_video_text_model(
             score type and categories must match, and its ``num_frames`` cover the data's; its fusion settings win).
         tokenizer: the matching tokenizer (text embeddings are resized if it added tokens).
         head: ``score`` or ``moderation``.
-        score_type, categories, decision, num_frames, frame_size, fusion_*, freeze_backbone: see
-            :class:`VideoTextModel` (``frame_size`` defaults to 32 for a preset).
+        score_type, categories, decision, num_frames, frame_size, freeze_backbone: see :class:`VideoTextModel`
+            (``frame_size`` defaults to 32 for a preset).
         dtype: parameter dtype.
         revision: hub revision to pin.
         gradient_checkpointing: recompute the dual encoder's activations in backward.
+        fusion: ``fusion_width``, ``fusion_layers``, ``fusion_heads``, ``fusion_dropout`` of a new fusion transformer
+            (see :class:`VideoTextModel`; a saved video model keeps its own).
     """
     from lit_safe.models.tokenizer import is_preset, resolve_pretrained
 
     if dtype not in DTYPES:
         raise ValueError(f"unknown dtype {dtype!r}; expected one of {sorted(DTYPES)}")
-    settings = dict(num_frames=num_frames, fusion_width=fusion_width, fusion_layers=fusion_layers,
-                    fusion_heads=fusion_heads, fusion_dropout=fusion_dropout, freeze_backbone=freeze_backbone)
+    settings = dict(num_frames=num_frames, freeze_backbone=freeze_backbone, **fusion)
     if is_preset(backbone):
         size = frame_size or 32
         config = preset_clip_config(backbone, tokenizer, size)

@@ -1,11 +1,21 @@
-"""What every lit_safe trainer of a transformer shares: a check that the data is tokenised with the model's tokenizer,
-FSDP2 sharding in ``configure_model``, AdamW with the reference schedule, gradient clipping that works under
-every strategy, a guard against non-finite steps and weights, and a private random stream for training that
-checkpoints save, so that a killed run resumes exactly.
+"""What every lit_safe trainer of a transformer shares: checked hyperparameters, a check that the data is tokenised
+with the model's tokenizer and is the view the trainer reads, FSDP2 sharding in ``configure_model``, AdamW with the
+reference schedule, gradient clipping that works under every strategy, per-stage statistics logged at each epoch's
+end, a guard against non-finite steps and weights, and a private random stream for training that checkpoints save,
+so that a killed run resumes exactly.
 
-Subclasses build ``self.model`` in ``configure_model`` and call :meth:`BackboneModule.shard` on it; their
-``hparams`` carry ``lr``, ``weight_decay``, ``betas``, ``warmup_ratio``, ``lr_schedule``, ``max_grad_norm`` and
-``max_nonfinite_steps``.
+Subclasses call :meth:`BackboneModule.save_checked_hyperparameters` in ``__init__``, build ``self.model`` in
+``configure_model`` and call :meth:`BackboneModule.shard` on it; their ``hparams`` carry ``lr``, ``weight_decay``,
+``betas``, ``warmup_ratio``, ``lr_schedule``, ``max_grad_norm`` and ``max_nonfinite_steps``.
+
+Statistics: a trainer keeps one stats object per stage it measures (``train_stats``, ``val_stats``, ``test_stats``;
+the :class:`lit_safe.metrics.StageStats` protocol) and, as a :class:`StageStatsModule`, an ``evaluation_step`` (one
+batch into the given stats) for validation and test. At the end of each epoch of a stage the base module logs every 0-d
+value of ``stats.compute()`` as ``<stage>/<name>`` (synchronised across ranks already by torchmetrics; ``sync_dist``
+only keeps Lightning consistent), leaving out in training the metrics the trainer logs per step
+(``step_metrics``), keeps the values in ``epoch_metrics[stage]`` for callbacks, and resets the stats.
+Two pairs of trainers share more: :class:`ScoreTrainer` (the reward and cost models) and :class:`ModerationTrainer`
+(the text and video moderation classifiers).
 
 Non-finite steps: an optimiser step whose loss or gradient norm is not finite (on any rank) is skipped (its
 gradients are dropped, so AdamW moves neither the weights nor its moments) and counted (``train/nonfinite_steps``);
@@ -24,12 +34,17 @@ uninterrupted one draws.
 
 from __future__ import annotations
 
+import inspect
+
 import torch
 from lightning.pytorch import LightningModule
 from lightning.pytorch.strategies import ModelParallelStrategy
 from lightning.pytorch.utilities import rank_zero_warn
 
-from lit_safe.models.sharding import apply_fsdp2, clip_grad_norm
+from lit_safe.metrics import ModerationStats, category_pos_weight, category_threshold_tensor
+from lit_safe.models.moderation_model import validate_decision
+from lit_safe.models.score_model import build_score_model, export_score_model, score_pairs
+from lit_safe.models.sharding import apply_fsdp2, clip_grad_norm, nonfinite_tensors
 from lit_safe.models.tokenizer import tokenizer_fingerprint
 from lit_safe.optim import adamw_with_schedule, total_optimizer_steps
 
@@ -56,25 +71,15 @@ def check_max_nonfinite_steps(owner: str, value: int) -> None:
         raise ValueError(f"{owner}: max_nonfinite_steps must be an integer >= 1, got {value}")
 
 
-def _local(tensor: torch.Tensor) -> torch.Tensor:
-    """The local shard of a DTensor (FSDP2), else the tensor."""
-    return tensor.to_local() if hasattr(tensor, "to_local") else tensor
-
-
-def nonfinite_tensors(module: torch.nn.Module) -> list[str]:
-    """Names of the floating-point parameters and buffers of ``module`` with a non-finite value in this rank's
-    shard (a local check: reduce the answer across ranks)."""
-    named = [*module.named_parameters(), *module.named_buffers()]
-    return [name for name, t in named
-            if t is not None and t.is_floating_point() and t.numel() and not bool(torch.isfinite(_local(t)).all())]
-
-
 class BackboneModule(LightningModule):
     """A LightningModule whose ``self.model`` holds one or more Hugging Face transformers."""
 
     model: torch.nn.Module | None
     tokenizer: object
     default_max_nonfinite_steps = 3
+    #: the data module views (its ``hparams.view``) this trainer reads; another one is refused in ``setup`` (a pair
+    #: view fed to the wrong trainer would train it backwards without an error). Data modules without views pass.
+    views: tuple[str, ...] = ()
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
@@ -85,24 +90,38 @@ class BackboneModule(LightningModule):
         self._training_rng: dict[str, torch.Tensor] | None = None  # the private stream, between batches
         self._outer_rng: dict[str, torch.Tensor] | None = None  # the global stream, while a batch runs
 
+    def save_checked_hyperparameters(self, non_negative: tuple[str, ...] = (), positive: tuple[str, ...] = ()) -> None:
+        """Save the calling ``__init__``'s arguments as hyperparameters (``self.hparams``), after refusing the first
+        one out of range with a ValueError that names it: ``lr``, ``weight_decay``, the ``non_negative`` ones and
+        ``warmup_ratio`` must be >= 0, ``max_grad_norm`` and the ``positive`` ones > 0 (``None`` passes),
+        ``max_nonfinite_steps`` an integer >= 1. Call at the top of ``__init__``, before anything is built."""
+        frame = inspect.currentframe().f_back  # the __init__'s, whose arguments save_hyperparameters collects too
+        args = frame.f_locals
+        owner = type(self).__name__
+        check_hparams(owner, non_negative={k: args[k] for k in ("lr", "weight_decay", *non_negative, "warmup_ratio")},
+                      positive={k: args[k] for k in ("max_grad_norm", *positive)})
+        check_max_nonfinite_steps(owner, args["max_nonfinite_steps"])
+        self.save_hyperparameters(frame=frame)
+
+    @property
+    def datamodule(self):
+        """The trainer's data module (``None`` outside a trainer or without one)."""
+        return getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
+
     def setup(self, stage: str) -> None:
-        """Check that the data module tokenises with this model's tokenizer (different ids would train on garbage)."""
-        datamodule = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
+        """Check that the data module tokenises with this model's tokenizer (different ids would train on garbage)
+        and that its view is one of :attr:`views`."""
+        datamodule = self.datamodule
         theirs = getattr(datamodule, "tokenizer", None)
         if theirs is not None and tokenizer_fingerprint(theirs) != tokenizer_fingerprint(self.tokenizer):
             raise ValueError(
                 f"the data module's tokenizer ({theirs.name_or_path}) is not the model's "
                 f"({self.tokenizer.name_or_path}): set data.tokenizer to the model's backbone"
             )
-
-    def require_view(self, *views: str) -> None:
-        """Refuse a data module whose view orders or labels items differently from what this module assumes (a pair
-        view fed to the wrong module would train it backwards without an error). Data modules without views pass."""
-        datamodule = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
         view = getattr(getattr(datamodule, "hparams", None), "view", None)
-        if view is not None and view not in views:
-            raise ValueError(f"{type(self).__name__} trains on the data module's {' or '.join(map(repr, views))} view, "
-                             f"got view {view!r}")
+        if self.views and view is not None and view not in self.views:
+            raise ValueError(f"{type(self).__name__} trains on the data module's "
+                             f"{' or '.join(map(repr, self.views))} view, got view {view!r}")
 
     def shard(self, model: torch.nn.Module) -> None:
         """Shard ``model`` with FSDP2 (per transformer block, then the root) when the trainer runs Lightning's
@@ -276,6 +295,264 @@ class BackboneModule(LightningModule):
             return
         rank = self.global_rank if self._trainer is not None else 0
         self._training_rng = {k: torch.as_tensor(v).cpu().to(torch.uint8) for k, v in states[rank].items()}
+
+
+class StageStatsModule(BackboneModule):
+    """A trainer measured by per-stage statistics (see the module docstring): validation and test batches go through
+    the subclass's ``evaluation_step(batch, batch_idx, stats)`` into ``val_stats`` and ``test_stats``, and every
+    stage's stats are logged and reset at the end of its epochs. (Trainers without validation, such as PPO, stay plain
+    :class:`BackboneModule`: Lightning runs a validation loop for any module that defines ``validation_step``.)"""
+
+    #: training metrics the trainer logs per step, left out of the ``train/...`` values logged at the epoch's end
+    step_metrics: tuple[str, ...] = ()
+    #: metrics shown in the progress bar during validation and test; ``None``: every validation metric
+    progress_bar_metrics: tuple[str, ...] | None = None
+    #: leave out metrics that are NaN (nothing counted towards them; the stats are synchronised first, so every rank
+    #: leaves out the same ones)
+    drop_nan_metrics = False
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.epoch_metrics: dict[str, dict[str, torch.Tensor]] = {}  # per stage, every value of its last epoch end
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        self.evaluation_step(batch, batch_idx, self.val_stats)
+
+    def test_step(self, batch: dict, batch_idx: int) -> None:
+        self.evaluation_step(batch, batch_idx, self.test_stats)
+
+    def log_stats(self, stage: str) -> None:
+        """Log the 0-d values of the stage's stats (``<stage>_stats``, if the trainer has them) as
+        ``<stage>/<name>`` in float32, keep every value in ``epoch_metrics[stage]``, and reset the stats."""
+        stats = getattr(self, f"{stage}_stats", None)
+        if stats is None:
+            return
+        values = stats.compute()
+        self.epoch_metrics[stage] = values
+        scalars = {k: v.float().to(self.device) for k, v in values.items()
+                   if v.dim() == 0 and not (stage == "train" and k in self.step_metrics)
+                   and not (self.drop_nan_metrics and torch.isnan(v))}
+        shown = self.progress_bar_metrics
+        if shown is None:
+            shown = tuple(scalars) if stage == "val" else ()
+        elif stage == "train":
+            shown = ()
+        self.log_dict({f"{stage}/{k}": v for k, v in scalars.items() if k not in shown}, sync_dist=True)
+        self.log_dict({f"{stage}/{k}": v for k, v in scalars.items() if k in shown}, prog_bar=True, sync_dist=True)
+        stats.reset()
+
+    def on_train_epoch_end(self) -> None:
+        self.log_stats("train")
+
+    def on_validation_epoch_end(self) -> None:
+        self.log_stats("val")
+
+    def on_test_epoch_end(self) -> None:
+        self.log_stats("test")
+
+
+class ScoreTrainer(StageStatsModule):
+    """What the reward and the cost trainers share (one Bradley-Terry score model, two orders of the pairs): the
+    :class:`~lit_safe.models.score_model.ScoreModel` of type ``score_type`` built from the hyperparameters
+    (``backbone``, ``revision``, ``dtype``, ``normalize_scores``, ``normalizer_momentum``,
+    ``gradient_checkpointing``), the end scores of both responses of a pair batch, the running statistics of the raw
+    scores, and the export."""
+
+    score_type = "reward"
+
+    def configure_model(self) -> None:
+        if self.model is not None:
+            return
+        hp = self.hparams
+        self.model = build_score_model(
+            hp.backbone,
+            self.tokenizer,
+            self.score_type,
+            dtype=hp.dtype,
+            revision=hp.revision,
+            do_normalize=hp.normalize_scores,
+            normalizer_momentum=hp.normalizer_momentum,
+            gradient_checkpointing=hp.gradient_checkpointing,
+        )
+        self.shard(self.model)
+
+    def pair_scores(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor, object]:
+        """End scores of the first and the second responses of a pair batch, unpacked or packed.
+
+        Returns:
+            ``(first (B,), second (B,), the model output)``.
+        """
+        return score_pairs(self.model, batch)
+
+    def update_normalizer(self, raw: torch.Tensor) -> None:
+        """Add a training batch's raw (unnormalised) end scores, gathered from every rank, to the model's running
+        statistics, kept (and exported) whether or not they are applied; a batch with a non-finite score (a step the
+        base module will skip) would make them NaN for good, so it adds nothing. A collective: call on every rank."""
+        gathered = self.all_gather(raw.detach())
+        if bool(torch.isfinite(gathered).all()):
+            self.model.normalizer.update(gathered)
+
+    def export_config(self) -> dict:
+        """Extra entries of the exported ``config.json``."""
+        return {}
+
+    def export_pretrained(self, path):
+        """Write the model in the Hugging Face format (config, safetensors, tokenizer). Call on every rank."""
+        return export_score_model(self.model, self.tokenizer, path, root=self.export_root(), prefix="model.",
+                                  **self.export_config())
+
+
+class ModerationTrainer(StageStatsModule):
+    """What the text and the video moderation trainers share (one algorithm on two kinds of input): the categories
+    taken from the data module's ``moderation`` view, the per-class ``pos_weight`` of the training split, the
+    decision rule's thresholds, the training logs, evaluation into :class:`~lit_safe.metrics.ModerationStats`,
+    predictions and the export.
+
+    Subclasses take their labels from the data module in ``setup`` (then call :meth:`prepare_labels`), state their
+    rule in ``decision_config()`` (the exported model carries it), build the classifier with that rule in
+    ``build_model()`` (its output a :class:`~lit_safe.models.moderation_model.ModerationOutput`, its ``decide`` the
+    rule's decisions), run it on a batch in ``classify(batch)`` and compute the loss in
+    ``model_step(batch) -> (loss, parts, output)``. Their ``hparams`` carry ``categories``, ``pos_weight``,
+    ``max_pos_weight`` and ``category_thresholds``.
+    """
+
+    views = ("moderation",)
+    progress_bar_metrics = ("accuracy", "macro_f1", "fpr_safe")
+    #: the loss parts (of :func:`lit_safe.losses.moderation_loss`) logged per training step as ``train/loss_<part>``
+    loss_parts: tuple[str, ...] = ("category", "unsafe")
+    #: log the flag rate per true severity level (or safe/unsafe without severity) as ``flag_rate/<group>``
+    log_flag_rates = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        # Saved in checkpoints (so that val/loss of a later validate or test weighs as during fit); filled in setup.
+        self.register_buffer("pos_weight", None)
+        self.val_stats: ModerationStats | None = None
+        self.test_stats: ModerationStats | None = None
+
+    # ------------------------------------------------------------------------------------------------- labels
+    def take_data_label(self, key: str, value) -> None:
+        """Set hyperparameter ``key`` (``categories``, ``severity_levels``) from the data module when unset, or refuse
+        data that labels differently (a checkpoint's categories must be the data's)."""
+        if self.hparams[key] is None:
+            self.hparams[key] = value
+        elif self.hparams[key] != value:
+            raise ValueError(f"the model's {key} {self.hparams[key]} differ from the data's {value}")
+
+    def prepare_labels(self, stage: str, severity_levels: int) -> None:
+        """Once the categories are known: check the decision rule against them; for training, compute the per-class
+        ``pos_weight`` from the training split's label counts; and make the evaluation stats (flag rates per true
+        severity level, or safe/unsafe without severity)."""
+        hp = self.hparams
+        validate_decision(self.decision_config(), hp.categories, severity_levels)
+        if stage == "fit" and hp.pos_weight:
+            datamodule = self.datamodule
+            summary = datamodule.label_summary("train") if hasattr(datamodule, "label_summary") else {}
+            weight = category_pos_weight(summary or {}, list(hp.categories), hp.max_pos_weight)
+            if weight is not None:
+                self.pos_weight = weight
+            else:
+                rank_zero_warn(f"{type(self).__name__}: no training label counts (a remote prepared dataset?): "
+                               "pos_weight is 1 for every category")
+        groups = [f"severity_{k}" for k in range(severity_levels)] if severity_levels else ["safe", "unsafe"]
+        groups = groups if self.log_flag_rates else []
+        self.val_stats = ModerationStats(hp.categories, groups, severity_levels)
+        self.test_stats = ModerationStats(hp.categories, groups, severity_levels)
+
+    def category_thresholds(self) -> torch.Tensor:
+        """Per-category detection thresholds ``(C,)`` of the ``category_thresholds`` hyperparameter."""
+        return category_threshold_tensor(self.hparams.categories, self.hparams.category_thresholds)
+
+    # ------------------------------------------------------------------------------------------------- model
+    def configure_model(self) -> None:
+        if self.model is not None:
+            return
+        if self.hparams.categories is None:
+            self.setup("predict")
+        self.model = self.build_model()
+        if self.hparams.pos_weight and self.pos_weight is None:  # outside fit: ones, until a checkpoint's are loaded
+            self.pos_weight = torch.ones(len(self.hparams.categories))
+        self.shard(self.model)
+
+    def decide(self, out) -> dict[str, torch.Tensor]:
+        """Probabilities and decisions of the configured rule (the model's ``decide``)."""
+        return self.model.decide(out)
+
+    def pos_weight_on(self, device: torch.device) -> torch.Tensor | None:
+        """``pos_weight`` on ``device`` for :func:`lit_safe.losses.moderation_loss` (``None``: all 1)."""
+        return None if self.pos_weight is None else self.pos_weight.to(device)
+
+    # ------------------------------------------------------------------------------------------------- steps
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        loss, parts, out = self.model_step(batch)
+        flagged = self.decide(out)["flagged"]
+        self.log("train/loss", loss, prog_bar=True)
+        self.log_dict({f"train/loss_{k}": parts[k] for k in self.loss_parts})
+        self.log("train/accuracy", (flagged == batch["unsafe"].bool()).float().mean(), prog_bar=True)
+        return loss
+
+    def evaluation_step(self, batch: dict, batch_idx: int, stats: ModerationStats) -> None:
+        loss, _, out = self.model_step(batch)
+        d = self.decide(out)
+        severity = batch["severity"] if "severity" in batch else torch.full_like(batch["unsafe"], -1)
+        stats.update(loss, d["category_probs"], batch["categories"], d["unsafe_prob"], batch["unsafe"], d["flagged"],
+                     d["detected"], d["severity_probs"], severity)
+
+    def predict_step(self, batch: dict, batch_idx: int) -> dict:
+        """Per item: ``flagged``, ``unsafe_prob``, ``categories`` ({name: probability}), ``detected`` (names at or
+        above their threshold) and, with severity, ``severity`` (most likely level) and ``severity_probs``; keyed by
+        ``line`` (a ``predict_file``) or ``row``/``response`` (a prepared split)."""
+        d = self.decide(self.classify(batch))
+        names = self.hparams.categories
+        result = {key: batch[key] for key in ("line", "row", "response") if key in batch}
+        result.update({
+            "flagged": d["flagged"],
+            "unsafe_prob": d["unsafe_prob"],
+            "categories": [dict(zip(names, p)) for p in d["category_probs"].tolist()],
+            "detected": [[n for n, hit in zip(names, row) if hit] for row in d["detected"].tolist()],
+        })
+        if d["severity_probs"] is not None:
+            result["severity"] = d["severity_probs"].argmax(-1)
+            result["severity_probs"] = d["severity_probs"]
+        return result
+
+    def log_stats(self, stage: str) -> None:
+        """Log the stage's metrics, unless no rank saw a batch of it (an empty split: every rank decides alike, so
+        none waits in ``compute()``'s gather)."""
+        stats = getattr(self, f"{stage}_stats", None)
+        if stats is not None and float(self.trainer.strategy.reduce(stats.count.clone(), reduce_op="sum")) == 0:
+            self.epoch_metrics.pop(stage, None)
+            return
+        super().log_stats(stage)
+
+    # ------------------------------------------------------------------------------------------------ export
+    def export_pretrained(self, path):
+        """Write the model, its categories and its decision rule in the Hugging Face format. Call on every rank."""
+        return export_score_model(self.model, self.tokenizer, path, root=self.export_root(), prefix="model.")
+
+
+def video_model_arguments(module: BackboneModule) -> dict:
+    """The keyword arguments of :func:`~lit_safe.models.video_text.build_video_text_model` from a video module's
+    hyperparameters (``num_frames`` 8 where neither the run nor its data module set it)."""
+    hp = module.hparams
+    keys = ("frame_size", "fusion_width", "fusion_layers", "fusion_heads", "fusion_dropout", "freeze_backbone",
+            "dtype", "revision", "gradient_checkpointing")
+    return {"num_frames": hp.num_frames or 8, **{key: hp[key] for key in keys}}
+
+
+def take_video_settings(module: BackboneModule) -> None:
+    """Fill a video module's unset ``num_frames`` and ``frame_size`` from its trainer's data module
+    (``datamodule.hparams.num_frames`` / ``frame_size``), and refuse data with more frames than the model covers."""
+    data = getattr(module.datamodule, "hparams", None)
+    if data is None:
+        return
+    hp = module.hparams
+    for key in ("num_frames", "frame_size"):
+        if hp.get(key) is None and data.get(key) is not None:
+            hp[key] = int(data[key])
+    if data.get("num_frames") is not None and hp.num_frames is not None and int(data["num_frames"]) > hp.num_frames:
+        raise ValueError(f"the data has {data['num_frames']} frames per video, the model's num_frames is "
+                         f"{hp.num_frames}")
 
 
 def _value(tensor: torch.Tensor | None) -> str:

@@ -15,59 +15,20 @@ Departure: only the sequence-wise loss (the reference's token-wise cost variant 
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Literal
 
 import torch
-from torchmetrics import MeanMetric
 
 from lit_safe.losses import cost_preference_loss, preference_accuracy, sign_accuracy
-from lit_safe.models.score_model import ScoreModel, build_score_model, export_score_model, score_pairs
+from lit_safe.metrics import CostStats
+from lit_safe.models.score_model import ScoreModel
 from lit_safe.models.tokenizer import load_tokenizer
-from lit_safe.modules.base import BackboneModule, check_hparams, check_max_nonfinite_steps
+from lit_safe.modules.base import ScoreTrainer
 
 COST_SIGN = "positive means unsafe"
 
 
-class CostStats(torch.nn.Module):
-    """Running means of one stage's cost metrics (synchronised across ranks by torchmetrics)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.loss, self.accuracy, self.accuracy_sign = MeanMetric(), MeanMetric(), MeanMetric()
-        self.cost, self.cost_sq, self.safe, self.unsafe = MeanMetric(), MeanMetric(), MeanMetric(), MeanMetric()
-        for metric in self.children():
-            metric.persistent(True)  # saved in checkpoints: a run resumed mid-epoch reports the whole epoch
-
-    def update(self, loss, unsafer, safer, unsafer_sign, safer_sign) -> None:
-        costs, signs = torch.cat([unsafer, safer]).detach(), torch.cat([unsafer_sign, safer_sign])
-        self.loss.update(loss.detach())
-        self.accuracy.update(preference_accuracy(unsafer, safer), weight=unsafer.numel())
-        self.accuracy_sign.update(sign_accuracy(costs, signs), weight=costs.numel())
-        self.cost.update(costs)
-        self.cost_sq.update(costs.pow(2))
-        # weight 0 where a response is of the other kind, so a batch without safe (or unsafe) ones adds nothing
-        self.safe.update(costs, weight=(signs < 0).to(costs.dtype))
-        self.unsafe.update(costs, weight=(signs > 0).to(costs.dtype))
-
-    def compute(self) -> dict[str, torch.Tensor]:
-        mean = self.cost.compute()
-        return {
-            "loss": self.loss.compute(),
-            "accuracy": self.accuracy.compute(),
-            "accuracy_sign": self.accuracy_sign.compute(),
-            "cost_mean": mean,
-            "cost_std": (self.cost_sq.compute() - mean.pow(2)).clamp_min(0).sqrt(),
-            "cost_safe_mean": self.safe.compute(),
-            "cost_unsafe_mean": self.unsafe.compute(),
-        }
-
-    def reset(self) -> None:
-        for metric in self.children():
-            metric.reset()
-
-
-class CostModule(BackboneModule):
+class CostModule(ScoreTrainer):
     """Train a cost model on (less safe, safer) pairs with safety signs (the data module's ``safety`` view).
 
     Args:
@@ -90,6 +51,8 @@ class CostModule(BackboneModule):
     """
 
     score_type = "cost"
+    views = ("safety",)  # the first response of a pair is the less safe one
+    step_metrics = ("loss", "accuracy", "accuracy_sign")
 
     def __init__(
         self,
@@ -109,51 +72,22 @@ class CostModule(BackboneModule):
         max_nonfinite_steps: int = 3,
     ) -> None:
         super().__init__()
-        check_hparams(type(self).__name__, positive={"max_grad_norm": max_grad_norm},
-                      non_negative={"lr": lr, "weight_decay": weight_decay, "l2_coeff": l2_coeff,
-                                    "warmup_ratio": warmup_ratio})
-        check_max_nonfinite_steps(type(self).__name__, max_nonfinite_steps)
-        self.save_hyperparameters()
+        self.save_checked_hyperparameters(non_negative=("l2_coeff",))
         self.tokenizer = load_tokenizer(backbone, revision=revision)
         self.model: ScoreModel | None = None
         self.train_stats, self.val_stats, self.test_stats = CostStats(), CostStats(), CostStats()
 
-    # ------------------------------------------------------------------------------------------------- model
-    def configure_model(self) -> None:
-        if self.model is not None:
-            return
-        hp = self.hparams
-        self.model = build_score_model(
-            hp.backbone,
-            self.tokenizer,
-            self.score_type,
-            dtype=hp.dtype,
-            revision=hp.revision,
-            do_normalize=hp.normalize_scores,
-            normalizer_momentum=hp.normalizer_momentum,
-            gradient_checkpointing=hp.gradient_checkpointing,
-        )
-        self.shard(self.model)
-
     # ------------------------------------------------------------------------------------------------- steps
-    def costs(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor, object]:
-        """End costs of the less safe and the safer responses of a safety batch, unpacked or packed."""
-        return score_pairs(self.model, batch)
-
     def model_step(self, batch: dict):
         if "unsafer_sign" not in batch:
             raise ValueError("CostModule needs the data module's 'safety' view (batches with safety signs)")
-        unsafer, safer, out = self.costs(batch)
+        unsafer, safer, out = self.pair_scores(batch)
         loss = cost_preference_loss(unsafer, safer, batch["unsafer_sign"], batch["safer_sign"], self.hparams.l2_coeff)
         return loss, unsafer, safer, out.raw_end_scores
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         loss, unsafer, safer, raw = self.model_step(batch)
-        # Statistics of the raw scores on every rank, kept (and exported) whether or not they are applied; a batch
-        # with a non-finite score (a step the base module will skip) would make them NaN for good.
-        gathered = self.all_gather(raw.detach())
-        if bool(torch.isfinite(gathered).all()):
-            self.model.normalizer.update(gathered)
+        self.update_normalizer(raw)
         self.train_stats.update(loss, unsafer, safer, batch["unsafer_sign"], batch["safer_sign"])
         signs = torch.cat([batch["unsafer_sign"], batch["safer_sign"]])
         self.log("train/loss", loss, prog_bar=True)
@@ -161,13 +95,9 @@ class CostModule(BackboneModule):
         self.log("train/accuracy_sign", sign_accuracy(torch.cat([unsafer, safer]), signs), prog_bar=True)
         return loss
 
-    def validation_step(self, batch: dict, batch_idx: int) -> None:
+    def evaluation_step(self, batch: dict, batch_idx: int, stats: CostStats) -> None:
         loss, unsafer, safer, _ = self.model_step(batch)
-        self.val_stats.update(loss, unsafer, safer, batch["unsafer_sign"], batch["safer_sign"])
-
-    def test_step(self, batch: dict, batch_idx: int) -> None:
-        loss, unsafer, safer, _ = self.model_step(batch)
-        self.test_stats.update(loss, unsafer, safer, batch["unsafer_sign"], batch["safer_sign"])
+        stats.update(loss, unsafer, safer, batch["unsafer_sign"], batch["safer_sign"])
 
     def predict_step(self, batch: dict, batch_idx: int) -> dict[str, torch.Tensor]:
         """Per response of a ``predict_file`` line: ``cost`` and ``safe`` (cost <= 0); per pair of a prepared
@@ -175,29 +105,11 @@ class CostModule(BackboneModule):
         if "line" in batch:
             cost = self.model(batch["input_ids"], batch["attention_mask"]).end_scores
             return {"line": batch["line"], "cost": cost, "safe": cost <= 0}
-        unsafer, safer, _ = self.costs(batch)
+        unsafer, safer, _ = self.pair_scores(batch)
         return {"row": batch["row"], "unsafer_cost": unsafer, "safer_cost": safer,
                 "unsafer_safe": unsafer <= 0, "safer_safe": safer <= 0}
 
-    def _log_epoch(self, stage: str) -> None:
-        stats = getattr(self, f"{stage}_stats")
-        values = stats.compute()
-        if stage == "train":  # loss and accuracies are logged per step during training
-            values = {k: v for k, v in values.items() if k not in ("loss", "accuracy", "accuracy_sign")}
-        self.log_dict({f"{stage}/{k}": v for k, v in values.items()}, prog_bar=stage == "val", sync_dist=True)
-        stats.reset()
-
-    def on_train_epoch_end(self) -> None:
-        self._log_epoch("train")
-
-    def on_validation_epoch_end(self) -> None:
-        self._log_epoch("val")
-
-    def on_test_epoch_end(self) -> None:
-        self._log_epoch("test")
-
     # ------------------------------------------------------------------------------------------------ export
-    def export_pretrained(self, path: str | Path) -> Path | None:
-        """Write the model in the Hugging Face format, the cost sign convention in its config. Call on every rank."""
-        return export_score_model(self.model, self.tokenizer, path, root=self.export_root(), prefix="model.",
-                                  cost_sign=COST_SIGN)
+    def export_config(self) -> dict:
+        """The cost sign convention, in the exported ``config.json``."""
+        return {"cost_sign": COST_SIGN}

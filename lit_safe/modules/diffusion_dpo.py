@@ -5,7 +5,8 @@ Each batch is a ``preference`` pair view of the SafeSora data module (``dimensio
 ``(B, L)`` and ``frames uint8 (2B, F, 3, H, W)``, the B preferred videos first. A step (ALGORITHMS.md section 9):
 
 1. encode the prompts (frozen CLIP) and both videos (frozen VAE, frame by frame) without gradients;
-2. draw ONE timestep and ONE noise per pair, shared by winner and loser (:func:`pair_noise`), and noise both;
+2. draw ONE timestep and ONE noise per pair, shared by winner and loser
+   (:func:`lit_safe.models.video_diffusion.pair_noise`), and noise both;
 3. the policy UNet predicts the noise of all 2B videos; the reference does the same without gradients: a frozen
    copy of the initial UNet (``reference: copy``) or the same UNet with its LoRA adapters switched off
    (``reference: lora``, no second UNet in memory);
@@ -24,35 +25,29 @@ negative when the policy favours winners) and ``train/reward_margin`` (mean insi
 the same plus ``dpo_loss`` (equal to ``loss`` for ``dpo``) and ``safe_preference_accuracy`` (over the pairs of one
 video labelled safe and one unsafe, the share whose implicit reward prefers the safe one), on noise and timesteps
 drawn from a generator seeded with ``diffusion_seed + batch_idx`` (reproducible evaluation, the same on every
-device). Every ``sample_every_n_steps`` optimiser steps (and once before training), videos for ``sample_prompts``
-(DDIM, classifier-free guidance, a fixed seed) go to TensorBoard as animated GIFs (``samples/<i>``) and to
-``<log_dir>/samples/step<N>_<i>.mp4``.
+device). :meth:`DiffusionDPOModule.sample_videos` generates videos with the current policy (DDIM, classifier-free
+guidance, a fixed seed); the :class:`lit_safe.callbacks.samples.VideoSamples` callback decides when and writes them.
 
 Checkpoints: the frozen reference copy is part of the state dict (``reference.*``), so a checkpoint holds the UNet
 twice with ``reference: copy``. It is never trained, so a resumed run gets the initial weights back exactly, without
-reloading ``model`` (which may have changed on the hub). ``reference: lora`` stores the UNet once (its base
+reloading ``backbone`` (which may have changed on the hub). ``reference: lora`` stores the UNet once (its base
 weights are the reference). The frozen VAE and text encoder are stored once. Only the UNet (with LoRA: only the
 adapters) is in the optimiser. ``export_pretrained`` writes the policy in the diffusers layout (LoRA merged).
 
-Defaults follow the reference trainers: lr 1e-5 (align-anything's video DPO and the diffusers example's README runs;
-Salesforce's launchers use 1e-8 scaled by their 2048-pair batch), AdamW (0.9, 0.999) with weight decay 1e-2 (the
-diffusers training-script defaults), a constant schedule after a 25% linear warm-up (Salesforce: 500 of 2000
-steps), gradient clip 1.0.
+Defaults follow the reference trainers (their sources are in the ``__init__`` arguments' descriptions).
 """
 
 from __future__ import annotations
 
 import contextlib
 import copy
-import io
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 import torch
 from lightning.pytorch.strategies import ModelParallelStrategy
-from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
-from torchmetrics import MeanMetric
 
 from lit_safe.losses import (
     DIFFUSION_DPO_BETA_FACTORS,
@@ -61,97 +56,30 @@ from lit_safe.losses import (
     implicit_accuracy,
     safe_preference_hits,
 )
+from lit_safe.metrics import MeanStats
 from lit_safe.models.video_diffusion import (
     VideoDiffusion,
     export_video_diffusion,
     load_video_diffusion,
     load_video_tokenizer,
+    pair_noise,
+    sample_noise,
     shard_unet,
 )
-from lit_safe.modules.base import BackboneModule, check_hparams, check_max_nonfinite_steps
+from lit_safe.modules.base import StageStatsModule
 
 EVAL_METRICS = ("loss", "dpo_loss", "implicit_accuracy", "error_gap", "reward_margin", "policy_error_w",
                 "policy_error_l", "ref_error_w", "ref_error_l", "safe_preference_accuracy")
 
 
-def pair_noise(latents_w: Tensor, num_timesteps: int,
-               generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
-    """One noise and one timestep per pair, shared by its winner and its loser.
-
-    Args:
-        latents_w: ``(B, C, F, h, w)`` latents of the winners (only their shape, dtype and device are read).
-        num_timesteps: T of the training schedule; timesteps are uniform on ``{0, ..., T - 1}``.
-        generator: draws both (on its own device, then moved: a CPU generator gives the same draw everywhere);
-            ``None`` uses the global RNG on the latents' device.
-
-    Returns:
-        ``(noise (2B, C, F, h, w), timesteps (2B,) long)`` with ``noise[:B] == noise[B:]`` and
-        ``timesteps[:B] == timesteps[B:]``, for a batch laid out winners first.
-    """
-    device = generator.device if generator is not None else latents_w.device
-    b = latents_w.size(0)
-    noise = torch.randn(latents_w.shape, generator=generator, device=device, dtype=latents_w.dtype)
-    timesteps = torch.randint(0, num_timesteps, (b,), generator=generator, device=device)
-    noise, timesteps = noise.to(latents_w.device), timesteps.to(latents_w.device)
-    return noise.repeat(2, *([1] * (noise.dim() - 1))), timesteps.repeat(2)
-
-
-def gif_bytes(frames: Tensor, fps: int = 8) -> bytes:
-    """An animated GIF (looping) of ``uint8 (F, 3, H, W)`` frames."""
-    from PIL import Image
-
-    images = [Image.fromarray(frame.permute(1, 2, 0).cpu().numpy()) for frame in frames]
-    buffer = io.BytesIO()
-    images[0].save(buffer, format="GIF", save_all=True, append_images=images[1:], duration=max(1, 1000 // fps),
-                   loop=0)
-    return buffer.getvalue()
-
-
-def log_video_gif(experiment, tag: str, frames: Tensor, step: int, fps: int = 8) -> None:
-    """Log ``uint8 (F, 3, H, W)`` frames to a TensorBoard ``SummaryWriter`` as an animated GIF image (what
-    ``add_video`` writes, without its moviepy dependency); writers without that API get a frame strip image."""
-    if not hasattr(experiment, "_get_file_writer"):
-        experiment.add_image(tag, torch.cat(list(frames), dim=-1), step)
-        return
-    from tensorboard.compat.proto.summary_pb2 import Summary
-
-    _, _, height, width = frames.shape
-    image = Summary.Image(height=height, width=width, colorspace=3, encoded_image_string=gif_bytes(frames, fps))
-    experiment._get_file_writer().add_summary(Summary(value=[Summary.Value(tag=tag, image=image)]), step)
-
-
-class DiffusionStats(torch.nn.Module):
-    """Pair-weighted running means of the evaluation metrics of one stage (synchronised by torchmetrics)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.means = torch.nn.ModuleDict({name: MeanMetric() for name in EVAL_METRICS})
-        for metric in self.means.values():
-            metric.persistent(True)
-
-    def update(self, values: dict[str, Tensor], pairs: int | dict[str, Tensor]) -> None:
-        """Add a batch's means, each weighted by the pairs it averages (``pairs``, or ``pairs[name]``)."""
-        for name, value in values.items():
-            weight = pairs[name] if isinstance(pairs, dict) else pairs
-            self.means[name].update(value.detach().float(), weight=weight)
-
-    def compute(self) -> dict[str, Tensor]:
-        """Every metric, synchronised across ranks (each rank runs the same collectives, whatever its batches held);
-        a metric no pair counted towards comes back NaN on every rank."""
-        return {name: metric.compute() for name, metric in self.means.items()}
-
-    def reset(self) -> None:
-        for metric in self.means.values():
-            metric.reset()
-
-
-class DiffusionDPOModule(BackboneModule):
+class DiffusionDPOModule(StageStatsModule):
     """Fine-tune a text-to-video UNet on preference pairs with Diffusion-DPO (or SFT on the winners).
 
     Args:
-        model: ``tiny`` (random preset), hub id or local directory of a diffusers text-to-video checkpoint
-            (``TextToVideoSDPipeline`` layout: ModelScope T2V, Zeroscope).
-        revision: hub revision of ``model``.
+        backbone: the video model to fine-tune, also the initial reference: ``tiny`` (random preset), hub id or local
+            directory of a diffusers text-to-video checkpoint (``TextToVideoSDPipeline`` layout: ModelScope T2V,
+            Zeroscope).
+        revision: hub revision of ``backbone``.
         objective: ``dpo`` (Diffusion-DPO) or ``sft`` (denoising loss on the preferred videos only).
         beta: DPO inverse temperature, in the units of ``beta_convention``.
         beta_convention: ``salesforce`` (``-beta/2`` inside the sigmoid; beta 5000) or ``diffusers`` (``-beta``;
@@ -161,28 +89,27 @@ class DiffusionDPOModule(BackboneModule):
             trained; the reference is the UNet with adapters disabled).
         lora_rank: LoRA rank (``reference: lora``).
         lora_alpha: LoRA alpha (default: the rank, i.e. scaling 1).
-        lr: peak learning rate.
-        weight_decay: AdamW weight decay (not applied to biases and norms).
-        betas: AdamW betas.
-        warmup_ratio: share of the optimiser steps spent warming up linearly.
-        lr_schedule: ``constant`` or ``cosine`` after warm-up.
+        lr: peak learning rate (1e-5 as align-anything's video DPO and the diffusers example's runs; Salesforce's
+            launchers use 1e-8 scaled by their 2048-pair batch).
+        weight_decay: AdamW weight decay, not applied to biases and norms (1e-2, the diffusers training scripts').
+        betas: AdamW betas (the diffusers training scripts').
+        warmup_ratio: share of the optimiser steps spent warming up linearly (Salesforce: 500 of 2000 steps).
+        lr_schedule: ``constant`` (as Salesforce) or ``cosine`` after warm-up.
         max_grad_norm: clip gradients to this global norm (``None``: measure only).
         gradient_checkpointing: recompute the UNet blocks' activations in backward.
-        sample_every_n_steps: generate and log sample videos every this many optimiser steps (0: never).
-        sample_prompts: the prompts of the sample videos.
-        sample_steps: DDIM steps of the samples.
-        sample_guidance: classifier-free guidance scale of the samples.
-        sample_fps: frame rate of the logged GIFs and mp4 files.
-        diffusion_seed: seed of the ``tiny`` preset, of the LoRA initialisation, of the evaluation noise
-            (``diffusion_seed + batch_idx``) and of the sample videos (not ``seed``: the data module has that
-            hyperparameter, and Lightning refuses two different values under one name).
+        diffusion_seed: seed of the ``tiny`` preset, of the LoRA initialisation and of the evaluation noise
+            (``diffusion_seed + batch_idx``) (not ``seed``: the data module has that hyperparameter, and Lightning
+            refuses two different values under one name).
         max_nonfinite_steps: optimiser steps in a row whose loss or gradient norm is not finite (each is skipped)
             before training stops with an error.
     """
 
+    views = ("preference",)  # winner first (the safety view puts the less safe video first)
+    drop_nan_metrics = True  # safe_preference_accuracy when no pair of one safe and one unsafe video was seen
+
     def __init__(
         self,
-        model: str = "tiny",
+        backbone: str = "tiny",
         revision: str | None = None,
         objective: Literal["dpo", "sft"] = "dpo",
         beta: float = 5000.0,
@@ -198,19 +125,11 @@ class DiffusionDPOModule(BackboneModule):
         lr_schedule: Literal["cosine", "constant"] = "constant",
         max_grad_norm: float | None = 1.0,
         gradient_checkpointing: bool = False,
-        sample_every_n_steps: int = 0,
-        sample_prompts: list[str] | None = None,
-        sample_steps: int = 25,
-        sample_guidance: float = 7.5,
-        sample_fps: int = 8,
         diffusion_seed: int = 0,
         max_nonfinite_steps: int = 3,
     ) -> None:
         super().__init__()
-        check_hparams(type(self).__name__, non_negative={"lr": lr, "weight_decay": weight_decay,
-                                                         "warmup_ratio": warmup_ratio},
-                      positive={"beta": beta, "max_grad_norm": max_grad_norm})
-        check_max_nonfinite_steps(type(self).__name__, max_nonfinite_steps)
+        self.save_checked_hyperparameters(positive=("beta",))
         if objective not in ("dpo", "sft"):
             raise ValueError(f"objective must be 'dpo' or 'sft', got {objective!r}")
         if beta_convention not in DIFFUSION_DPO_BETA_FACTORS:
@@ -220,27 +139,17 @@ class DiffusionDPOModule(BackboneModule):
             raise ValueError(f"error_reduction must be 'mean' or 'sum', got {error_reduction!r}")
         if reference not in ("copy", "lora"):
             raise ValueError(f"reference must be 'copy' or 'lora', got {reference!r}")
-        if sample_every_n_steps and not sample_prompts:
-            raise ValueError("sample_every_n_steps needs sample_prompts")
-        self.save_hyperparameters()
-        self.tokenizer = load_video_tokenizer(model, revision=revision)
+        self.tokenizer = load_video_tokenizer(backbone, revision=revision)
         self.model: VideoDiffusion | None = None
         self.reference: torch.nn.Module | None = None  # the frozen copy (reference: copy)
-        self.val_stats, self.test_stats = DiffusionStats(), DiffusionStats()
-        self._video_shape: tuple[int, int, int] | None = None  # (F, H, W) of the training videos, for samples
-        self._last_sample_step = -1
+        self.val_stats, self.test_stats = MeanStats(EVAL_METRICS), MeanStats(EVAL_METRICS)
 
     # ------------------------------------------------------------------------------------------------- model
-    def setup(self, stage: str) -> None:
-        """Check the data module's tokenizer (the text encoder's) and view (winner first)."""
-        super().setup(stage)
-        self.require_view("preference")
-
     def configure_model(self) -> None:
         if self.model is not None:
             return
         hp = self.hparams
-        self.model = load_video_diffusion(hp.model, revision=hp.revision, seed=hp.diffusion_seed)
+        self.model = load_video_diffusion(hp.backbone, revision=hp.revision, seed=hp.diffusion_seed)
         self.tokenizer = self.model.tokenizer
         if hp.reference == "copy":
             self.reference = copy.deepcopy(self.model.unet).requires_grad_(False).eval()
@@ -285,6 +194,33 @@ class DiffusionDPOModule(BackboneModule):
             latents = self.model.encode_video(frames, generator=generator)
         return text, latents.float()
 
+    def errors(self, batch: dict, frames: Tensor, generator: torch.Generator | None = None, *, pairs: bool = False,
+               reference: bool = True) -> tuple[Tensor, Tensor | None]:
+        """Per-video denoising errors ``(N,)`` of the policy and (``reference``) of the reference on ``frames``
+        ``uint8 (N, F, 3, H, W)`` conditioned on the prompts of ``batch``, at one noise draw: the VAE posterior, then
+        the noise, then the timesteps, all from ``generator`` (``None``: the global RNG). With ``pairs`` the N = 2B
+        videos are B winners then B losers of B prompts, and each pair shares its noise and timestep
+        (:func:`~lit_safe.models.video_diffusion.pair_noise`). The reference runs first, without gradients: with
+        LoRA, disabling the adapters flips their ``requires_grad`` until it is restored.
+
+        Returns:
+            ``(policy errors, reference errors or None)``.
+        """
+        text, latents = self._conditioning(batch, frames, generator)
+        if pairs:
+            noise, timesteps = pair_noise(latents[: latents.size(0) // 2], self.model.num_train_timesteps, generator)
+            text = text.repeat(2, 1, 1)
+        else:
+            noise, timesteps = sample_noise(latents, self.model.num_train_timesteps, generator)
+        noisy, target = self.model.noise_latents(latents, noise, timesteps)
+        reduction = self.hparams.error_reduction
+        ref = None
+        if reference:
+            with torch.no_grad(), self.reference_context():
+                ref_pred = self.model.denoise(noisy, timesteps, text, unet=self.reference)
+                ref = denoising_errors(ref_pred, target, reduction)
+        return denoising_errors(self.model.denoise(noisy, timesteps, text), target, reduction), ref
+
     def dpo_terms(self, batch: dict, generator: torch.Generator | None = None) -> dict[str, Tensor]:
         """Errors of policy and reference on the pairs of ``batch`` and the Diffusion-DPO loss.
 
@@ -292,33 +228,18 @@ class DiffusionDPOModule(BackboneModule):
             ``loss`` (scalar, with gradient), ``inside`` and the ``(B,)`` errors ``policy_w``, ``policy_l``,
             ``ref_w``, ``ref_l``.
         """
-        hp = self.hparams
-        pairs = self._check_pairs(batch)
-        text, latents = self._conditioning(batch, batch["frames"], generator)
-        noise, timesteps = pair_noise(latents[:pairs], self.model.num_train_timesteps, generator)
-        noisy = self.model.scheduler.add_noise(latents, noise, timesteps)
-        target = self.model.noise_target(latents, noise, timesteps)
-        text = text.repeat(2, 1, 1)
-        # The reference first: with LoRA, disabling the adapters flips their requires_grad until it is restored.
-        with torch.no_grad(), self.reference_context():
-            ref = denoising_errors(self.model.denoise(noisy, timesteps, text, unet=self.reference), target,
-                                   hp.error_reduction)
-        policy = denoising_errors(self.model.denoise(noisy, timesteps, text), target, hp.error_reduction)
+        self._check_pairs(batch)
+        policy, ref = self.errors(batch, batch["frames"], generator, pairs=True)
         (policy_w, policy_l), (ref_w, ref_l) = policy.chunk(2), ref.chunk(2)
-        loss, inside = diffusion_dpo_loss(policy_w, policy_l, ref_w, ref_l, hp.beta, hp.beta_convention)
+        loss, inside = diffusion_dpo_loss(policy_w, policy_l, ref_w, ref_l, self.hparams.beta,
+                                          self.hparams.beta_convention)
         return {"loss": loss, "inside": inside.detach(), "policy_w": policy_w.detach(),
                 "policy_l": policy_l.detach(), "ref_w": ref_w, "ref_l": ref_l}
 
     def sft_loss(self, batch: dict) -> tuple[Tensor, Tensor]:
         """Denoising loss on the preferred videos only (the winners, the first B): ``(loss, (B,) errors)``."""
         pairs = self._check_pairs(batch)
-        text, latents = self._conditioning(batch, batch["frames"][:pairs], None)
-        noise = torch.randn_like(latents)
-        timesteps = torch.randint(0, self.model.num_train_timesteps, (pairs,), device=latents.device)
-        noisy = self.model.scheduler.add_noise(latents, noise, timesteps)
-        pred = self.model.denoise(noisy, timesteps, text)
-        errors = denoising_errors(pred, self.model.noise_target(latents, noise, timesteps),
-                                  self.hparams.error_reduction)
+        errors, _ = self.errors(batch, batch["frames"][:pairs], reference=False)
         return errors.mean(), errors.detach()
 
     @staticmethod
@@ -337,7 +258,6 @@ class DiffusionDPOModule(BackboneModule):
         }
 
     def training_step(self, batch: dict, batch_idx: int) -> Tensor:
-        self._video_shape = tuple(int(s) for s in (batch["frames"].size(1), *batch["frames"].shape[-2:]))
         if self.hparams.objective == "sft":
             loss, errors = self.sft_loss(batch)
             self.log("train/loss", loss, prog_bar=True)
@@ -351,7 +271,9 @@ class DiffusionDPOModule(BackboneModule):
         self.log_dict({f"train/{k}": v for k, v in values.items()})
         return terms["loss"]
 
-    def _evaluate(self, batch: dict, batch_idx: int, stats: DiffusionStats) -> None:
+    def evaluation_step(self, batch: dict, batch_idx: int, stats: MeanStats) -> None:
+        """The DPO quantities of the objective's policy on one batch, at noise seeded with ``diffusion_seed +
+        batch_idx``, into ``stats`` (weighted by pairs)."""
         generator = torch.Generator().manual_seed(self.hparams.diffusion_seed + batch_idx)
         terms = self.dpo_terms(batch, generator)
         values = self.summary(terms)
@@ -365,12 +287,6 @@ class DiffusionDPOModule(BackboneModule):
                                              batch.get("second_sign", zeros))
         stats.update({"safe_preference_accuracy": hits.sum() / counted.sum().clamp_min(1)},
                      {"safe_preference_accuracy": counted.sum()})
-
-    def validation_step(self, batch: dict, batch_idx: int) -> None:
-        self._evaluate(batch, batch_idx, self.val_stats)
-
-    def test_step(self, batch: dict, batch_idx: int) -> None:
-        self._evaluate(batch, batch_idx, self.test_stats)
 
     def predict_step(self, batch: dict, batch_idx: int) -> dict[str, Tensor]:
         """Implicit rewards ``-beta_eff (e_theta - e_ref)`` (one noise draw, seeded with
@@ -387,89 +303,30 @@ class DiffusionDPOModule(BackboneModule):
             terms = self.dpo_terms(batch, generator)
             return {"row": batch["row"], "first_reward": -beta_eff * (terms["policy_w"] - terms["ref_w"]),
                     "second_reward": -beta_eff * (terms["policy_l"] - terms["ref_l"])}
-        text, latents = self._conditioning(batch, batch["frames"], generator)
-        noise = torch.randn(latents.shape, generator=generator).to(latents)
-        timesteps = torch.randint(0, self.model.num_train_timesteps, (latents.size(0),), generator=generator)
-        timesteps = timesteps.to(latents.device)
-        noisy = self.model.scheduler.add_noise(latents, noise, timesteps)
-        target = self.model.noise_target(latents, noise, timesteps)
-        with torch.no_grad(), self.reference_context():
-            ref = denoising_errors(self.model.denoise(noisy, timesteps, text, unet=self.reference), target,
-                                   hp.error_reduction)
         with torch.no_grad():
-            policy = denoising_errors(self.model.denoise(noisy, timesteps, text), target, hp.error_reduction)
+            policy, ref = self.errors(batch, batch["frames"], generator)
         return {"line": batch["line"], "policy_error": policy, "ref_error": ref,
                 "implicit_reward": -beta_eff * (policy - ref)}
 
-    def _log_epoch(self, stage: str) -> None:
-        stats = getattr(self, f"{stage}_stats")
-        values = stats.compute()  # already synchronised: a NaN (nothing counted) is NaN on every rank, dropped alike
-        values = {k: v for k, v in values.items() if not torch.isnan(v)}
-        self.log_dict({f"{stage}/{k}": v for k, v in values.items()}, prog_bar=stage == "val", sync_dist=True)
-        stats.reset()
-
-    def on_validation_epoch_end(self) -> None:
-        self._log_epoch("val")
-
-    def on_test_epoch_end(self) -> None:
-        self._log_epoch("test")
-
     # ----------------------------------------------------------------------------------------------- samples
-    def on_train_batch_start(self, batch: dict, batch_idx: int) -> None:
-        if self.hparams.sample_every_n_steps and self.global_step == 0 and self._last_sample_step < 0:
-            shape = batch["frames"].shape
-            self._video_shape = (int(shape[1]), int(shape[-2]), int(shape[-1]))
-            self.log_samples()  # the initial model, for comparison
-        super().on_train_batch_start(batch, batch_idx)  # samples outside the training stream: they do not shift it
-
-    def on_train_batch_end(self, outputs: Any, batch: dict, batch_idx: int) -> None:
-        super().on_train_batch_end(outputs, batch, batch_idx)
-        every = self.hparams.sample_every_n_steps
-        if every and self.global_step % every == 0 and self.global_step != self._last_sample_step:
-            self.log_samples()
-
-    def log_samples(self) -> Tensor | None:
-        """Generate one video per sample prompt with the current policy (on every rank: the UNet may be sharded)
-        and, on rank 0, log them to TensorBoard as GIFs and write them as mp4 under ``<log_dir>/samples``.
+    def sample_videos(self, prompts: Sequence[str], num_frames: int, height: int, width: int, steps: int = 25,
+                      guidance: float = 7.5, seed: int = 0) -> Tensor:
+        """Videos of the current policy for ``prompts`` (DDIM, classifier-free guidance, initial noise from a CPU
+        generator seeded with ``seed``: the same videos on every device). Call on every rank (the UNet may be
+        sharded). No random stream moves: the global (and current CUDA) state is restored afterwards, so that
+        sampling inside a training batch leaves the training stream as it was.
 
         Returns:
-            ``uint8 (P, F, 3, H, W)``, or ``None`` before the video size is known.
+            ``uint8 (P, num_frames, 3, height, width)`` on the CPU.
         """
-        from lightning.pytorch.loggers import TensorBoardLogger
-
-        hp = self.hparams
-        if self._video_shape is None or not hp.sample_prompts:
-            return None
-        self._last_sample_step = self.global_step
-        frames, height, width = self._video_shape
+        devices = [self.device] if self.device.type == "cuda" else []
         was_training = self.model.unet.training
         self.model.eval()
-        videos = self.model.sample(hp.sample_prompts, frames, height, width, num_inference_steps=hp.sample_steps,
-                                   guidance_scale=hp.sample_guidance,
-                                   generator=torch.Generator().manual_seed(hp.diffusion_seed)).cpu()
+        with torch.random.fork_rng(devices=devices):
+            videos = self.model.sample(list(prompts), num_frames, height, width, num_inference_steps=steps,
+                                       guidance_scale=guidance, generator=torch.Generator().manual_seed(seed))
         self.model.train(was_training)
-        if self._trainer is None:
-            return videos
-        log_dir = self.trainer.log_dir or self.trainer.default_root_dir  # a collective: ask on every rank
-        if not self.trainer.is_global_zero:
-            return videos
-        step = self.global_step
-        for logger in self.loggers:
-            if isinstance(logger, TensorBoardLogger):
-                if step == 0:
-                    table = "\n".join(f"{i}: {p}" for i, p in enumerate(hp.sample_prompts))
-                    logger.experiment.add_text("samples/prompts", table, step)
-                for i, video in enumerate(videos):
-                    log_video_gif(logger.experiment, f"samples/{i}", video, step, hp.sample_fps)
-        if height % 2 or width % 2:
-            rank_zero_warn(f"sample videos of odd size {height}x{width} are not written as mp4 (H.264)")
-            return videos
-        from lit_safe.models.frames import write_mp4
-
-        folder = Path(log_dir) / "samples"
-        for i, video in enumerate(videos):
-            write_mp4(folder / f"step{step:07d}_{i}.mp4", video.permute(0, 2, 3, 1).numpy(), fps=hp.sample_fps)
-        return videos
+        return videos.cpu()
 
     # ------------------------------------------------------------------------------------------------ export
     def export_pretrained(self, path: str | Path) -> Path | None:

@@ -35,40 +35,20 @@ from __future__ import annotations
 from typing import Any, Literal
 
 import torch
-from torchmetrics import MeanMetric
 
 from lit_safe.losses import dpo_loss, preference_accuracy, sequence_logprobs
+from lit_safe.metrics import MeanStats
 from lit_safe.models.backbone import load_backbone
 from lit_safe.models.sharding import export_causal_lm
 from lit_safe.models.tokenizer import load_tokenizer
-from lit_safe.modules.base import BackboneModule, check_hparams, check_max_nonfinite_steps
+from lit_safe.modules.base import StageStatsModule
+
+#: the metrics of a step (:meth:`DPOModule.model_step`), each a mean over the batch's pairs
+DPO_METRICS = ("loss", "accuracy", "reward_chosen", "reward_rejected", "reward_margin", "logps_chosen",
+               "logps_rejected")
 
 
-class PairStats(torch.nn.Module):
-    """Pair-weighted running means of one stage's DPO metrics (synchronised across ranks by torchmetrics)."""
-
-    names = ("loss", "accuracy", "reward_chosen", "reward_rejected", "reward_margin", "logps_chosen", "logps_rejected")
-
-    def __init__(self) -> None:
-        super().__init__()
-        for name in self.names:
-            metric = MeanMetric()
-            metric.persistent(True)  # saved in checkpoints: a run resumed mid-epoch reports the whole epoch
-            self.add_module(name, metric)
-
-    def update(self, values: dict[str, torch.Tensor], pairs: int) -> None:
-        for name in self.names:
-            getattr(self, name).update(values[name].detach().float(), weight=pairs)
-
-    def compute(self) -> dict[str, torch.Tensor]:
-        return {name: getattr(self, name).compute() for name in self.names}
-
-    def reset(self) -> None:
-        for name in self.names:
-            getattr(self, name).reset()
-
-
-class DPOModule(BackboneModule):
+class DPOModule(StageStatsModule):
     """Train a causal LM policy with DPO against a frozen copy of its initial weights.
 
     Args:
@@ -88,6 +68,8 @@ class DPOModule(BackboneModule):
             before training stops with an error.
     """
 
+    views = ("rewrite_pairs", "preference_pairs")  # SafeSora's rewrite pairs, or any data module's PreferencePairView
+
     def __init__(
         self,
         backbone: str = "tiny",
@@ -104,17 +86,13 @@ class DPOModule(BackboneModule):
         max_nonfinite_steps: int = 3,
     ) -> None:
         super().__init__()
-        check_hparams(type(self).__name__, positive={"max_grad_norm": max_grad_norm},
-                      non_negative={"lr": lr, "weight_decay": weight_decay,
-                                    "warmup_ratio": warmup_ratio})
-        check_max_nonfinite_steps(type(self).__name__, max_nonfinite_steps)
+        self.save_checked_hyperparameters()
         if beta <= 0:
             raise ValueError(f"beta must be positive, got {beta}")
-        self.save_hyperparameters()
         self.tokenizer = load_tokenizer(backbone, revision=revision)
         self.model = None  # the policy (BackboneModule's name for the trained network)
         self.reference = None
-        self.val_stats, self.test_stats = PairStats(), PairStats()  # training logs every metric per step
+        self.val_stats, self.test_stats = MeanStats(DPO_METRICS), MeanStats(DPO_METRICS)  # training logs per step
 
     # ------------------------------------------------------------------------------------------------- models
     def configure_model(self) -> None:
@@ -179,11 +157,8 @@ class DPOModule(BackboneModule):
         self.log_dict({f"train/{k}": v for k, v in values.items() if k not in ("loss", "accuracy")})
         return values["loss"]
 
-    def validation_step(self, batch: dict, batch_idx: int) -> None:
-        self.val_stats.update(self.model_step(batch), batch["row"].numel())
-
-    def test_step(self, batch: dict, batch_idx: int) -> None:
-        self.test_stats.update(self.model_step(batch), batch["row"].numel())
+    def evaluation_step(self, batch: dict, batch_idx: int, stats: MeanStats) -> None:
+        stats.update(self.model_step(batch), weight=batch["row"].numel())
 
     def predict_step(self, batch: dict, batch_idx: int) -> dict[str, torch.Tensor]:
         """Per pair of a prepared split: the implicit rewards of both responses and the policy's log-probs."""
@@ -195,19 +170,6 @@ class DPOModule(BackboneModule):
         logps_chosen, logps_rejected = policy.chunk(2)
         return {"row": batch["row"], "reward_chosen": chosen, "reward_rejected": rejected,
                 "logps_chosen": logps_chosen, "logps_rejected": logps_rejected}
-
-    def _log_epoch(self, stage: str) -> None:
-        stats = getattr(self, f"{stage}_stats")
-        values = stats.compute()
-        # The metrics are already reduced across ranks by torchmetrics; sync_dist only keeps Lightning consistent.
-        self.log_dict({f"{stage}/{k}": v for k, v in values.items()}, prog_bar=stage == "val", sync_dist=True)
-        stats.reset()
-
-    def on_validation_epoch_end(self) -> None:
-        self._log_epoch("val")
-
-    def on_test_epoch_end(self) -> None:
-        self._log_epoch("test")
 
     # ------------------------------------------------------------------------------------------------ export
     def export_pretrained(self, path) -> Any:

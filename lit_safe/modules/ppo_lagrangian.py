@@ -37,17 +37,10 @@ from transformers import LogitsProcessor, LogitsProcessorList
 
 from lit_safe.losses import sft_loss
 from lit_safe.models.backbone import load_backbone
-from lit_safe.models.score_model import ScoreModel, build_score_model
-from lit_safe.models.sharding import clip_grad_norm, export_causal_lm
-from lit_safe.models.text import encode_with_eos, pad_right
+from lit_safe.models.score_model import ScoreModel, build_score_model, score_texts
+from lit_safe.models.sharding import clip_grad_norm, export_causal_lm, nonfinite_tensors
 from lit_safe.models.tokenizer import load_tokenizer, tokenizer_fingerprint
-from lit_safe.modules.base import (
-    BackboneModule,
-    NonFiniteError,
-    check_hparams,
-    check_max_nonfinite_steps,
-    nonfinite_tensors,
-)
+from lit_safe.modules.base import BackboneModule, NonFiniteError, check_hparams, check_max_nonfinite_steps
 from lit_safe.optim import adamw_with_schedule
 from lit_safe.rl import (
     clamp_log_lambda,
@@ -130,13 +123,13 @@ class PPOLagrangianModule(BackboneModule):
     """PPO-Lagrangian (and, by ``algorithm``, plain PPO or fixed reward shaping) on prompts.
 
     Args:
-        actor: the initial policy (usually the SFT export): preset, hub id or directory of a causal LM; the frozen
-            reference is a second copy of it.
+        backbone: the initial policy, trained as the actor (usually the SFT export): preset, hub id or directory of a
+            causal LM; the frozen reference is a second copy of it.
         reward_model: a saved reward score model (lit_safe export or a reference ``beaver-7b-*-reward``).
         cost_model: a saved cost model (cost > 0 = unsafe). With ``algorithm: ppo`` it is optional and only
             scores responses for the logs (``train/cost``, ``train/episode_cost``); it never enters the objective.
         reward_critic: initialises the reward critic (default: the reward model when it shares the actor's
-            tokenizer, else the actor's backbone with a new head).
+            tokenizer, else the initial policy with a new head).
         cost_critic: the same for the cost critic.
         algorithm: ``ppo_lagrangian``, ``ppo`` or ``reward_shaping``.
         dtype: parameter dtype of all networks.
@@ -144,6 +137,8 @@ class PPOLagrangianModule(BackboneModule):
         temperature: sampling temperature of rollouts.
         top_p: nucleus sampling mass of rollouts.
         kl_coeff: beta of the per-token KL penalty (0.01 for PPO-Lagrangian, 0.02 for PPO in the reference).
+        ptx_coeff: weight of the PTX term, the SFT loss on a batch of the data module's ``ptx`` stream added to
+            every actor step (0: off; the reference uses 16 with its PTX data).
         clip_eps: PPO ratio clip.
         value_clip: critic value clip around the rollout-time values.
         score_clip: clip of the shaped per-token rewards and costs.
@@ -160,25 +155,22 @@ class PPOLagrangianModule(BackboneModule):
         shaping_lambda: the fixed weight of ``reward_shaping``.
         actor_lr: actor peak learning rate (AdamW, cosine with warm-up).
         actor_weight_decay: actor weight decay.
+        warmup_ratio: share of actor updates spent warming up.
         critic_lr: critics' learning rate (AdamW, constant).
         critic_weight_decay: critics' weight decay.
-        betas: AdamW betas.
-        warmup_ratio: share of actor updates spent warming up.
+        betas: AdamW betas (actor and critics).
         max_grad_norm: gradient clip of each network.
         gradient_checkpointing: recompute activations in backward (actor and critics).
-        ptx_coeff: weight of the PTX term, the SFT loss on a batch of the data module's ``ptx`` stream added to
-            every actor step (0: off; the reference uses 16 with its PTX data).
-        samples_every_n_rollouts: log a table of generated samples (prompt, response, reward, cost) to TensorBoard
-            every N rollouts (0: never).
-        samples_per_table: rows of that table.
         max_nonfinite_steps: training steps (rollouts) in a row with a non-finite loss or gradient norm (each such
             update is skipped) before training stops with an error; non-finite weights or sampling logits of the
             actor stop it at once.
     """
 
+    views = ("prompts",)  # left-padded prompts (with ``ptx: true``, beside an SFT stream)
+
     def __init__(
         self,
-        actor: str = "tiny",
+        backbone: str = "tiny",
         reward_model: str = "runs/quickstart/reward_model",
         cost_model: str | None = "runs/quickstart/cost_model",
         reward_critic: str | None = None,
@@ -189,6 +181,7 @@ class PPOLagrangianModule(BackboneModule):
         temperature: float = 1.0,
         top_p: float = 1.0,
         kl_coeff: float = 0.01,
+        ptx_coeff: float = 0.0,
         clip_eps: float = 0.2,
         value_clip: float = 5.0,
         score_clip: float = 50.0,
@@ -205,15 +198,12 @@ class PPOLagrangianModule(BackboneModule):
         shaping_lambda: float = 1.0,
         actor_lr: float = 1e-5,
         actor_weight_decay: float = 0.01,
+        warmup_ratio: float = 0.03,
         critic_lr: float = 5e-6,
         critic_weight_decay: float = 0.0,
         betas: tuple[float, float] = (0.9, 0.95),
-        warmup_ratio: float = 0.03,
         max_grad_norm: float | None = 1.0,
         gradient_checkpointing: bool = False,
-        ptx_coeff: float = 0.0,
-        samples_every_n_rollouts: int = 10,
-        samples_per_table: int = 4,
         max_nonfinite_steps: int = 3,
     ) -> None:
         super().__init__()
@@ -236,7 +226,7 @@ class PPOLagrangianModule(BackboneModule):
                              f"{lambda_init}")
         self.save_hyperparameters()
         self.automatic_optimization = False
-        self.tokenizer = load_tokenizer(actor, padding_side="left")
+        self.tokenizer = load_tokenizer(backbone, padding_side="left")
         self.log_lambda = torch.nn.Parameter(torch.tensor(math.log(lambda_init)))
         self.episode_costs: deque[float] = deque(maxlen=episode_window)
         self.rollouts_done = 0
@@ -260,7 +250,7 @@ class PPOLagrangianModule(BackboneModule):
         return model, tokenizer, tokenizer_fingerprint(tokenizer) == tokenizer_fingerprint(self.tokenizer)
 
     def _critic(self, init: str | None, scorer_path: str, same_tokenizer: bool) -> ScoreModel:
-        source = init or (scorer_path if same_tokenizer else self.hparams.actor)
+        source = init or (scorer_path if same_tokenizer else self.hparams.backbone)
         critic = build_score_model(source, self.tokenizer, "critic", dtype=self.hparams.dtype)
         if self.hparams.gradient_checkpointing:
             critic.backbone.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
@@ -270,10 +260,10 @@ class PPOLagrangianModule(BackboneModule):
         if self.model is not None:
             return
         hp = self.hparams
-        self.model = load_backbone(hp.actor, self.tokenizer, causal_lm=True, dtype=hp.dtype)
+        self.model = load_backbone(hp.backbone, self.tokenizer, causal_lm=True, dtype=hp.dtype)
         if hp.gradient_checkpointing:
             self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        self.reference = load_backbone(hp.actor, self.tokenizer, causal_lm=True, dtype=hp.dtype)
+        self.reference = load_backbone(hp.backbone, self.tokenizer, causal_lm=True, dtype=hp.dtype)
         self.reference.eval().requires_grad_(False)
         self.reward_model, self.reward_tokenizer, self.reward_same_tokenizer = self._frozen_scorer(hp.reward_model)
         self.reward_critic = self._critic(hp.reward_critic, hp.reward_model, self.reward_same_tokenizer)
@@ -317,9 +307,7 @@ class PPOLagrangianModule(BackboneModule):
             return model(sequences, attention, position_ids=positions).end_scores
         texts = self.tokenizer.batch_decode(sequences.masked_fill(attention == 0, self.tokenizer.pad_token_id),
                                             skip_special_tokens=True)
-        encoded, _ = encode_with_eos(tokenizer, texts, 4096)
-        ids, mask = pad_right(encoded, tokenizer.pad_token_id)
-        return model(ids.to(sequences.device), mask.to(sequences.device)).end_scores
+        return score_texts(model, tokenizer, texts, 4096)
 
     @torch.no_grad()
     def rollout(self, batch: dict) -> Rollout:
@@ -422,7 +410,10 @@ class PPOLagrangianModule(BackboneModule):
         optimizer.step()
         return norm
 
-    def training_step(self, batch: dict, batch_idx: int) -> None:
+    def training_step(self, batch: dict, batch_idx: int) -> dict[str, Rollout]:
+        """One rollout, lambda's update, and the PPO updates of actor and critics; returns ``{"rollout": ...}``
+        (Lightning hands it to ``on_train_batch_end`` as ``outputs``, e.g. for
+        :class:`lit_safe.callbacks.samples.PPOSamples`)."""
         hp = self.hparams
         ptx_batch = None
         if "prompts" in batch:  # the data module streams prompts and PTX (sft) batches together
@@ -484,29 +475,7 @@ class PPOLagrangianModule(BackboneModule):
             "perf/update_samples_per_s": size * hp.ppo_epochs / max(update_seconds, 1e-9),
         })
         self._log_rollout(rollout, window_cost, stats)
-        every = hp.samples_every_n_rollouts
-        if every and (self.rollouts_done - 1) % every == 0:
-            self._log_samples(rollout)
-
-    def _log_samples(self, rollout: Rollout) -> None:
-        """A markdown table of generated samples as TensorBoard text (``train/samples``), on rank 0."""
-        from lightning.pytorch.loggers import TensorBoardLogger
-
-        if not self.trainer.is_global_zero:
-            return
-        lines = ["| prompt | response | reward | cost |", "|---|---|---:|---:|"]
-        for i in range(min(self.hparams.samples_per_table, rollout.sequences.size(0))):
-            tokens = rollout.sequences[i][rollout.attention_mask[i].bool()]
-            start = int(rollout.action_mask[i].long().argmax()) + 1  # the first response token
-            start -= int((rollout.attention_mask[i] == 0)[:start].sum())  # minus the left padding before it
-            prompt = self.tokenizer.decode(tokens[:start], skip_special_tokens=True)
-            response = self.tokenizer.decode(tokens[start:], skip_special_tokens=True)
-            cost = "" if rollout.cost is None else f"{float(rollout.cost[i]):.2f}"
-            cells = [text.replace("|", "\\|").replace("\n", " ") for text in (prompt, response)]
-            lines.append(f"| {cells[0]} | {cells[1]} | {float(rollout.reward[i]):.2f} | {cost} |")
-        for logger in self.loggers:
-            if isinstance(logger, TensorBoardLogger):
-                logger.experiment.add_text("train/samples", "\n".join(lines), self.global_step)
+        return {"rollout": rollout}
 
     def _log_rollout(self, rollout: Rollout, window_cost: Tensor | None, stats: dict[str, list[Tensor]]) -> None:
         mask = rollout.action_mask

@@ -12,40 +12,16 @@ from __future__ import annotations
 from typing import Any, Literal
 
 import torch
-from torchmetrics import MeanMetric
 
 from lit_safe.losses import sft_loss
+from lit_safe.metrics import TokenStats
 from lit_safe.models.backbone import load_backbone
 from lit_safe.models.sharding import export_causal_lm
 from lit_safe.models.tokenizer import load_tokenizer
-from lit_safe.modules.base import BackboneModule, check_hparams, check_max_nonfinite_steps
+from lit_safe.modules.base import StageStatsModule
 
 
-class TokenStats(torch.nn.Module):
-    """Token-weighted loss and accuracy of one stage (synchronised across ranks by torchmetrics)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.loss, self.accuracy = MeanMetric(), MeanMetric()
-        for metric in self.children():
-            metric.persistent(True)
-
-    def update(self, loss: torch.Tensor, count: torch.Tensor, correct: torch.Tensor) -> None:
-        if int(count) == 0:
-            return
-        self.loss.update(loss.detach(), weight=count)
-        self.accuracy.update(correct / count, weight=count)
-
-    def compute(self) -> dict[str, torch.Tensor]:
-        loss = self.loss.compute()
-        return {"loss": loss, "perplexity": loss.exp(), "token_accuracy": self.accuracy.compute()}
-
-    def reset(self) -> None:
-        for metric in self.children():
-            metric.reset()
-
-
-class SFTModule(BackboneModule):
+class SFTModule(StageStatsModule):
     """Fine-tune a causal LM on responses.
 
     Args:
@@ -63,6 +39,9 @@ class SFTModule(BackboneModule):
             before training stops with an error.
     """
 
+    views = ("sft", "rewrites")  # PKU-SafeRLHF's (prompt, response) pairs, SafeSora's (prompt, winning rewrite) pairs
+    step_metrics = ("loss",)
+
     def __init__(
         self,
         backbone: str = "tiny",
@@ -78,11 +57,7 @@ class SFTModule(BackboneModule):
         max_nonfinite_steps: int = 3,
     ) -> None:
         super().__init__()
-        check_hparams(type(self).__name__, positive={"max_grad_norm": max_grad_norm},
-                      non_negative={"lr": lr, "weight_decay": weight_decay,
-                                    "warmup_ratio": warmup_ratio})
-        check_max_nonfinite_steps(type(self).__name__, max_nonfinite_steps)
-        self.save_hyperparameters()
+        self.save_checked_hyperparameters()
         self.tokenizer = load_tokenizer(backbone, revision=revision)
         self.model = None
         self.train_stats, self.val_stats, self.test_stats = TokenStats(), TokenStats(), TokenStats()
@@ -110,28 +85,8 @@ class SFTModule(BackboneModule):
         self.log("train/token_accuracy", correct / count.clamp_min(1))
         return loss
 
-    def validation_step(self, batch: dict, batch_idx: int) -> None:
-        self.val_stats.update(*self.model_step(batch))
-
-    def test_step(self, batch: dict, batch_idx: int) -> None:
-        self.test_stats.update(*self.model_step(batch))
-
-    def _log_epoch(self, stage: str) -> None:
-        stats = getattr(self, f"{stage}_stats")
-        values = stats.compute()
-        if stage == "train":
-            values.pop("loss")  # logged per step
-        self.log_dict({f"{stage}/{k}": v for k, v in values.items()}, prog_bar=stage == "val", sync_dist=True)
-        stats.reset()
-
-    def on_train_epoch_end(self) -> None:
-        self._log_epoch("train")
-
-    def on_validation_epoch_end(self) -> None:
-        self._log_epoch("val")
-
-    def on_test_epoch_end(self) -> None:
-        self._log_epoch("test")
+    def evaluation_step(self, batch: dict, batch_idx: int, stats: TokenStats) -> None:
+        stats.update(*self.model_step(batch))
 
     def export_pretrained(self, path) -> Any:
         """Write the trained policy as a Hugging Face causal LM (config, safetensors, tokenizer). Call on every

@@ -29,48 +29,18 @@ import torch
 from torch import Tensor
 
 from lit_safe.losses import masked_cost_preference_loss, preference_accuracy, sequence_preference_loss
+from lit_safe.metrics import CostStats, ScoreStats, labelled_sign_hits
 from lit_safe.models.score_model import export_score_model
 from lit_safe.models.tokenizer import load_tokenizer
 from lit_safe.models.video_text import VideoTextModel, build_video_text_model, video_pair_scores
-from lit_safe.modules.base import BackboneModule, check_hparams, check_max_nonfinite_steps
-from lit_safe.modules.cost import CostStats
-from lit_safe.modules.reward import ScoreStats
-
-
-# ----------------------------------------------------------------------------------------------------- the math
-def labelled_sign_hits(costs: Tensor, signs: Tensor) -> tuple[Tensor, Tensor]:
-    """Per response, whether its cost has the sign of its label, and whether it has a label.
-
-    Args:
-        costs: ``(N,)``.
-        signs: ``(N,)`` +1 unsafe, -1 safe, 0 unlabelled.
-
-    Returns:
-        ``(hit (N,) float: 1 where s * c > 0, labelled (N,) float: 1 where s != 0)``; the sign accuracy over labelled
-        responses is ``sum(hit) / sum(labelled)`` (an unlabelled response is never a hit).
-    """
-    return (signs.to(costs.dtype) * costs > 0).float(), (signs != 0).float()
-
-
-class VideoCostStats(CostStats):
-    """:class:`~lit_safe.modules.cost.CostStats` whose ``accuracy_sign`` counts labelled videos only."""
-
-    def update(self, loss, unsafer, safer, unsafer_sign, safer_sign) -> None:
-        costs, signs = torch.cat([unsafer, safer]).detach(), torch.cat([unsafer_sign, safer_sign])
-        hit, labelled = labelled_sign_hits(costs, signs)
-        self.loss.update(loss.detach())
-        self.accuracy.update(preference_accuracy(unsafer, safer), weight=unsafer.numel())
-        self.accuracy_sign.update(hit, weight=labelled)
-        self.cost.update(costs)
-        self.cost_sq.update(costs.pow(2))
-        self.safe.update(costs, weight=(signs < 0).to(costs.dtype))
-        self.unsafe.update(costs, weight=(signs > 0).to(costs.dtype))
+from lit_safe.modules.base import StageStatsModule, take_video_settings, video_model_arguments
 
 
 # ------------------------------------------------------------------------------------------------------ modules
-class VideoScoreModule(BackboneModule):
-    """What the video reward and cost trainers share: hyperparameters, the model, the frame settings of the data,
-    epoch logging and export. Subclasses set ``score_type``, the data ``view`` they train on, and the steps.
+class VideoScoreModule(StageStatsModule):
+    """What the video reward and cost trainers share: hyperparameters, the model, the frame settings of the data and
+    export. Subclasses set ``score_type``, the data ``views`` they train on, their stats (:meth:`make_stats`) and the
+    steps.
 
     Args:
         backbone: ``tiny``/``small`` (random CLIPs for CPUs), a hub id or directory of a dual encoder
@@ -97,8 +67,8 @@ class VideoScoreModule(BackboneModule):
     """
 
     score_type = "reward"
-    view = "preference"
-    stats_class: type[torch.nn.Module] = ScoreStats
+    views = ("preference",)
+    step_metrics = ("loss", "accuracy", "accuracy_sign")
 
     def __init__(
         self,
@@ -123,33 +93,28 @@ class VideoScoreModule(BackboneModule):
         max_nonfinite_steps: int = 3,
     ) -> None:
         super().__init__()
-        check_hparams(type(self).__name__, positive={"max_grad_norm": max_grad_norm},
-                      non_negative={"lr": lr, "weight_decay": weight_decay, "l2_coeff": l2_coeff,
-                                    "warmup_ratio": warmup_ratio})
-        check_max_nonfinite_steps(type(self).__name__, max_nonfinite_steps)
-        self.save_hyperparameters()
+        self.save_checked_hyperparameters(non_negative=("l2_coeff",))
         self.tokenizer = load_tokenizer(backbone, revision=revision)
         self.model: VideoTextModel | None = None
         # One metric holder per stage (a ModuleDict cannot have a key named "train": nn.Module.train exists).
-        self.train_stats, self.val_stats, self.test_stats = self.stats_class(), self.stats_class(), self.stats_class()
+        self.train_stats, self.val_stats, self.test_stats = self.make_stats(), self.make_stats(), self.make_stats()
+
+    def make_stats(self) -> ScoreStats | CostStats:
+        """One stage's statistics."""
+        return ScoreStats(self.score_type)
 
     # ------------------------------------------------------------------------------------------------- model
     def setup(self, stage: str) -> None:
-        """Check the tokenizer and take ``num_frames`` and ``frame_size`` from the data module when unset."""
+        """Check the tokenizer and the view, and take ``num_frames`` and ``frame_size`` from the data module when
+        unset."""
         super().setup(stage)
-        self.require_view(self.view)
         take_video_settings(self)
 
     def configure_model(self) -> None:
         if self.model is not None:
             return
-        hp = self.hparams
-        self.model = build_video_text_model(
-            hp.backbone, self.tokenizer, "score", score_type=self.score_type, num_frames=hp.num_frames or 8,
-            frame_size=hp.frame_size, fusion_width=hp.fusion_width, fusion_layers=hp.fusion_layers,
-            fusion_heads=hp.fusion_heads, fusion_dropout=hp.fusion_dropout, freeze_backbone=hp.freeze_backbone,
-            dtype=hp.dtype, revision=hp.revision, gradient_checkpointing=hp.gradient_checkpointing,
-        )
+        self.model = build_video_text_model(self.hparams.backbone, self.tokenizer, "score", score_type=self.score_type,
+                                            **video_model_arguments(self))
         self.shard(self.model)
 
     def forward(self, input_ids: Tensor, attention_mask: Tensor, frames: Tensor) -> Tensor:
@@ -160,28 +125,6 @@ class VideoScoreModule(BackboneModule):
         """Scores of the first and the second video of every pair: ``((B,), (B,))``."""
         first, second, _ = video_pair_scores(self.model, batch)
         return first, second
-
-    # ------------------------------------------------------------------------------------------------ logging
-    def _stats(self, stage: str):
-        return getattr(self, f"{stage}_stats")
-
-    def _log_epoch(self, stage: str) -> None:
-        stats = self._stats(stage)
-        values = stats.compute() if isinstance(stats, CostStats) else stats.compute(self.score_type)
-        if stage == "train":  # loss and accuracies are logged per step during training
-            values = {k: v for k, v in values.items() if k not in ("loss", "accuracy", "accuracy_sign")}
-        # Already reduced across ranks by torchmetrics; sync_dist only keeps Lightning consistent.
-        self.log_dict({f"{stage}/{k}": v for k, v in values.items()}, prog_bar=stage == "val", sync_dist=True)
-        stats.reset()
-
-    def on_train_epoch_end(self) -> None:
-        self._log_epoch("train")
-
-    def on_validation_epoch_end(self) -> None:
-        self._log_epoch("val")
-
-    def on_test_epoch_end(self) -> None:
-        self._log_epoch("test")
 
     # ------------------------------------------------------------------------------------------------ export
     def export_pretrained(self, path: str | Path) -> Path | None:
@@ -195,8 +138,7 @@ class VideoRewardModule(VideoScoreModule):
     :class:`VideoScoreModule`."""
 
     score_type = "reward"
-    stats_class = ScoreStats
-    view = "preference"  # the first video of a pair is the preferred one
+    views = ("preference",)  # the first video of a pair is the preferred one
 
     def model_step(self, batch: dict) -> tuple[Tensor, Tensor, Tensor]:
         """Loss and the scores of the preferred and the other videos."""
@@ -212,13 +154,9 @@ class VideoRewardModule(VideoScoreModule):
         self.log("train/accuracy", preference_accuracy(chosen, rejected), prog_bar=True)
         return loss
 
-    def validation_step(self, batch: dict, batch_idx: int) -> None:
+    def evaluation_step(self, batch: dict, batch_idx: int, stats: ScoreStats) -> None:
         loss, chosen, rejected = self.model_step(batch)
-        self.val_stats.update(loss, chosen, rejected)
-
-    def test_step(self, batch: dict, batch_idx: int) -> None:
-        loss, chosen, rejected = self.model_step(batch)
-        self.test_stats.update(loss, chosen, rejected)
+        stats.update(loss, chosen, rejected)
 
     def predict_step(self, batch: dict, batch_idx: int) -> dict[str, Tensor]:
         """Per video of a ``predict_file`` line: ``reward``; per pair of a prepared split: both scores."""
@@ -237,8 +175,7 @@ class VideoCostModule(VideoScoreModule):
     """
 
     score_type = "cost"
-    stats_class = VideoCostStats
-    view = "safety"  # the first video of a pair is the less safe one
+    views = ("safety",)  # the first video of a pair is the less safe one
 
     def __init__(
         self,
@@ -267,6 +204,10 @@ class VideoCostModule(VideoScoreModule):
                          fusion_dropout, freeze_backbone, l2_coeff, lr, weight_decay, betas, warmup_ratio, lr_schedule,
                          max_grad_norm, gradient_checkpointing, max_nonfinite_steps)
 
+    def make_stats(self) -> CostStats:
+        """One stage's statistics; ``accuracy_sign`` over the videos with a safety label."""
+        return CostStats(unlabelled_signs=True)
+
     def model_step(self, batch: dict) -> tuple[Tensor, Tensor, Tensor]:
         """Loss and the costs of the less safe and the safer videos."""
         if "first_sign" not in batch or "frames" not in batch:
@@ -289,13 +230,9 @@ class VideoCostModule(VideoScoreModule):
                      batch_size=int(labelled.sum()))
         return loss
 
-    def validation_step(self, batch: dict, batch_idx: int) -> None:
+    def evaluation_step(self, batch: dict, batch_idx: int, stats: CostStats) -> None:
         loss, unsafer, safer = self.model_step(batch)
-        self.val_stats.update(loss, unsafer, safer, batch["first_sign"], batch["second_sign"])
-
-    def test_step(self, batch: dict, batch_idx: int) -> None:
-        loss, unsafer, safer = self.model_step(batch)
-        self.test_stats.update(loss, unsafer, safer, batch["first_sign"], batch["second_sign"])
+        stats.update(loss, unsafer, safer, batch["first_sign"], batch["second_sign"])
 
     def predict_step(self, batch: dict, batch_idx: int) -> dict[str, Tensor]:
         """Per video of a ``predict_file`` line: ``cost`` and ``safe`` (cost <= 0); per pair of a prepared split:
@@ -308,22 +245,4 @@ class VideoCostModule(VideoScoreModule):
                 "unsafer_safe": unsafer <= 0, "safer_safe": safer <= 0}
 
 
-def take_video_settings(module) -> None:
-    """Fill a video module's unset ``num_frames`` and ``frame_size`` from its trainer's data module
-    (``datamodule.hparams.num_frames`` / ``frame_size``), and refuse data with more frames than the model covers."""
-    trainer = module._trainer
-    datamodule = getattr(trainer, "datamodule", None) if trainer is not None else None
-    data = getattr(datamodule, "hparams", None)
-    if data is None:
-        return
-    hp = module.hparams
-    for key in ("num_frames", "frame_size"):
-        if hp.get(key) is None and data.get(key) is not None:
-            hp[key] = int(data[key])
-    if data.get("num_frames") is not None and hp.num_frames is not None and int(data["num_frames"]) > hp.num_frames:
-        raise ValueError(f"the data has {data['num_frames']} frames per video, the model's num_frames is "
-                         f"{hp.num_frames}")
-
-
-__all__ = ["VideoCostModule", "VideoCostStats", "VideoRewardModule", "VideoScoreModule", "labelled_sign_hits",
-           "take_video_settings"]
+__all__ = ["VideoCostModule", "VideoRewardModule", "VideoScoreModule"]

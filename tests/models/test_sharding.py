@@ -1,4 +1,5 @@
-"""Sharding helpers that run without GPUs: the FSDP1 block policy, activation checkpointing, gradient clipping."""
+"""Sharding helpers that run without GPUs: the FSDP1 block policy, activation checkpointing, gradient clipping, the
+non-finite weight check."""
 
 import torch
 from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import (
@@ -8,7 +9,7 @@ from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import (
 
 from lit_safe.models.backbone import load_backbone
 from lit_safe.models.score_model import ScoreModel
-from lit_safe.models.sharding import TransformerBlockPolicy, clip_grad_norm, full_state_dict
+from lit_safe.models.sharding import TransformerBlockPolicy, clip_grad_norm, full_state_dict, nonfinite_tensors
 
 
 def test_block_policy_finds_the_decoder_layers_of_any_wrapper(tiny_tokenizer):
@@ -49,3 +50,12 @@ def test_full_state_dict_of_an_unsharded_module_is_a_cpu_copy(tiny_tokenizer):
     state = full_state_dict(model, model, prefix="model.")
     assert set(state) == set(model.state_dict())
     assert all(t.device.type == "cpu" for t in state.values())
+
+
+def test_nonfinite_tensors_names_float_parameters_and_buffers_with_nan_or_inf():
+    module = torch.nn.BatchNorm1d(3)  # float weight, bias, running stats and an integer batch counter
+    assert nonfinite_tensors(module) == []
+    with torch.no_grad():
+        module.weight[1] = float("nan")
+        module.running_var[0] = float("inf")
+    assert nonfinite_tensors(module) == ["weight", "running_var"]

@@ -18,6 +18,8 @@ from lit_safe.models.video_diffusion import (
     fsdp_blocks,
     load_video_diffusion,
     merge_lora_state_dict,
+    pair_noise,
+    sample_noise,
     tokenizer_path,
 )
 
@@ -238,3 +240,42 @@ def test_fsdp1_policy_wraps_the_unet_blocks(tiny):
     policy = TransformerBlockPolicy(class_names=list(UNET_BLOCK_CLASSES))
     policy._resolve(tiny.unet)
     assert {c.__name__ for c in policy._module_classes} == set(UNET_BLOCK_CLASSES)
+
+
+def test_sample_noise_draws_noise_then_timesteps_from_the_generator():
+    latents = torch.zeros(3, 4, 2, 5, 5, dtype=torch.float64)
+    noise, timesteps = sample_noise(latents, 1000, torch.Generator().manual_seed(0))
+    gen = torch.Generator().manual_seed(0)
+    expected = torch.randn(latents.shape, generator=gen, dtype=torch.float64)
+    assert torch.equal(noise, expected) and noise.dtype == torch.float64
+    assert torch.equal(timesteps, torch.randint(0, 1000, (3,), generator=gen))
+    torch.manual_seed(1)  # without a generator: the global stream
+    noise, timesteps = sample_noise(latents, 10)
+    torch.manual_seed(1)
+    assert torch.equal(noise, torch.randn_like(latents)) and torch.equal(timesteps, torch.randint(0, 10, (3,)))
+
+
+def test_pair_noise_shares_noise_and_timestep_within_each_pair():
+    latents_w = torch.zeros(3, 4, 2, 5, 5)
+    noise, timesteps = pair_noise(latents_w, 1000, torch.Generator().manual_seed(0))
+    assert noise.shape == (6, 4, 2, 5, 5) and timesteps.shape == (6,) and timesteps.dtype == torch.long
+    assert torch.equal(noise[:3], noise[3:]) and torch.equal(timesteps[:3], timesteps[3:])
+    assert not torch.equal(noise[0], noise[1])  # different pairs, different draws
+    assert int(timesteps.min()) >= 0 and int(timesteps.max()) < 1000
+    again, again_t = pair_noise(latents_w, 1000, torch.Generator().manual_seed(0))
+    assert torch.equal(again, noise) and torch.equal(again_t, timesteps)
+
+
+def test_noise_latents_targets_the_noise_or_the_velocity(tiny):
+    import copy
+
+    latents, timesteps, _, _ = _inputs(tiny)
+    noise = torch.randn(latents.shape, generator=torch.Generator().manual_seed(2))
+    noisy, target = tiny.noise_latents(latents, noise, timesteps)
+    alpha = tiny.scheduler.alphas_cumprod[timesteps].view(-1, 1, 1, 1, 1)
+    torch.testing.assert_close(noisy, alpha.sqrt() * latents + (1 - alpha).sqrt() * noise)
+    assert target is noise  # epsilon prediction
+    v_model = copy.copy(tiny)
+    v_model.scheduler = type(tiny.scheduler).from_config({**tiny.scheduler.config, "prediction_type": "v_prediction"})
+    _, velocity = v_model.noise_latents(latents, noise, timesteps)
+    torch.testing.assert_close(velocity, alpha.sqrt() * noise - (1 - alpha).sqrt() * latents)

@@ -44,7 +44,7 @@ def test_ppo_lagrangian_meets_the_threshold_that_plain_ppo_misses(pipeline, tmp_
         config["trainer"]["callbacks"][1]["init_args"]["dirpath"] = str(tmp_path / algorithm / "actor")
         (tmp_path / f"{algorithm}.yaml").write_text(yaml.safe_dump(config))
         run(["fit", "--config", str(tmp_path / f"{algorithm}.yaml"), "--model.algorithm", algorithm,
-             "--model.actor", str(models["sft"]), "--model.reward_model", str(models["reward"]),
+             "--model.backbone", str(models["sft"]), "--model.reward_model", str(models["reward"]),
              "--model.cost_model", str(models["cost"]), "--data.tokenizer", str(models["sft"]),
              "--model.cost_threshold", str(THRESHOLD), "--trainer.max_steps", "96",
              "--trainer.enable_progress_bar", "false", "--data.prepared_dir", str(tmp_path / "prepared")])

@@ -8,8 +8,9 @@ import torch
 import yaml
 
 from lit_safe.cli import run
+from lit_safe.metrics import CostStats
 from lit_safe.models.score_model import ScoreModel
-from lit_safe.modules.cost import COST_SIGN, CostStats
+from lit_safe.modules.cost import COST_SIGN
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -84,3 +85,21 @@ def test_reward_batches_are_refused_with_a_clear_error():
     batch = {"input_ids": torch.tensor([[1, 5, 2], [1, 6, 2]]), "attention_mask": torch.ones(2, 3, dtype=torch.long)}
     with pytest.raises(ValueError, match="safety"):
         module.model_step(batch)
+
+
+@pytest.mark.parametrize(("module_path", "wrong"), [("reward.RewardModule", "safety"),
+                                                    ("cost.CostModule", "preference"),
+                                                    ("sft.SFTModule", "preference"),
+                                                    ("dpo.DPOModule", "sft"),
+                                                    ("moderation.ModerationModule", "safety")])
+def test_a_data_module_with_another_view_is_refused(module_path, wrong):
+    # the safety view puts the less safe response first, the preference view the better one: a RewardModule fed the
+    # safety view would learn the opposite order without an error
+    import importlib
+    from types import SimpleNamespace
+
+    name, cls = module_path.split(".")
+    module = getattr(importlib.import_module(f"lit_safe.modules.{name}"), cls)()
+    module._trainer = SimpleNamespace(datamodule=SimpleNamespace(hparams=SimpleNamespace(view=wrong), tokenizer=None))
+    with pytest.raises(ValueError, match=f"{cls} trains on the data module's .* view, got view '{wrong}'"):
+        module.setup("fit")

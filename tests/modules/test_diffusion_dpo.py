@@ -1,7 +1,7 @@
 """Tests of DiffusionDPOModule on the tiny text-to-video preset: log 2 at initialisation, one timestep and one noise
 per pair, a reference that gets no gradient and does not move, LoRA's reference = the base UNet, the SFT-on-winners
-baseline, reproducible evaluation, and a short Lightning fit on an in-memory pair loader (TensorBoard GIFs, mp4
-samples, checkpoint, export)."""
+baseline, reproducible evaluation, and a short Lightning fit on an in-memory pair loader (checkpoint, export), with
+the VideoSamples callback (TensorBoard filmstrips, GIF and mp4 files) that leaves the training numbers alone."""
 
 import os
 
@@ -15,9 +15,10 @@ from lightning.pytorch import LightningDataModule, Trainer
 from lightning.pytorch.loggers import TensorBoardLogger
 from torch.utils.data import DataLoader
 
+from lit_safe.callbacks.samples import VideoSamples, encode_gif
 from lit_safe.models.tokenizer import load_tokenizer
 from lit_safe.models.video_diffusion import load_video_diffusion
-from lit_safe.modules.diffusion_dpo import DiffusionDPOModule, gif_bytes, pair_noise
+from lit_safe.modules.diffusion_dpo import DiffusionDPOModule
 
 PROMPTS = ["a red kite over the sea", "a dog runs on the beach", "rain on a window", "a city at night"]
 
@@ -85,17 +86,6 @@ def test_loss_is_log_2_and_accuracy_0_at_initialisation(copy_module, batch):
     torch.testing.assert_close(terms["policy_l"], terms["ref_l"])
     values = copy_module.summary(terms)
     assert values["implicit_accuracy"].item() == 0.0 and values["error_gap"].item() == 0.0
-
-
-def test_pair_noise_shares_noise_and_timestep_within_each_pair():
-    latents_w = torch.zeros(3, 4, 2, 5, 5)
-    noise, timesteps = pair_noise(latents_w, 1000, torch.Generator().manual_seed(0))
-    assert noise.shape == (6, 4, 2, 5, 5) and timesteps.shape == (6,) and timesteps.dtype == torch.long
-    assert torch.equal(noise[:3], noise[3:]) and torch.equal(timesteps[:3], timesteps[3:])
-    assert not torch.equal(noise[0], noise[1])  # different pairs, different draws
-    assert int(timesteps.min()) >= 0 and int(timesteps.max()) < 1000
-    again, again_t = pair_noise(latents_w, 1000, torch.Generator().manual_seed(0))
-    assert torch.equal(again, noise) and torch.equal(again_t, timesteps)
 
 
 def test_training_step_noises_winner_and_loser_with_the_same_t_and_noise(copy_module, batch, monkeypatch):
@@ -183,10 +173,10 @@ def test_sft_objective_uses_only_the_preferred_videos(batch, monkeypatch):
 def test_evaluation_is_reproducible_and_reports_dpo_metrics_for_sft_too(batch):
     for objective in ("dpo", "sft"):
         module = _module(objective=objective)
-        module._evaluate(batch, 3, module.val_stats)
+        module.evaluation_step(batch, 3, module.val_stats)
         first = module.val_stats.compute()
         module.val_stats.reset()
-        module._evaluate(batch, 3, module.val_stats)
+        module.evaluation_step(batch, 3, module.val_stats)
         second = module.val_stats.compute()
         # safe_preference_accuracy: NaN when the batch holds no pair of one safe and one unsafe video
         assert set(first) == {"loss", "dpo_loss", "implicit_accuracy", "error_gap", "reward_margin",
@@ -215,32 +205,50 @@ def test_bad_batches_and_arguments_are_rejected(copy_module, batch):
         DiffusionDPOModule(objective="ppo")
     with pytest.raises(ValueError, match="reference"):
         DiffusionDPOModule(reference="ema")
-    with pytest.raises(ValueError, match="sample_prompts"):
-        DiffusionDPOModule(sample_every_n_steps=1)
+    with pytest.raises(ValueError, match="prompt"):
+        VideoSamples(prompts=[])
 
 
-def test_gif_bytes_is_an_animated_gif():
+def test_encode_gif_is_an_animated_gif():
     from io import BytesIO
 
     from PIL import Image
 
     frames = torch.randint(0, 256, (3, 3, 8, 8), dtype=torch.uint8)
-    image = Image.open(BytesIO(gif_bytes(frames)))
+    image = Image.open(BytesIO(encode_gif(frames)))
     assert image.format == "GIF" and image.n_frames == 3 and image.size == (8, 8)
 
 
+def test_sample_videos_moves_no_random_stream(copy_module):
+    state = torch.get_rng_state()
+    videos = copy_module.sample_videos(["a kite"], 2, 16, 16, steps=2, seed=3)
+    assert torch.equal(torch.get_rng_state(), state)
+    assert videos.shape == (1, 2, 3, 16, 16) and videos.dtype == torch.uint8
+    assert torch.equal(copy_module.sample_videos(["a kite"], 2, 16, 16, steps=2, seed=3), videos)  # a fixed seed
+
+
+def _fit(root, callbacks=()) -> tuple[DiffusionDPOModule, Trainer]:
+    torch.manual_seed(0)
+    module = DiffusionDPOModule(beta=50.0, lr=1e-4, warmup_ratio=0.0)
+    logger = TensorBoardLogger(str(root), name="run", version=0)
+    trainer = Trainer(max_steps=3, limit_val_batches=1, val_check_interval=2, logger=logger, accelerator="cpu",
+                      devices=1, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                      log_every_n_steps=1, num_sanity_val_steps=0, callbacks=list(callbacks))
+    trainer.fit(module, datamodule=PairData())
+    return module, trainer
+
+
 def test_fit_logs_metrics_and_samples_checkpoints_and_exports(tmp_path):
+    from io import BytesIO
+
+    import numpy as np
+    from PIL import Image
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     from lit_safe.models.frames import read_video
 
-    module = DiffusionDPOModule(beta=50.0, lr=1e-4, warmup_ratio=0.0, sample_every_n_steps=2,
-                                sample_prompts=["a kite", "the sea"], sample_steps=2)
-    logger = TensorBoardLogger(str(tmp_path), name="run", version=0)
-    trainer = Trainer(max_steps=2, limit_val_batches=1, val_check_interval=2, logger=logger, accelerator="cpu",
-                      devices=1, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-                      log_every_n_steps=1, num_sanity_val_steps=0)
-    trainer.fit(module, datamodule=PairData())
+    samples = VideoSamples(prompts=["a kite", "the sea"], every_n_steps=2, steps=2)
+    module, trainer = _fit(tmp_path, [samples])
     metrics = trainer.logged_metrics
     for key in ("train/loss", "train/implicit_accuracy", "train/error_gap", "train/reward_margin",
                 "train/policy_error_w", "train/policy_error_l", "train/ref_error_w", "train/ref_error_l",
@@ -248,20 +256,36 @@ def test_fit_logs_metrics_and_samples_checkpoints_and_exports(tmp_path):
         assert key in metrics, key
     assert math.isfinite(float(metrics["val/loss"]))
 
-    events = EventAccumulator(str(tmp_path / "run" / "version_0"), size_guidance={"images": 0}).Reload()
+    run = tmp_path / "run" / "version_0"
+    events = EventAccumulator(str(run), size_guidance={"images": 0}).Reload()
     assert {"samples/0", "samples/1"} <= set(events.Tags()["images"])
-    steps = [e.step for e in events.Images("samples/0")]
-    assert steps == [0, 2]  # before training, then every 2 optimiser steps
-    assert events.Images("samples/0")[0].encoded_image_string[:6] == b"GIF89a"
-    mp4 = tmp_path / "run" / "version_0" / "samples" / "step0000002_1.mp4"
-    assert read_video(mp4, num_frames=2, size=16).shape == (2, 16, 16, 3)
+    # before training, then every 2 optimiser steps (the step-2 ones inside the training random stream)
+    assert [e.step for e in events.Images("samples/0")] == [0, 2]
+    assert sorted(p.name for p in (run / "samples").glob("step0000002_*")) == [
+        "step0000002_0.gif", "step0000002_0.mp4", "step0000002_1.gif", "step0000002_1.mp4"]
+    final = samples.log_samples(trainer, module, torch.zeros(1, 2, 3, 16, 16, dtype=torch.uint8))  # at step 3
+    strip = EventAccumulator(str(run), size_guidance={"images": 0}).Reload().Images("samples/0")[-1]
+    assert strip.step == 3 and (strip.width, strip.height) == (2 * 16, 16)  # the 2 frames side by side
+    pixels = torch.from_numpy(np.array(Image.open(BytesIO(strip.encoded_image_string))))
+    assert torch.equal(pixels, torch.cat(list(final[0]), dim=-1).permute(1, 2, 0))  # PNG: lossless
+    gif = Image.open(run / "samples" / "step0000003_1.gif")
+    assert gif.n_frames == 2 and gif.size == (16, 16)
+    mp4 = read_video(run / "samples" / "step0000003_1.mp4", num_frames=2, size=16)
+    assert mp4.shape == (2, 16, 16, 3)
+    # H.264 with 4:2:0 chroma is lossy on 16 x 16 noise-like frames: compare the frames' mean brightness
+    assert torch.allclose(torch.from_numpy(mp4).float().mean((1, 2, 3)), final[1].float().mean((1, 2, 3)), atol=4.0)
+
+    # The samples draw from no random stream: without the callback the run trains and logs the same numbers.
+    plain, plain_trainer = _fit(tmp_path / "plain")
+    trained = module.model.unet.state_dict()
+    assert all(torch.equal(v, trained[k]) for k, v in plain.model.unet.state_dict().items())
+    assert all(torch.equal(plain_trainer.logged_metrics[k], v) for k, v in metrics.items())
 
     # The checkpoint restores policy and reference; the reference is still the initial UNet.
     trainer.save_checkpoint(tmp_path / "last.ckpt")
     restored = DiffusionDPOModule.load_from_checkpoint(tmp_path / "last.ckpt")
     initial = load_video_diffusion("tiny").unet.state_dict()
     assert all(torch.equal(v, initial[k]) for k, v in restored.reference.state_dict().items())
-    trained = module.model.unet.state_dict()
     assert all(torch.equal(v, trained[k]) for k, v in restored.model.unet.state_dict().items())
     assert any(not torch.equal(v, initial[k]) for k, v in trained.items())
 

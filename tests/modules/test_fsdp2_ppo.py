@@ -35,7 +35,7 @@ def test_ppo_lagrangian_runs_sharded_on_two_ranks(tmp_path, tiny_tokenizer):
     config["trainer"]["callbacks"][0]["init_args"].update({"dirpath": str(tmp_path / "ckpt"),
                                                            "every_n_train_steps": 4})
     config["trainer"]["callbacks"][1]["init_args"]["dirpath"] = str(tmp_path / "actor_out")
-    config["model"]["init_args"].update({"actor": str(tmp_path / "actor"), "reward_model": str(tmp_path / "reward"),
+    config["model"]["init_args"].update({"backbone": str(tmp_path / "actor"), "reward_model": str(tmp_path / "reward"),
                                          "cost_model": str(tmp_path / "cost"), "max_new_tokens": 8})
     config["data"]["init_args"].update({"tokenizer": str(tmp_path / "actor"), "synthetic_rows": 80,
                                         "batch_size": 4, "num_workers": 0, "prepared_dir": str(tmp_path / "prep")})

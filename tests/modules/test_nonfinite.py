@@ -180,7 +180,7 @@ def _ppo_config(tmp: Path, models: Path, **model_args) -> Path:
     config["trainer"]["logger"]["init_args"]["save_dir"] = str(tmp / "runs")
     config["trainer"]["callbacks"] = [{"class_path": "lit_safe.callbacks.export.ExportPretrained",
                                        "init_args": {"dirpath": str(tmp / "actor_out")}}]
-    config["model"]["init_args"].update({"actor": str(models / "actor"), "reward_model": str(models / "reward"),
+    config["model"]["init_args"].update({"backbone": str(models / "actor"), "reward_model": str(models / "reward"),
                                          "cost_model": str(models / "cost"), "max_new_tokens": 6, **model_args})
     config["data"]["init_args"].update({"tokenizer": str(models / "actor"), "synthetic_rows": 80, "batch_size": 4,
                                         "num_workers": 0, "prepared_dir": str(tmp / "prepared")})
@@ -252,4 +252,4 @@ def test_a_negative_lr_is_refused_by_name(cls):
 def test_ppo_arguments_out_of_range_are_refused_by_name_before_any_model_is_loaded(argument, value, message):
     # the default model paths do not exist here: the error must come before anything is loaded
     with pytest.raises(ValueError, match=message):
-        PPOLagrangianModule(actor="no/such/actor", **{argument: value})
+        PPOLagrangianModule(backbone="no/such/actor", **{argument: value})

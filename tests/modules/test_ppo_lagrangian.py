@@ -1,5 +1,6 @@
 """PPO-Lagrangian through the lit-safe command line on tiny saved models: rollouts, several PPO epochs over
-minibatches, the Lagrange multiplier's update from the logged episode costs, and a checkpoint with lambda."""
+minibatches, the Lagrange multiplier's update from the logged episode costs, a checkpoint with lambda, and the
+PPOSamples callback's table of rollouts."""
 
 import math
 from pathlib import Path
@@ -44,16 +45,26 @@ def tiny_models(tmp_path_factory, tiny_tokenizer):
     return root
 
 
-def ppo_config(tmp, models, **model_args) -> str:
+SAMPLES = "lit_safe.callbacks.samples.PPOSamples"
+
+
+def ppo_config(tmp, models, samples: dict | None = None, **model_args) -> str:
+    """The quickstart config on the tiny models, 2 rollouts; ``samples``: the PPOSamples callback's arguments
+    (``None``: without the callback)."""
     config = yaml.safe_load((REPO / "configs/quickstart/ppo_lagrangian.yaml").read_text())
     config["trainer"].update({"max_steps": 8, "enable_progress_bar": False})
     config["trainer"]["logger"]["init_args"]["save_dir"] = str(tmp / "runs")
-    config["trainer"]["callbacks"][0]["init_args"].update({"dirpath": str(tmp / "ckpt"), "every_n_train_steps": 4})
-    config["trainer"]["callbacks"][1]["init_args"]["dirpath"] = str(tmp / "actor_out")
-    config["model"]["init_args"].update({"actor": str(models / "actor"), "reward_model": str(models / "reward"),
+    callbacks = config["trainer"]["callbacks"]
+    callbacks[0]["init_args"].update({"dirpath": str(tmp / "ckpt"), "every_n_train_steps": 4})
+    callbacks[1]["init_args"]["dirpath"] = str(tmp / "actor_out")
+    config["trainer"]["callbacks"] = [c for c in callbacks if c["class_path"] != SAMPLES]
+    if samples is not None:
+        config["trainer"]["callbacks"].append({"class_path": SAMPLES, "init_args": samples})
+    config["model"]["init_args"].update({"backbone": str(models / "actor"), "reward_model": str(models / "reward"),
                                          "cost_model": str(models / "cost"), "max_new_tokens": 8, **model_args})
     config["data"]["init_args"].update({"tokenizer": str(models / "actor"), "synthetic_rows": 80, "batch_size": 4,
                                         "num_workers": 0, "prepared_dir": str(tmp / "prepared")})
+    tmp.mkdir(parents=True, exist_ok=True)
     path = tmp / "ppo.yaml"
     path.write_text(yaml.safe_dump(config))
     return str(path)
@@ -129,16 +140,28 @@ def test_a_resumed_run_continues_with_the_saved_lambda_window_and_step(tiny_mode
     assert float(resumed.log_lambda) == pytest.approx(min(expected, math.log(5.0)), rel=1e-5)
 
 
-def test_generated_samples_table_is_logged(tiny_models, tmp_path):
-    run(["fit", "--config", ppo_config(tmp_path, tiny_models, samples_every_n_rollouts=1, samples_per_table=3)])
-    events = sorted((tmp_path / "runs").rglob("events.out.tfevents.*"))
+def test_quickstart_config_logs_samples():
+    config = yaml.safe_load((REPO / "configs/quickstart/ppo_lagrangian.yaml").read_text())
+    assert SAMPLES in [c["class_path"] for c in config["trainer"]["callbacks"]]
+
+
+def test_generated_samples_table_is_logged_and_changes_no_number(tiny_models, tmp_path):
+    with_table = run(["fit", "--config", ppo_config(tmp_path / "a", tiny_models, {"every_n_rollouts": 1, "rows": 3})])
+    events = sorted((tmp_path / "a" / "runs").rglob("events.out.tfevents.*"))
     acc = EventAccumulator(str(events[-1].parent)).Reload()
     tables = acc.Tensors("train/samples/text_summary")
-    assert len(tables) == 2  # one per rollout
+    assert [t.step for t in tables] == [4, 8]  # one per rollout, at its last actor update
     text = tables[-1].tensor_proto.string_val[0].decode()
     rows = text.splitlines()[2:]
     assert len(rows) == 3 and all(row.count(" | ") >= 3 for row in rows)
     assert "BEGINNING OF CONVERSATION: USER:" in rows[0]  # the prompt, decoded from its left-padded ids
+    # the table draws no random number: without the callback the run trains the same weights and lambda
+    without = run(["fit", "--config", ppo_config(tmp_path / "b", tiny_models)])
+    trained = with_table.model.state_dict()
+    assert all(torch.equal(v, trained[k]) for k, v in without.model.state_dict().items())
+    assert float(without.model.log_lambda) == float(with_table.model.log_lambda)
+    events = sorted((tmp_path / "b" / "runs").rglob("events.out.tfevents.*"))
+    assert "train/samples/text_summary" not in EventAccumulator(str(events[-1].parent)).Reload().Tags()["tensors"]
 
 
 def test_score_models_with_another_tokenizer_read_decoded_text(tiny_models, tmp_path):
@@ -153,8 +176,8 @@ def test_score_models_with_another_tokenizer_read_decoded_text(tiny_models, tmp_
     torch.manual_seed(5)
     reward = ScoreModel(load_backbone("tiny", other), score_type="reward")
     reward.save_pretrained(tmp_path / "other_reward", tokenizer=other)
-    config = ppo_config(tmp_path, tiny_models, reward_model=str(tmp_path / "other_reward"), samples_every_n_rollouts=1,
-                        samples_per_table=4)
+    config = ppo_config(tmp_path, tiny_models, {"every_n_rollouts": 1, "rows": 4},
+                        reward_model=str(tmp_path / "other_reward"))
     module = run(["fit", "--config", config]).model
     assert module.reward_critic.backbone.get_input_embeddings().num_embeddings == len(module.tokenizer)
     events = sorted((tmp_path / "runs").rglob("events.out.tfevents.*"))

@@ -113,7 +113,7 @@ VIDEO = {"synthetic_rows": 48, "val_fraction": 0.25, "batch_size": 4}
     ("moderation", TEXT, {}),
     ("sft", TEXT, {}),
     pytest.param("prompt_augmenter_dpo", {**VIDEO, "tokenizer": "tiny"}, {"backbone": "tiny"}, id="dpo"),
-    pytest.param("diffusion_dpo", {**VIDEO, "tokenizer": "tiny"}, {"model": "tiny", "sample_every_n_steps": 0},
+    pytest.param("diffusion_dpo", {**VIDEO, "tokenizer": "tiny"}, {"backbone": "tiny"},
                  id="diffusion_dpo", marks=pytest.mark.slow),
 ])
 def test_a_killed_run_resumes_bit_exactly(name, data, model, tmp_path):
@@ -137,7 +137,7 @@ def tiny_models(tmp_path_factory, tiny_tokenizer):
 @pytest.mark.slow
 def test_ppo_lagrangian_resumes_bit_exactly(tiny_models, tmp_path):
     """Three rollouts of 2 PPO epochs x 2 minibatches; killed after the first, resumed from its checkpoint."""
-    models = {"actor": str(tiny_models / "actor"), "reward_model": str(tiny_models / "reward"),
+    models = {"backbone": str(tiny_models / "actor"), "reward_model": str(tiny_models / "reward"),
               "cost_model": str(tiny_models / "cost"), "max_new_tokens": 8, "episode_window": 6}
     data = {"tokenizer": str(tiny_models / "actor"), "synthetic_rows": 80, "batch_size": 4}
     full, resumed = assert_resumes_exactly("ppo_lagrangian", tmp_path, kill_at=4, steps=12, model=models, data=data)

@@ -9,9 +9,10 @@ from lightning.pytorch import Callback, LightningDataModule, Trainer
 from torch.utils.data import DataLoader
 
 from lit_safe.callbacks.predictions import _rows
+from lit_safe.metrics import category_pos_weight
 from lit_safe.models.tokenizer import load_tokenizer
 from lit_safe.models.video_text import VideoTextModel
-from lit_safe.modules.video_moderation import VideoModerationModule, category_pos_weight
+from lit_safe.modules.video_moderation import VideoModerationModule
 
 CATEGORIES = ["porn", "violence", "hate", "terrorism", "contraband", "controversial", "racism",
               "other_discrimination", "animal_abuse", "child_abuse", "crime", "other_harmful"]

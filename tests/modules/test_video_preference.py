@@ -11,14 +11,10 @@ from torch.utils.data import DataLoader
 
 from lit_safe.callbacks.predictions import _rows
 from lit_safe.losses import cost_preference_loss, masked_cost_preference_loss
+from lit_safe.metrics import CostStats, labelled_sign_hits
 from lit_safe.models.tokenizer import load_tokenizer
 from lit_safe.models.video_text import COST_SIGN, VideoTextModel
-from lit_safe.modules.video_preference import (
-    VideoCostModule,
-    VideoCostStats,
-    VideoRewardModule,
-    labelled_sign_hits,
-)
+from lit_safe.modules.video_preference import VideoCostModule, VideoRewardModule
 
 FRAMES, SIZE = 4, 32
 PROMPTS = ["a cat on a skateboard", "fireworks over a harbour", "a quiet forest at dawn", "a crowded market street"]
@@ -62,7 +58,7 @@ def test_an_unlabelled_video_adds_nothing_where_the_unmasked_loss_adds_log_2():
 
 
 def test_sign_accuracy_counts_labelled_videos_only():
-    stats = VideoCostStats()
+    stats = CostStats(unlabelled_signs=True)
     unsafer, safer = torch.tensor([2.0, -1.0]), torch.tensor([-1.0, 0.5])
     stats.update(torch.tensor(0.3), unsafer, safer, torch.tensor([1, 0]), torch.tensor([-1, -1]))
     values = stats.compute()
