@@ -21,10 +21,14 @@ class does the rest, identically for every dataset:
 - loading with :class:`~lit_safe.data_modules.streaming.LengthGroupedLoader` (length grouping, exact resume);
 - ``predict_file``: ``lit-safe predict`` on a JSONL of ``{"prompt", "response"}`` lines, one output per line.
 
-A view turns validated rows into items and batches. Its interface: ``name``; ``encode(rows, tokenizer, template,
-max_length, report)`` yielding items; ``length(item)``; ``collate(items, pad_id, multiple_of)``;
-``encode_inputs(tokenizer, prompts, responses, template, max_length)`` (how one (prompt, response) is tokenised, for
-prediction) and, optionally, ``label_summary()`` (label counts, saved in ``meta.json``).
+A view (:class:`~lit_safe.data_modules.views.View`) turns validated rows into items and items into batches.
+
+Extension points for datasets with a layout of their own (SafeSora's ``config-<split>.json.gz`` files and
+videos): :meth:`PreparedDataModule.split_files` (which local file holds each source split),
+:meth:`~PreparedDataModule.view_settings` (what else changes the prepared items),
+:meth:`~PreparedDataModule.item_transform` (applied to streamed items in the loader workers), and for
+``predict_file`` :attr:`~PreparedDataModule.prediction_fields`, :meth:`~PreparedDataModule.check_prediction`,
+:meth:`~PreparedDataModule.prediction_items` and :meth:`~PreparedDataModule.collate_predictions`.
 """
 
 from __future__ import annotations
@@ -37,9 +41,10 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from numbers import Integral
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
+import torch
 from lightning.pytorch import LightningDataModule
 from litdata import StreamingDataset
 
@@ -72,18 +77,23 @@ from lit_safe.data_modules.preparation import (
 from lit_safe.data_modules.schemas import not_an_object
 from lit_safe.data_modules.sources import DataValidationError
 from lit_safe.data_modules.streaming import LengthGroupedLoader
-from lit_safe.models.text import format_prompt, pad_right
+from lit_safe.data_modules.views import Valid, View, int_fields, text_batch
+from lit_safe.models.text import SAFE_RLHF_TEMPLATE, format_prompt
 from lit_safe.models.tokenizer import load_tokenizer, tokenizer_fingerprint
 
 MAX_LISTED_PROBLEMS = 10
 Row = tuple[str, dict[str, Any]]  # (location, row) as read from the source
-Valid = tuple[int, dict[str, Any]]  # (position of the row in its source split, counted from 0; the row)
 
 
 def prompt_bucket(prompt: str, seed: int) -> float:
     """A deterministic number in [0, 1) per prompt: rows with the same prompt always land in the same split."""
     digest = hashlib.sha256(f"{seed}:{prompt}".encode()).digest()
     return int.from_bytes(digest[:8], "big") / 2**64
+
+
+def line_number(location: str) -> int:
+    """The line number ending a row's location (``"<file>: line 12"`` -> 12)."""
+    return int(location.rsplit(" ", 1)[1])
 
 
 def check_prediction_row(row: Any) -> list[tuple[str, str]]:
@@ -101,32 +111,49 @@ def check_prediction_row(row: Any) -> list[tuple[str, str]]:
 
 class PreparedDataModule(LightningDataModule, ABC):
     """Base class of the text DataModules (see the module docstring). Subclasses define ``dataset_name``,
-    :meth:`check_row`, :meth:`make_view` and their ``__init__`` (the arguments LightningCLI shows), which passes
-    every common argument here.
+    :meth:`check_row`, :meth:`make_view` and an ``__init__`` that lists only what is their own (their source,
+    views, other defaults) and passes the rest on as ``**kwargs``: LightningCLI shows this class's arguments, with
+    these defaults and descriptions, under the subclass (``lit-safe fit --print_config`` lists them all).
 
     Args:
-        tokenizer: tokenizer preset, hub id or path; must be the model's (use the same value as ``backbone``).
-        source: see the subclass.
+        tokenizer: tokenizer preset, hub id or path (a diffusers checkpoint: its ``tokenizer/``); must be the
+            model's (use the same value as ``backbone``).
+        source: where the rows are (see the subclass).
         view: which items to build from a row (``self.views`` lists them).
-        subset: the hub config name.
+        subset: the hub config name (``None``: the default).
         revision: the hub revision to pin.
-        train_split, val_split, test_split: source split names; ``val_split: None`` carves ``val_fraction`` of the
-            training prompts, and a ``test_split`` the source lacks carves ``test_fraction`` of them.
-        val_fraction, test_fraction: shares of training prompts held out (0 for none).
-        synthetic_rows: training rows of the synthetic source (its test split has one eighth as many).
-        prompt_template: conversation template containing ``{prompt}``.
-        max_length: longest tokenised sequence.
-        batch_size: items per training batch (per device); ``eval_batch_size`` for validation/test/predict.
+        train_split: the source split to train on.
+        val_split: the source split to validate on; ``None`` carves ``val_fraction`` of the training prompts.
+        test_split: the source split to test on; when the source has no such split (a single file), ``test_fraction``
+            of the training prompts is carved instead; ``None`` for no test split.
+        val_fraction: share of training prompts held out for validation when ``val_split`` is ``None`` (0: no
+            validation).
+        test_fraction: share of training prompts held out for testing when the source has no test split.
+        synthetic_rows: training rows of the synthetic source (its test split has one eighth as many); datasets
+            without one ignore it.
+        prompt_template: conversation template containing ``{prompt}``, where the user prompt goes (encoders of the
+            moderation view read a sentence pair instead).
+        max_length: longest tokenised sequence (prompt + response + EOS); longer responses are cut before EOS.
+        batch_size: items (pairs, responses, prompts) per training batch (per device).
+        eval_batch_size: per validation/test/predict batch; defaults to ``batch_size``.
         num_workers: litdata loader workers.
         group_size: batches per length-grouping pool (1 turns grouping off).
         pad_to_multiple_of: round padded lengths up (8 helps tensor cores on GPUs).
-        pack_pairs: pair views only: one row per pair (see :class:`~lit_safe.data_modules.pku_saferlhf.PairView`).
+        pack_pairs: (pair views) one row per pair with the shared prefix (the prompt; for tree pairs also the shared
+            start of the responses) computed once, instead of two padded rows
+            (:class:`~lit_safe.data_modules.pku_saferlhf.PairView`): the same scores and gradients from fewer tokens
+            with almost no padding. On a CPU it pays (small preset: 1.4x the pairs/s of grouped unpacked pairs,
+            padding 13% -> 0.8%); on an H200 with a 1B model it paid at 64 pairs per GPU (+10%, less memory) but not
+            at 16 (the custom mask rules out flash attention), so it is off by default (``benchmarks/results/``).
+            Its ``(B, 1, L, L)`` mask grows with the square of the length; it does not combine with
+            ``loss_type: token``.
         on_bad_row: ``error`` stops at invalid rows and names them; ``skip`` drops and counts them.
         prepared_dir: where prepared datasets are written (default ``$LIT_SAFE_CACHE/prepared`` or
             ``~/.cache/lit_safe/prepared``), or ``s3://bucket/prefix``: prepared locally (staged under
             ``$LIT_SAFE_CACHE/uploads``), uploaded, and streamed from there.
-        predict_file: a JSONL of ``{"prompt": ..., "response": ...}`` lines for ``lit-safe predict`` (each output
-            line carries the input's ``line`` number); ``None`` predicts on the test split.
+        predict_file: a JSONL of ``{"prompt": ..., "response": ...}`` lines (video views: ``{"prompt", "video_path"}``)
+            that ``lit-safe predict`` scores or classifies, one output line per input line (each carries the
+            input's ``line`` number); ``None`` predicts on the test split.
         seed: seeds the split carving, the synthetic data and the shuffling.
         storage_options: for ``s3://`` locations: boto3 client arguments (``endpoint_url``, ``region_name``,
             ``aws_access_key_id``...) passed to litdata's ``StreamingDataset`` and to the uploader; ``None``: boto3's
@@ -143,29 +170,30 @@ class PreparedDataModule(LightningDataModule, ABC):
 
     def __init__(
         self,
-        tokenizer: str,
+        *,
+        tokenizer: str = "tiny",
         source: str,
         view: str,
-        subset: str | None,
-        revision: str | None,
-        train_split: str,
-        val_split: str | None,
-        test_split: str | None,
-        val_fraction: float,
-        test_fraction: float,
-        synthetic_rows: int,
-        prompt_template: str,
-        max_length: int,
-        batch_size: int,
-        eval_batch_size: int | None,
-        num_workers: int,
-        group_size: int,
-        pad_to_multiple_of: int,
-        pack_pairs: bool,
-        on_bad_row: str,
-        prepared_dir: str | None,
-        predict_file: str | None,
-        seed: int,
+        subset: str | None = None,
+        revision: str | None = None,
+        train_split: str = "train",
+        val_split: str | None = None,
+        test_split: str | None = "test",
+        val_fraction: float = 0.05,
+        test_fraction: float = 0.05,
+        synthetic_rows: int = 0,
+        prompt_template: str = SAFE_RLHF_TEMPLATE,
+        max_length: int = 512,
+        batch_size: int = 16,
+        eval_batch_size: int | None = None,
+        num_workers: int = 2,
+        group_size: int = 64,
+        pad_to_multiple_of: int = 1,
+        pack_pairs: bool = False,
+        on_bad_row: Literal["error", "skip"] = "error",
+        prepared_dir: str | None = None,
+        predict_file: str | None = None,
+        seed: int = 42,
         storage_options: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
@@ -207,7 +235,7 @@ class PreparedDataModule(LightningDataModule, ABC):
 
     # ------------------------------------------------------------------------------------- what subclasses define
     @abstractmethod
-    def make_view(self, name: str) -> Any:
+    def make_view(self, name: str) -> View:
         """The view object for ``name`` (one of ``self.views``)."""
 
     @abstractmethod
@@ -242,41 +270,48 @@ class PreparedDataModule(LightningDataModule, ABC):
             raise FileNotFoundError(f"data source not found: {source}")
         return "hub"
 
-    def _source_splits(self) -> list[str]:
-        kind, hp = self._source_kind(), self.hparams
-        if kind == "synthetic":
-            return ["train", "test"]
-        if kind == "file":  # a single file is the training split, whatever its name in the config
-            return [hp.train_split]
+    def split_files(self) -> dict[str, Path] | None:
+        """The local file of each source split, or ``None`` for the other sources (synthetic rows, the hub, a
+        prepared dataset). A single file is the training split, whatever its name in the config; a directory's files
+        are named by their stem (``train.jsonl``). Datasets with a layout of their own override this."""
+        kind, path = self._source_kind(), Path(self.hparams.source).expanduser()
+        if kind == "file":
+            return {self.hparams.train_split: path}
         if kind == "dir":
-            return list(sources.local_splits(Path(hp.source).expanduser()))
+            return sources.local_splits(path)
+        return None
+
+    def _source_splits(self) -> list[str]:
+        files = self.split_files()
+        if files is not None:
+            return list(files)
+        if self._source_kind() == "synthetic":
+            return ["train", "test"]
+        hp = self.hparams
         return sources.hub_split_names(hp.source, hp.subset, hp.revision)
 
     def _read(self, split: str) -> Iterator[Row]:
-        kind, hp = self._source_kind(), self.hparams
-        if kind == "synthetic":
+        files, hp = self.split_files(), self.hparams
+        if files is not None:
+            yield from sources.read_file(files[split])
+        elif self._source_kind() == "synthetic":
             if split == "train":
                 n, seed = hp.synthetic_rows, hp.seed
             else:
                 n, seed = max(hp.synthetic_rows // 8, 1), hp.seed + 1
             for index, row in enumerate(self.synthetic(split, n, seed)):
                 yield f"synthetic(seed={seed})/{split} row {index}", row
-        elif kind == "file":  # only the training split reads it (see _source_splits)
-            yield from sources.read_file(Path(hp.source).expanduser())
-        elif kind == "dir":
-            yield from sources.read_file(sources.local_splits(Path(hp.source).expanduser())[split])
         else:
             yield from sources.read_hub(hp.source, split, hp.subset, hp.revision)
 
     def _settings(self) -> dict[str, Any]:
-        """Everything that changes the prepared tokens (its hash names the prepared directory)."""
+        """Everything that changes the prepared tokens (its hash names the prepared directory): local files by
+        their resolved path, size and modification time."""
         hp = self.hparams
+        kind, files = self._source_kind(), self.split_files()
         source: Any = hp.source
-        kind = self._source_kind()
-        if kind in ("file", "dir"):
-            path = Path(hp.source).expanduser().resolve()
-            files = [path] if path.is_file() else sorted(sources.local_splits(path).values())
-            source = [[str(f), f.stat().st_size, f.stat().st_mtime_ns] for f in files]
+        if files is not None:
+            source = [[str(f.resolve()), f.stat().st_size, f.stat().st_mtime_ns] for f in sorted(files.values())]
         return {
             "dataset": self.dataset_name,
             "format_version": self.format_version,
@@ -371,10 +406,7 @@ class PreparedDataModule(LightningDataModule, ABC):
         if not force:
             damage = self._damage(url)
             if damage is None:
-                self.report = self._load_report(url)
-                self.report.reused = True
-                print(f"Reusing an identical earlier preparation.\n{self.report.format()}")
-                return self.report
+                return self._reuse(url)
             if "manifest.json: not found" not in damage:
                 print(f"Preparing again: the earlier preparation is damaged: {damage}")
         staged = self.prepared_root / url.rsplit("/", 1)[1]
@@ -389,6 +421,13 @@ class PreparedDataModule(LightningDataModule, ABC):
         self.report = report
         return report
 
+    def _reuse(self, location: str) -> PrepareReport:
+        """The report of this configuration's sound earlier preparation at ``location``, printed."""
+        self.report = self._load_report(location)
+        self.report.reused = True
+        print(f"Reusing an identical earlier preparation.\n{self.report.format()}")
+        return self.report
+
     def _prepare_local(self, final: Path, force: bool, output_dir: str | None = None) -> PrepareReport:
         """Prepare into the local directory ``final`` (reused when sound, unless ``force``); the report names
         ``output_dir`` (default ``final``)."""
@@ -398,10 +437,7 @@ class PreparedDataModule(LightningDataModule, ABC):
         if final.exists() and not force:
             damage = self._damage(final)
             if damage is None:
-                self.report = self._load_report(location)
-                self.report.reused = True
-                print(f"Reusing an identical earlier preparation.\n{self.report.format()}")
-                return self.report
+                return self._reuse(location)
             print(f"Preparing again: the earlier preparation is damaged: {damage}")
             force = True  # replaces the damaged directory
         hp = self.hparams
@@ -452,8 +488,9 @@ class PreparedDataModule(LightningDataModule, ABC):
                     # a held-out split whose every row was dropped: reported (kept 0), not written
                     shutil.rmtree(tmp / split, ignore_errors=True)
                 report.splits[split] = reports[split]
-                if hasattr(self.view, "label_summary"):
-                    labels[split] = self.view.label_summary()
+                summary = self.view.label_summary()
+                if summary is not None:
+                    labels[split] = summary
             meta = {"settings": self._settings(), "hparams": dict(hp), "labels": labels}
             publish(tmp, final, report, meta, replace=force)
         except BaseException:
@@ -613,39 +650,49 @@ class PreparedDataModule(LightningDataModule, ABC):
         return self.prediction_loader(self.hparams.predict_file)
 
     # ------------------------------------------------------------------------------------------------ predicting
-    def prediction_loader(self, path: str | Path):
-        """A loader over a JSONL of ``{"prompt", "response"}`` lines, in file order, tokenised as the view tokenises
-        one response. Batches: ``input_ids``/``attention_mask (B, L)`` and ``line (B,)`` (1-based line numbers).
+    prediction_fields = ("prompt", "response")  # what a predict_file line holds
+
+    def prediction_loader(self, path: str | Path) -> torch.utils.data.DataLoader:
+        """A loader over a JSONL of :attr:`prediction_fields` lines (``{"prompt", "response"}``), in file order.
+        Batches: :meth:`collate_predictions` of :meth:`prediction_items`, with ``line (B,)`` (1-based line numbers).
 
         Raises:
             DataValidationError: naming every bad line (up to ten), unless ``on_bad_row: skip``.
         """
-        import torch
-
         path = Path(path).expanduser()
         if not path.name.endswith((".jsonl", ".jsonl.gz")):
-            raise DataValidationError(f"{path}: predict_file must be a JSONL file of {{'prompt', 'response'}} lines")
+            fields = ", ".join(repr(field) for field in self.prediction_fields)
+            raise DataValidationError(f"{path}: predict_file must be a JSONL file of {{{fields}}} lines")
         report = SplitReport()
         rows = self._validated(sources.read_file(path), {"predict": report}, lambda _: "predict",
-                               check=check_prediction_row, notes=lambda row: [], source=str(path),
-                               with_location=True)["predict"]
+                               check=lambda row: self.check_prediction(row, path), notes=lambda row: [],
+                               source=str(path), with_location=True)["predict"]
         skipped = sum(report.dropped.values())
         if skipped:  # on_bad_row: skip
             print(f"{path}: skipped {skipped} invalid line(s): {dict(report.dropped)}")
-        if not rows:
+        items = self.prediction_items(rows, path) if rows else []
+        if not items:
             raise DataValidationError(f"{path}: no valid lines to predict on")
+        return torch.utils.data.DataLoader(items, batch_size=self.eval_batch_size, shuffle=False,
+                                           collate_fn=self.collate_predictions)
+
+    def check_prediction(self, row: Any, path: Path) -> list[tuple[str, str]]:
+        """Problems of one line of the ``predict_file`` at ``path`` (:func:`check_prediction_row`)."""
+        return check_prediction_row(row)
+
+    def prediction_items(self, rows: list[Row], path: Path) -> list[dict[str, Any]]:
+        """The items of the valid lines ``(location, row)`` of ``path``: ``{"input_ids", "line"}``, each (prompt,
+        response) tokenised as the view tokenises one response."""
         ids, _ = self.view.encode_inputs(self.tokenizer, [r["prompt"] for _, r in rows],
                                          [r["response"] for _, r in rows], self.hparams.prompt_template,
                                          self.hparams.max_length)
-        lines = [int(where.rsplit(" ", 1)[1]) for where, _ in rows]
-        items = [{"input_ids": seq, "line": line} for seq, line in zip(ids, lines)]
-        pad_id, multiple = self.tokenizer.pad_token_id, self.hparams.pad_to_multiple_of
+        return [{"input_ids": seq, "line": line_number(where)} for seq, (where, _) in zip(ids, rows)]
 
-        def collate(batch: list[dict[str, Any]]) -> dict[str, Any]:
-            input_ids, mask = pad_right([np.asarray(i["input_ids"]) for i in batch], pad_id, multiple)
-            return {"input_ids": input_ids, "attention_mask": mask, "line": torch.as_tensor([i["line"] for i in batch])}
-
-        return torch.utils.data.DataLoader(items, batch_size=self.eval_batch_size, shuffle=False, collate_fn=collate)
+    def collate_predictions(self, items: list[dict[str, Any]]) -> dict[str, Any]:
+        """``input_ids``/``attention_mask (B, L)`` (right padding) and ``line (B,)``."""
+        sequences = [np.asarray(i["input_ids"]) for i in items]
+        return {**text_batch(sequences, self.tokenizer.pad_token_id, self.hparams.pad_to_multiple_of),
+                **int_fields(items, ["line"])}
 
 
-__all__ = ["PreparedDataModule", "check_prediction_row", "prompt_bucket"]
+__all__ = ["PreparedDataModule", "Row", "check_prediction_row", "line_number", "prompt_bucket"]

@@ -23,11 +23,12 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
+import torch
 
-from lit_safe.data_modules.policy import count_duplicate_rows
 from lit_safe.data_modules.preparation import SplitReport
-from lit_safe.data_modules.schemas import is_blank, text_digest
-from lit_safe.models.text import encode_with_eos, format_prompt, pad_right
+from lit_safe.data_modules.schemas import text_digest
+from lit_safe.data_modules.views import Valid, View, blank_text, count_duplicate_rows, int_fields, text_batch
+from lit_safe.models.text import encode_with_eos, format_prompt
 
 ENCODE_CHUNK = 8192  # responses tokenised per call
 # (prompt, response, {category: bool}, is_safe, severity or None, sha256 or None) per labelled response
@@ -71,7 +72,7 @@ def encode_sentence_pairs(
     return [np.asarray(ids, dtype=np.int32) for ids in full], len(too_long)
 
 
-class ModerationView:
+class ModerationView(View):
     """Per-response items for a moderation classifier.
 
     Args:
@@ -111,10 +112,8 @@ class ModerationView:
         return encode_with_eos(tokenizer, [format_prompt(p, template) + r for p, r in zip(prompts, responses)],
                                max_length)
 
-    def encode(
-        self, rows: list[tuple[int, dict[str, Any]]], tokenizer: Any, template: str, max_length: int,
-        report: SplitReport,
-    ) -> Iterator[dict[str, Any]]:
+    def encode(self, rows: list[Valid], tokenizer: Any, template: str, max_length: int,
+               report: SplitReport) -> Iterator[dict[str, Any]]:
         seen: set[bytes | str] = set()  # the sha256 (or a 16-byte digest) of each response kept so far
         kept: list[tuple[int, int, Response]] = []
         for index, row in count_duplicate_rows(rows, report):
@@ -124,11 +123,9 @@ class ModerationView:
                 continue
             for k, response in enumerate(listed):
                 prompt, text, _, _, _, digest = response
-                if is_blank(prompt):
-                    report.dropped["empty_prompt"] += 1
-                    continue
-                if is_blank(text):
-                    report.dropped["empty_response"] += 1
+                blank = blank_text(prompt, text)
+                if blank:
+                    report.dropped[blank] += 1
                     continue
                 if self.dedup:
                     key = digest or text_digest(prompt, text)
@@ -176,19 +173,11 @@ class ModerationView:
         return dict(self._counts)
 
     @staticmethod
-    def length(item: dict[str, Any]) -> int:
-        return len(item["input_ids"])
-
-    @staticmethod
     def collate(items: list[dict[str, Any]], pad_id: int, multiple_of: int = 1) -> dict[str, Any]:
-        import torch
-
-        ids, mask = pad_right([i["input_ids"] for i in items], pad_id, multiple_of)
         return {
-            "input_ids": ids,
-            "attention_mask": mask,
+            **text_batch([i["input_ids"] for i in items], pad_id, multiple_of),
             "categories": torch.as_tensor(np.stack([i["categories"] for i in items]), dtype=torch.float32),
-            **{key: torch.as_tensor([int(i[key]) for i in items]) for key in ("unsafe", "severity", "row", "response")},
+            **int_fields(items, ("unsafe", "severity", "row", "response")),
         }
 
 

@@ -11,7 +11,7 @@ Views turn a validated row into training items:
 - ``safety``: (less safe, safer) by ``safer_response_id`` with a cost sign per response from
   ``is_response_k_safe``: the cost model (self-contradicting rows are dropped and counted).
 - ``moderation``: one item per distinct response (deduplicated by ``response_k_sha256``) with its 19 harm
-  categories, severity 0-3 and ``is_safe``: the moderation model (:mod:`lit_safe.data_modules.moderation`).
+  categories, severity 0-3 and ``is_safe``: the moderation model (:mod:`lit_safe.data_modules.moderation_view`).
 - ``sft``: (prompt, response) for supervised fine-tuning of the initial policy, prompt tokens masked; which
   responses is ``sft_responses`` (:mod:`lit_safe.data_modules.policy`).
 - ``prompts``: the distinct prompts, left-padded, for PPO rollouts and the arena.
@@ -33,21 +33,22 @@ from __future__ import annotations
 from typing import Any, Literal
 
 import numpy as np
+import torch
 
-from lit_safe.data_modules.base import PreparedDataModule, Valid, prompt_bucket
+from lit_safe.data_modules.base import PreparedDataModule, prompt_bucket
 from lit_safe.data_modules.moderation_view import ModerationView, pku_responses, uses_pair_input
-from lit_safe.data_modules.policy import PromptView, SFTView, count_duplicate_rows
+from lit_safe.data_modules.policy import PromptView, SFTView
 from lit_safe.data_modules.preparation import SplitReport
 from lit_safe.data_modules.schemas import (
     PKU_HARM_CATEGORIES,
     PKU_SEVERITY_LEVELS,
     check_pku_saferlhf_row,
-    is_blank,
     pku_label_notes,
     text_digest,
 )
+from lit_safe.data_modules.views import Valid, View, blank_text, count_duplicate_rows, int_fields, text_batch
 from lit_safe.models.text import (
-    SAFE_RLHF_TEMPLATE,
+    conversations,
     encode_with_eos,
     format_prompt,
     pack_pair,
@@ -57,7 +58,7 @@ from lit_safe.models.text import (
 )
 
 
-class PairView:
+class PairView(View):
     """Two responses to one prompt, ordered: ``first`` is the one the score model must score higher.
 
     Subclasses say which response comes first (:meth:`rank`), under which item keys, and what else each pair
@@ -96,11 +97,9 @@ class PairView:
         kept: list[tuple[int, str, str, dict[str, int]]] = []
         pairs: set[bytes] = set()  # digests of the (prompt, first, second, extras) kept so far in this split
         for index, row in count_duplicate_rows(rows, report):
-            if is_blank(row["prompt"]):
-                report.dropped["empty_prompt"] += 1
-                continue
-            if is_blank(row["response_0"]) or is_blank(row["response_1"]):
-                report.dropped["empty_response"] += 1
+            blank = blank_text(row["prompt"], row["response_0"], row["response_1"])
+            if blank:
+                report.dropped[blank] += 1
                 continue
             if row["response_0"] == row["response_1"]:
                 report.dropped["identical_responses"] += 1
@@ -132,8 +131,7 @@ class PairView:
     def encode_inputs(tokenizer: Any, prompts: list[str], responses: list[str], template: str, max_length: int):
         """Tokenise single (prompt, response) texts the way pair items are (for ``predict_file``):
         ``(ids, truncated count)``."""
-        return encode_with_eos(tokenizer, [format_prompt(p, template) + r for p, r in zip(prompts, responses)],
-                               max_length)
+        return encode_with_eos(tokenizer, conversations(prompts, responses, template), max_length)
 
     def length(self, item: dict[str, Any]) -> int:
         """Tokens the item costs in a batch (what length grouping sorts by)."""
@@ -143,17 +141,10 @@ class PairView:
         return max(len(a), len(b))
 
     def collate(self, items: list[dict[str, Any]], pad_id: int, multiple_of: int = 1) -> dict[str, Any]:
-        import torch
-
-        extras = {
-            key: torch.as_tensor([int(i[key]) for i in items])
-            for key in items[0]
-            if key not in (self.first, self.second)
-        }
+        extras = int_fields(items, [key for key in items[0] if key not in (self.first, self.second)])
         if not self.pack_pairs:
-            sequences = [i[self.first] for i in items] + [i[self.second] for i in items]
-            ids, mask = pad_right(sequences, pad_id, multiple_of)
-            return {"input_ids": ids, "attention_mask": mask, **extras}
+            return {**text_batch([i[self.first] for i in items] + [i[self.second] for i in items], pad_id,
+                                 multiple_of), **extras}
         packed = [pack_pair(i[self.first], i[self.second]) for i in items]
         ids, mask = pad_right([p[0] for p in packed], pad_id, multiple_of)
         positions, _ = pad_right([p[1] for p in packed], 0, multiple_of)
@@ -214,10 +205,10 @@ def pku_sft_pairs(row: dict[str, Any], which: str) -> list[tuple[str, str]]:
 
 
 class PKUSafeRLHFDataModule(PreparedDataModule):
-    """PKU-SafeRLHF (or any file in its schema), prepared once with litdata and streamed.
+    """PKU-SafeRLHF (or any file in its schema), prepared once with litdata and streamed. The 2023 release of the
+    Safe RLHF paper is ``revision: v0`` with ``subset: null``.
 
     Args:
-        tokenizer: tokenizer preset, hub id or path; must be the model's (use the same value as ``backbone``).
         source: ``synthetic`` (the embedded default), a hub id (``PKU-Alignment/PKU-SafeRLHF``), a local
             JSON/JSONL/parquet file, a directory of split files (``train.jsonl``, ``test.jsonl``) or a local clone
             of the hub repository, or an already prepared directory / object-store URL.
@@ -226,41 +217,14 @@ class PKUSafeRLHFDataModule(PreparedDataModule):
             or ``prompts`` (distinct prompts for generation).
         subset: the hub config name (``default``, ``alpaca-7b``, ``alpaca2-7b``, ``alpaca3-8b``); ``None`` for
             the 2023 release.
-        revision: the hub revision to pin (``v0`` is the 2023 release of the Safe RLHF paper).
-        train_split: the source split to train on.
-        val_split: the source split to validate on; ``None`` carves ``val_fraction`` of the training prompts.
-        test_split: the source split to test on; when the source has no such split, ``test_fraction`` of the
-            training prompts is carved instead.
-        val_fraction: share of training prompts held out for validation when ``val_split`` is ``None`` (0: no
-            validation).
-        test_fraction: share of training prompts held out for testing when the source has no test split.
         synthetic_rows: training rows of the synthetic source (its test split has one eighth as many).
-        prompt_template: conversation template containing ``{prompt}``, where the user prompt goes.
-        max_length: longest tokenised sequence (prompt + response + EOS); longer responses are cut before EOS.
-        batch_size: pairs (moderation: responses) per training batch (per device).
-        eval_batch_size: per validation/test/predict batch; defaults to ``batch_size``.
-        num_workers: litdata loader workers.
-        group_size: batches per length-grouping pool (1 turns grouping off).
-        pad_to_multiple_of: round padded lengths up (8 helps tensor cores on GPUs).
-        pack_pairs: (pair views) one row per pair with the shared prompt computed once, instead of two
-            padded rows: the same scores and gradients from fewer tokens with almost no padding. On a CPU it pays
-            (small preset: 1.4x the pairs/s of grouped unpacked pairs, padding 13% -> 0.8%); on an H200 with a
-            1B model it paid at 64 pairs per GPU (+10%, less memory) but not at 16 (the custom mask rules out
-            flash attention), so it is off by default (``benchmarks/results/``). Its ``(B, 1, L, L)`` mask grows
-            with the square of the length; it does not combine with ``loss_type: token``.
-        on_bad_row: ``error`` stops at invalid rows and names them; ``skip`` drops and counts them.
-        prepared_dir: where prepared datasets are written (default ``$LIT_SAFE_CACHE/prepared`` or
-            ``~/.cache/lit_safe/prepared``).
-        predict_file: a JSONL of ``{"prompt", "response"}`` lines that ``lit-safe predict`` scores (reward, cost)
-            or classifies (moderation), one output line per input line; ``None`` predicts on the test split.
         sft_responses: (``sft`` view) which responses of a row to fine-tune on: ``both``, the ``better`` one
             (``better_response_id``) or the ``safer`` one (``safer_response_id``).
         ptx: (``prompts`` view) also stream ``sft`` batches of the same source (``sft_responses``), for the PTX term
             of PPO-Lagrangian: training batches become ``{"prompts": ..., "ptx": ...}``, one of each per step, and
             an epoch ends with the shorter stream.
-        seed: seeds the split carving, the synthetic data and the shuffling.
-        storage_options: boto3 client arguments for ``s3://`` locations (``endpoint_url``...); ``None``: the ``AWS_*``
-            environment variables (see :class:`~lit_safe.data_modules.base.PreparedDataModule`).
+        **kwargs: the settings every dataset shares (tokenizer, splits, lengths, batches, preparation), as
+            :class:`~lit_safe.data_modules.base.PreparedDataModule` describes them.
     """
 
     dataset_name = "pku_saferlhf"
@@ -269,49 +233,22 @@ class PKUSafeRLHFDataModule(PreparedDataModule):
 
     def __init__(
         self,
-        tokenizer: str = "tiny",
         source: str = "synthetic",
         view: Literal["preference", "safety", "moderation", "sft", "prompts"] = "preference",
         subset: str | None = "default",
-        revision: str | None = None,
-        train_split: str = "train",
-        val_split: str | None = None,
-        test_split: str | None = "test",
-        val_fraction: float = 0.05,
-        test_fraction: float = 0.05,
         synthetic_rows: int = 4000,
-        prompt_template: str = SAFE_RLHF_TEMPLATE,
-        max_length: int = 512,
-        batch_size: int = 16,
-        eval_batch_size: int | None = None,
-        num_workers: int = 2,
-        group_size: int = 64,
-        pad_to_multiple_of: int = 1,
-        pack_pairs: bool = False,
-        on_bad_row: Literal["error", "skip"] = "error",
-        prepared_dir: str | None = None,
-        predict_file: str | None = None,
         sft_responses: Literal["both", "better", "safer"] = "both",
         ptx: bool = False,
-        seed: int = 42,
-        storage_options: dict[str, Any] | None = None,
+        **kwargs: Any,
     ) -> None:
         if sft_responses not in ("both", "better", "safer"):
             raise ValueError(f"sft_responses must be both, better or safer, got {sft_responses!r}")
         if ptx and view != "prompts":
             raise ValueError(f"ptx streams sft batches beside prompts: it needs view 'prompts', not {view!r}")
         self.sft_responses = sft_responses
-        super().__init__(
-            tokenizer=tokenizer, source=source, view=view, subset=subset, revision=revision,
-            train_split=train_split, val_split=val_split, test_split=test_split, val_fraction=val_fraction,
-            test_fraction=test_fraction, synthetic_rows=synthetic_rows, prompt_template=prompt_template,
-            max_length=max_length, batch_size=batch_size, eval_batch_size=eval_batch_size, num_workers=num_workers,
-            group_size=group_size, pad_to_multiple_of=pad_to_multiple_of, pack_pairs=pack_pairs,
-            on_bad_row=on_bad_row, prepared_dir=prepared_dir, predict_file=predict_file, seed=seed,
-            storage_options=storage_options,
-        )
+        super().__init__(source=source, view=view, subset=subset, synthetic_rows=synthetic_rows, **kwargs)
 
-    def make_view(self, name: str) -> Any:
+    def make_view(self, name: str) -> View:
         if name == "sft":
             return SFTView(lambda row: pku_sft_pairs(row, self.sft_responses))
         if name == "prompts":
@@ -329,11 +266,9 @@ class PKUSafeRLHFDataModule(PreparedDataModule):
         if not self.hparams.ptx:
             return None
         if getattr(self, "_ptx_data", None) is None:
-            import inspect
-
-            accepted = set(inspect.signature(PKUSafeRLHFDataModule.__init__).parameters) - {"self", "view", "ptx",
-                                                                                             "predict_file"}
-            settings = {k: v for k, v in self.hparams.items() if k in accepted}
+            # the same settings (LightningCLI adds private keys such as _class_path), without predicting from a file
+            settings = {k: v for k, v in self.hparams.items()
+                        if k not in ("view", "ptx", "predict_file") and not k.startswith("_")}
             self._ptx_data = PKUSafeRLHFDataModule(**settings, view="sft")
         return self._ptx_data
 

@@ -22,38 +22,26 @@ Batches: ``input_ids``, ``attention_mask`` and ``labels (2B, L)``, the B chosen 
 room (``prompt_too_long``), blank texts (``empty_prompt``, ``empty_response``) and a (prompt, chosen, rejected) kept
 before in the split (``duplicate_pair``); cut responses are counted in ``truncated_sequences``.
 
-Every view notes rows repeated whole within a split (``duplicate_rows``, :func:`count_duplicate_rows`). Repeats are
-found by 16-byte digests, so that the state stays small when preparation streams.
+Every view notes rows repeated whole within a split (``duplicate_rows``,
+:func:`~lit_safe.data_modules.views.count_duplicate_rows`). Repeats are found by 16-byte digests, so that the state
+stays small when preparation streams.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
+import torch
 
 from lit_safe.data_modules.preparation import SplitReport
-from lit_safe.data_modules.schemas import is_blank, row_digest, text_digest
-from lit_safe.models.text import encode_prompts, pad_left, pad_right
+from lit_safe.data_modules.schemas import is_blank, text_digest
+from lit_safe.data_modules.views import Valid, View, blank_text, count_duplicate_rows, int_fields, text_batch
+from lit_safe.models.text import encode_prompts, pad_left
 
 IGNORE_INDEX = -100
 ENCODE_CHUNK = 8192
-
-
-def count_duplicate_rows(rows: Iterable[tuple[int, Any]], report: SplitReport) -> Iterator[tuple[int, Any]]:
-    """Yield ``rows`` unchanged, counting in the note ``duplicate_rows`` every row equal (in every field) to an earlier
-    row of the split. Views drop repeats where they would bias training (``duplicate_pair``, ``duplicate_response``,
-    ``duplicate_prompt``); this note tells how many whole rows the source repeats. State: one 16-byte digest per
-    distinct row."""
-    seen: set[bytes] = set()
-    for index, row in rows:
-        key = row_digest(row)
-        if key in seen:
-            report.notes["duplicate_rows"] += 1
-        else:
-            seen.add(key)
-        yield index, row
 
 
 def encode_sft(
@@ -78,7 +66,30 @@ def encode_sft(
     return out, cut
 
 
-class SFTView:
+def labelled_batch(sequences: list[np.ndarray], prompt_lengths: list[int], pad_id: int,
+                   multiple_of: int = 1) -> dict[str, torch.Tensor]:
+    """``input_ids``, ``attention_mask`` and ``labels (N, L)`` of right-padded sequences, the labels -100 on each
+    sequence's first ``prompt_lengths`` tokens and on padding (the loss reads the responses only)."""
+    batch = text_batch(sequences, pad_id, multiple_of)
+    labels = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, IGNORE_INDEX)
+    for row, prompt_length in enumerate(prompt_lengths):
+        labels[row, :prompt_length] = IGNORE_INDEX
+    return {**batch, "labels": labels}
+
+
+class PolicyView(View):
+    """What the policy views share: a (prompt, response) reads as :func:`encode_sft` tokenises it."""
+
+    def encode_inputs(self, tokenizer: Any, prompts: list[str], responses: list[str], template: str,
+                      max_length: int) -> tuple[list[np.ndarray], int]:
+        """Token ids of (prompt, response) texts as the policy sees them (for ``predict_file``)."""
+        encoded, cut = encode_sft(tokenizer, prompts, responses, template, max_length)
+        if any(e is None for e in encoded):
+            raise ValueError(f"a prompt leaves no room for a response within max_length {max_length}")
+        return [e[0] for e in encoded], cut
+
+
+class SFTView(PolicyView):
     """(prompt, response) items for supervised fine-tuning, prompt tokens masked in the loss.
 
     Args:
@@ -87,22 +98,19 @@ class SFTView:
     """
 
     name = "sft"
-    count_duplicates = True  # the duplicate_rows note (off when a wrapper counts it on the rows it converts)
 
     def __init__(self, responses: Callable[[dict[str, Any]], list[tuple[str, str]]]) -> None:
         self.responses = responses
 
-    def encode(self, rows: list[tuple[int, dict[str, Any]]], tokenizer: Any, template: str, max_length: int,
+    def encode(self, rows: list[Valid], tokenizer: Any, template: str, max_length: int,
                report: SplitReport) -> Iterator[dict[str, Any]]:
         seen: set[bytes] = set()  # digests of the (prompt, response) pairs kept so far
         kept: list[tuple[int, str, str]] = []
-        for index, row in count_duplicate_rows(rows, report) if self.count_duplicates else rows:
+        for index, row in count_duplicate_rows(rows, report):
             for prompt, response in self.responses(row):
-                if is_blank(prompt):
-                    report.dropped["empty_prompt"] += 1
-                    continue
-                if is_blank(response):
-                    report.dropped["empty_response"] += 1
+                blank = blank_text(prompt, response)
+                if blank:
+                    report.dropped[blank] += 1
                     continue
                 key = text_digest(prompt, response)
                 if key in seen:
@@ -121,50 +129,40 @@ class SFTView:
                 report.kept += 1
                 yield {"input_ids": item[0], "prompt_length": item[1], "row": index}
 
-    def encode_inputs(self, tokenizer: Any, prompts: list[str], responses: list[str], template: str,
-                      max_length: int) -> tuple[list[np.ndarray], int]:
-        """Token ids of (prompt, response) texts as the policy sees them (for ``predict_file``)."""
-        encoded, cut = encode_sft(tokenizer, prompts, responses, template, max_length)
-        if any(e is None for e in encoded):
-            raise ValueError(f"a prompt leaves no room for a response within max_length {max_length}")
-        return [e[0] for e in encoded], cut
-
-    @staticmethod
-    def length(item: dict[str, Any]) -> int:
-        return len(item["input_ids"])
-
     @staticmethod
     def collate(items: list[dict[str, Any]], pad_id: int, multiple_of: int = 1) -> dict[str, Any]:
-        import torch
-
-        ids, mask = pad_right([i["input_ids"] for i in items], pad_id, multiple_of)
-        labels = ids.masked_fill(mask == 0, IGNORE_INDEX)
-        for row, item in enumerate(items):
-            labels[row, : int(item["prompt_length"])] = IGNORE_INDEX
-        return {"input_ids": ids, "attention_mask": mask, "labels": labels,
-                "row": torch.as_tensor([int(i["row"]) for i in items])}
+        batch = labelled_batch([i["input_ids"] for i in items], [int(i["prompt_length"]) for i in items], pad_id,
+                               multiple_of)
+        return {**batch, **int_fields(items, ["row"])}
 
 
-class PromptView:
-    """Distinct prompts in the template, for generation (left padding)."""
+class PromptView(PolicyView):
+    """Distinct prompts in the template, for generation (left padding).
+
+    Args:
+        field: the row field holding the user prompt (SafeSora: ``prompt_text``).
+    """
 
     name = "prompts"
-    count_duplicates = True  # the duplicate_rows note (off when a wrapper counts it on the rows it converts)
 
-    def encode(self, rows: list[tuple[int, dict[str, Any]]], tokenizer: Any, template: str, max_length: int,
+    def __init__(self, field: str = "prompt") -> None:
+        self.field = field
+
+    def encode(self, rows: list[Valid], tokenizer: Any, template: str, max_length: int,
                report: SplitReport) -> Iterator[dict[str, Any]]:
         seen: set[bytes] = set()  # digests of the prompts kept so far
         kept: list[tuple[int, str]] = []
-        for index, row in count_duplicate_rows(rows, report) if self.count_duplicates else rows:
-            if is_blank(row["prompt"]):
+        for index, row in count_duplicate_rows(rows, report):
+            prompt = row[self.field]
+            if is_blank(prompt):
                 report.dropped["empty_prompt"] += 1
                 continue
-            key = text_digest(row["prompt"])
+            key = text_digest(prompt)
             if key in seen:
                 report.dropped["duplicate_prompt"] += 1
                 continue
             seen.add(key)
-            kept.append((index, row["prompt"]))
+            kept.append((index, prompt))
         for start in range(0, len(kept), ENCODE_CHUNK):
             chunk = kept[start : start + ENCODE_CHUNK]
             for (index, _), ids in zip(chunk, encode_prompts(tokenizer, [c[1] for c in chunk], template)):
@@ -175,18 +173,12 @@ class PromptView:
                 yield {"input_ids": ids, "row": index}
 
     @staticmethod
-    def length(item: dict[str, Any]) -> int:
-        return len(item["input_ids"])
-
-    @staticmethod
     def collate(items: list[dict[str, Any]], pad_id: int, multiple_of: int = 1) -> dict[str, Any]:
-        import torch
-
         ids, mask = pad_left([i["input_ids"] for i in items], pad_id)
-        return {"input_ids": ids, "attention_mask": mask, "row": torch.as_tensor([int(i["row"]) for i in items])}
+        return {"input_ids": ids, "attention_mask": mask, **int_fields(items, ["row"])}
 
 
-class PreferencePairView:
+class PreferencePairView(PolicyView):
     """(prompt, chosen, rejected) items for DPO: both responses after the same prompt tokens, labels on the responses.
 
     Args:
@@ -195,22 +187,19 @@ class PreferencePairView:
     """
 
     name = "preference_pairs"
-    count_duplicates = True  # the duplicate_rows note (off when a wrapper counts it on the rows it converts)
 
     def __init__(self, pairs: Callable[[dict[str, Any]], list[tuple[str, str, str]]]) -> None:
         self.pairs = pairs
 
-    def encode(self, rows: list[tuple[int, dict[str, Any]]], tokenizer: Any, template: str, max_length: int,
+    def encode(self, rows: list[Valid], tokenizer: Any, template: str, max_length: int,
                report: SplitReport) -> Iterator[dict[str, Any]]:
         kept: list[tuple[int, str, str, str]] = []
         seen: set[bytes] = set()  # digests of the (prompt, chosen, rejected) triples kept so far
-        for index, row in count_duplicate_rows(rows, report) if self.count_duplicates else rows:
+        for index, row in count_duplicate_rows(rows, report):
             for prompt, chosen, rejected in self.pairs(row):
-                if is_blank(prompt):
-                    report.dropped["empty_prompt"] += 1
-                    continue
-                if is_blank(chosen) or is_blank(rejected):
-                    report.dropped["empty_response"] += 1
+                blank = blank_text(prompt, chosen, rejected)
+                if blank:
+                    report.dropped[blank] += 1
                     continue
                 if chosen == rejected:
                     report.dropped["identical_responses"] += 1
@@ -237,15 +226,6 @@ class PreferencePairView:
                 report.kept += 1
                 yield {"chosen": chosen[0], "rejected": rejected[0], "prompt_length": chosen[1], "row": index}
 
-    def encode_inputs(self, tokenizer: Any, prompts: list[str], responses: list[str], template: str,
-                      max_length: int) -> tuple[list[np.ndarray], int]:
-        """Token ids of single (prompt, response) texts as the policy sees them (for ``predict_file``), as in
-        :meth:`SFTView.encode_inputs`."""
-        encoded, cut = encode_sft(tokenizer, prompts, responses, template, max_length)
-        if any(e is None for e in encoded):
-            raise ValueError(f"a prompt leaves no room for a response within max_length {max_length}")
-        return [e[0] for e in encoded], cut
-
     @staticmethod
     def length(item: dict[str, Any]) -> int:
         """Padded length the pair costs in a batch (what length grouping sorts by)."""
@@ -253,16 +233,9 @@ class PreferencePairView:
 
     @staticmethod
     def collate(items: list[dict[str, Any]], pad_id: int, multiple_of: int = 1) -> dict[str, Any]:
-        import torch
-
         sequences = [i["chosen"] for i in items] + [i["rejected"] for i in items]
-        ids, mask = pad_right(sequences, pad_id, multiple_of)
-        labels = ids.masked_fill(mask == 0, IGNORE_INDEX)
-        for row, item in enumerate(items + items):
-            labels[row, : int(item["prompt_length"])] = IGNORE_INDEX
-        return {"input_ids": ids, "attention_mask": mask, "labels": labels,
-                "row": torch.as_tensor([int(i["row"]) for i in items])}
+        batch = labelled_batch(sequences, [int(i["prompt_length"]) for i in items + items], pad_id, multiple_of)
+        return {**batch, **int_fields(items, ["row"])}
 
 
-__all__ = ["IGNORE_INDEX", "PreferencePairView", "PromptView", "SFTView", "count_duplicate_rows",
-           "encode_sft"]
+__all__ = ["IGNORE_INDEX", "PolicyView", "PreferencePairView", "PromptView", "SFTView", "encode_sft", "labelled_batch"]

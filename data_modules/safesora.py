@@ -54,11 +54,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from lit_safe.data_modules import sources
-from lit_safe.data_modules.base import PreparedDataModule, Row, Valid
-from lit_safe.data_modules.policy import PreferencePairView, PromptView, SFTView, count_duplicate_rows
-from lit_safe.data_modules.preparation import SplitReport, is_prepared
+from lit_safe.data_modules.base import PreparedDataModule, Row, line_number
+from lit_safe.data_modules.moderation_view import ModerationView
+from lit_safe.data_modules.policy import PreferencePairView, PromptView, SFTView
+from lit_safe.data_modules.preparation import SplitReport
 from lit_safe.data_modules.schemas import (
     SAFESORA_CATEGORIES,
     SAFESORA_SUB_PREFERENCES,
@@ -70,8 +72,9 @@ from lit_safe.data_modules.schemas import (
     safesora_sub_preferences,
 )
 from lit_safe.data_modules.sources import DataValidationError
+from lit_safe.data_modules.views import Valid, View, int_fields, text_batch
 from lit_safe.models.frames import VideoDecodeError, encode_mp4, read_video, to_batch_layout
-from lit_safe.models.text import REWRITE_TEMPLATE, VIDEO_TEMPLATE, encode_prompt_texts, pad_right
+from lit_safe.models.text import REWRITE_TEMPLATE, VIDEO_TEMPLATE, encode_prompt_texts
 
 DIMENSIONS = ("helpfulness", "harmlessness", "safety_first", *SAFESORA_SUB_PREFERENCES)
 VIDEO_VIEWS = ("preference", "safety", "moderation")
@@ -174,7 +177,24 @@ def _decoded_chunks(rows: list[Valid], paths_of: Callable[[dict], list[str]], re
             yield index, row, videos
 
 
-class VideoPairView:
+def stacked_frames(items: list[dict[str, Any]], keys: tuple[str, ...]) -> torch.Tensor:
+    """The videos under ``keys`` of the items, key by key, as ``uint8 (len(keys) * B, F, 3, H, W)``."""
+    return torch.stack([to_batch_layout(i[key]) for key in keys for i in items])
+
+
+class VideoView(View):
+    """What the video views share: videos decoded by ``reader`` (a bad one stops preparation, or with
+    ``on_bad_row: skip`` drops its row), and the user prompt as the only text a video model reads."""
+
+    def __init__(self, reader: VideoReader, on_bad_row: str) -> None:
+        self.reader, self.on_bad_row = reader, on_bad_row
+
+    @staticmethod
+    def encode_inputs(tokenizer: Any, prompts: list[str], responses: list[str], template: str, max_length: int):
+        return encode_prompt_texts(tokenizer, prompts, template, max_length)
+
+
+class VideoPairView(VideoView):
     """Two videos of one prompt, ordered by ``rank`` (see :func:`preferred`; the safety view puts the less safe first).
 
     Items: ``{"input_ids": int32 (L,), "first", "second": uint8 (F, S, S, 3) frames or mp4 bytes, "row": int,
@@ -183,7 +203,8 @@ class VideoPairView:
 
     def __init__(self, name: str, rank: Callable[[dict, SplitReport], int | None], reader: VideoReader,
                  on_bad_row: str) -> None:
-        self.name, self.rank, self.reader, self.on_bad_row = name, rank, reader, on_bad_row
+        super().__init__(reader, on_bad_row)
+        self.name, self.rank = name, rank
 
     @staticmethod
     def _paths(row: dict[str, Any]) -> list[str]:
@@ -214,28 +235,13 @@ class VideoPairView:
                    "row": index, "first_sign": cost_sign(records[0]), "second_sign": cost_sign(records[1])}
 
     @staticmethod
-    def length(item: dict[str, Any]) -> int:
-        return len(item["input_ids"])
-
-    @staticmethod
     def collate(items: list[dict[str, Any]], pad_id: int, multiple_of: int = 1) -> dict[str, Any]:
-        import torch
-
-        ids, mask = pad_right([i["input_ids"] for i in items], pad_id, multiple_of)
-        frames = [to_batch_layout(i["first"]) for i in items] + [to_batch_layout(i["second"]) for i in items]
-        return {
-            "input_ids": ids,
-            "attention_mask": mask,
-            "frames": torch.stack(frames),
-            **{key: torch.as_tensor([int(i[key]) for i in items]) for key in ("row", "first_sign", "second_sign")},
-        }
-
-    @staticmethod
-    def encode_inputs(tokenizer: Any, prompts: list[str], responses: list[str], template: str, max_length: int):
-        return encode_prompt_texts(tokenizer, prompts, template, max_length)
+        return {**text_batch([i["input_ids"] for i in items], pad_id, multiple_of),
+                "frames": stacked_frames(items, ("first", "second")),
+                **int_fields(items, ("row", "first_sign", "second_sign"))}
 
 
-class VideoModerationView:
+class VideoModerationView(VideoView):
     """One item per SafeSora-Label video: ``{"input_ids", "frames", "categories": uint8 (12,), "unsafe", "severity":
     -1, "row", "response": 0}``; batches as the text moderation view's plus ``frames uint8 (B, F, 3, S, S)``."""
 
@@ -244,7 +250,7 @@ class VideoModerationView:
     severity_levels = 0  # SafeSora labels have no severity
 
     def __init__(self, reader: VideoReader, on_bad_row: str) -> None:
-        self.reader, self.on_bad_row = reader, on_bad_row
+        super().__init__(reader, on_bad_row)
         self._counts: dict[str, Any] = {}
 
     def encode(self, rows: list[Valid], tokenizer: Any, template: str, max_length: int, report: SplitReport):
@@ -272,42 +278,8 @@ class VideoModerationView:
         return dict(self._counts)
 
     @staticmethod
-    def length(item: dict[str, Any]) -> int:
-        return len(item["input_ids"])
-
-    @staticmethod
     def collate(items: list[dict[str, Any]], pad_id: int, multiple_of: int = 1) -> dict[str, Any]:
-        import torch
-
-        ids, mask = pad_right([i["input_ids"] for i in items], pad_id, multiple_of)
-        return {
-            "input_ids": ids,
-            "attention_mask": mask,
-            "frames": torch.stack([to_batch_layout(i["frames"]) for i in items]),
-            "categories": torch.as_tensor(np.stack([i["categories"] for i in items]), dtype=torch.float32),
-            **{key: torch.as_tensor([int(i[key]) for i in items]) for key in ("unsafe", "severity", "row", "response")},
-        }
-
-    @staticmethod
-    def encode_inputs(tokenizer: Any, prompts: list[str], responses: list[str], template: str, max_length: int):
-        return encode_prompt_texts(tokenizer, prompts, template, max_length)
-
-
-class RowsAs:
-    """A text view fed converted rows (SafeSora rows -> the ``{"prompt", ...}`` rows the text views read)."""
-
-    def __init__(self, view: Any, convert: Callable[[dict[str, Any]], dict[str, Any]]) -> None:
-        self.view, self.convert = view, convert
-        view.count_duplicates = False  # repeated SafeSora rows are counted here, not repeated converted rows
-
-    def encode(self, rows: list[Valid], tokenizer: Any, template: str, max_length: int, report: SplitReport):
-        rows = [(i, self.convert(r)) for i, r in count_duplicate_rows(rows, report)]
-        return self.view.encode(rows, tokenizer, template, max_length, report)
-
-    def __getattr__(self, name: str) -> Any:
-        if name == "view":  # not set yet (copy and unpickling look attributes up before __init__ runs)
-            raise AttributeError(name)
-        return getattr(self.view, name)
+        return {**ModerationView.collate(items, pad_id, multiple_of), "frames": stacked_frames(items, ("frames",))}
 
 
 class DecodeClips:
@@ -328,26 +300,29 @@ class SafeSoraDataModule(PreparedDataModule):
     """SafeSora, SafeSora-Label and SafeSora-Eval (see the module docstring).
 
     Args:
-        tokenizer: the model's tokenizer (preset, hub id, path, or a diffusers checkpoint, whose ``tokenizer/`` is
-            used).
         source: ``synthetic``, a config file, a SafeSora directory, a hub id, or a prepared directory/URL.
         view: ``preference``, ``safety``, ``moderation``, ``rewrites``, ``rewrite_pairs`` or ``prompts``.
         dimension: which label orders a pair (see :func:`preferred`); for ``rewrites``/``rewrite_pairs`` which video's
             rewrite wins.
+        subset: for a directory or the synthetic source, the subfolder to read: ``label`` (SafeSora-Label; the
+            default of ``view: moderation`` when present) or ``eval`` (SafeSora-Eval prompts, split ``eval``); for a hub
+            id, its config name.
+        val_fraction: share of training prompts held out for validation when ``val_split`` is ``None`` (0: none).
+        test_fraction: share of training prompts held out for testing when the source has no test split.
+        synthetic_rows: pairs of the synthetic source (train and test together; 3 videos and 3 pairs per prompt).
         video_dir: where relative ``video_path`` values are found (default: the source's directory and its parent).
         num_frames: frames sampled uniformly per video (8: the released SafeSora preference models).
         frame_size: frame height and width after resizing (224 for CLIP-size encoders).
         video_storage: ``frames`` (decoded uint8 frames in the chunks) or ``mp4`` (small clips decoded while loading).
-        subset: for a directory or the synthetic source, the subfolder to read: ``label`` (SafeSora-Label; the
-            default of ``view: moderation`` when present) or ``eval`` (SafeSora-Eval prompts, split ``eval``); for a hub
-            id, its config name.
-        max_length: longest token sequence; default 77 (CLIP) for the video views, 256 for the text views.
         prompt_template: where the user prompt goes; default ``{prompt}`` for the video views and
             :data:`REWRITE_TEMPLATE` for ``rewrites``, ``rewrite_pairs`` and ``prompts``.
-        synthetic_rows: pairs of the synthetic source (train and test together; 3 videos and 3 pairs per prompt).
-        predict_file: a JSONL of ``{"prompt", "video_path"}`` lines (paths relative to the file's folder or absolute)
-            for ``lit-safe predict`` with a video model.
-        Other arguments: see :class:`~lit_safe.data_modules.base.PreparedDataModule`.
+        max_length: longest token sequence; default 77 (CLIP) for the video views, 256 for the text views.
+        batch_size: pairs (moderation: videos) per training batch (per device).
+        group_size: batches per length-grouping pool (1 turns grouping off: the videos, not the prompts, make a
+            batch's cost).
+        **kwargs: the settings every dataset shares (tokenizer, splits, batches, preparation), as
+            :class:`~lit_safe.data_modules.base.PreparedDataModule` describes them; ``predict_file`` holds
+            ``{"prompt", "video_path"}`` lines for the video views (paths relative to the file's folder or absolute).
     """
 
     dataset_name = "safesora"
@@ -358,15 +333,10 @@ class SafeSoraDataModule(PreparedDataModule):
 
     def __init__(
         self,
-        tokenizer: str = "tiny",
         source: str = "synthetic",
         view: str = "preference",
         dimension: str = "helpfulness",
         subset: str | None = None,
-        revision: str | None = None,
-        train_split: str = "train",
-        val_split: str | None = None,
-        test_split: str | None = "test",
         val_fraction: float = 0.1,
         test_fraction: float = 0.1,
         synthetic_rows: int = 600,
@@ -377,15 +347,8 @@ class SafeSoraDataModule(PreparedDataModule):
         prompt_template: str | None = None,
         max_length: int | None = None,
         batch_size: int = 8,
-        eval_batch_size: int | None = None,
-        num_workers: int = 2,
         group_size: int = 1,
-        pad_to_multiple_of: int = 1,
-        on_bad_row: str = "error",
-        prepared_dir: str | None = None,
-        predict_file: str | None = None,
-        seed: int = 42,
-        storage_options: dict[str, Any] | None = None,
+        **kwargs: Any,
     ) -> None:
         if dimension not in DIMENSIONS:
             raise ValueError(f"unknown dimension {dimension!r}; dimensions: {list(DIMENSIONS)}")
@@ -398,10 +361,10 @@ class SafeSoraDataModule(PreparedDataModule):
         if max_length is None:  # CLIP text encoders read 77 tokens; a rewrite needs room for prompt and answer
             max_length = 77 if view in VIDEO_VIEWS else 256
         self.categories = list(SAFESORA_CATEGORIES)
-        super().__init__(tokenizer, source, view, subset, revision, train_split, val_split, test_split, val_fraction,
-                         test_fraction, synthetic_rows, prompt_template, max_length, batch_size, eval_batch_size,
-                         num_workers, group_size, pad_to_multiple_of, False, on_bad_row, prepared_dir, predict_file,
-                         seed, storage_options=storage_options)
+        super().__init__(source=source, view=view, subset=subset, val_fraction=val_fraction,
+                         test_fraction=test_fraction, synthetic_rows=synthetic_rows, prompt_template=prompt_template,
+                         max_length=max_length, batch_size=batch_size, group_size=group_size, pack_pairs=False,
+                         **kwargs)
         # the resolved defaults (save_hyperparameters may have recorded the None the caller passed)
         self.hparams.prompt_template, self.hparams.max_length = prompt_template, max_length
 
@@ -411,7 +374,7 @@ class SafeSoraDataModule(PreparedDataModule):
         return VideoReader(self._video_roots, hp.num_frames, hp.frame_size, hp.video_storage,
                            threads=max(1, hp.num_workers))
 
-    def make_view(self, name: str) -> Any:
+    def make_view(self, name: str) -> View:
         hp = self.hparams
 
         def winner_first(row: dict, report: SplitReport) -> int:
@@ -428,9 +391,9 @@ class SafeSoraDataModule(PreparedDataModule):
                 return None
             return 1 - safer
 
-        def rewrites(row: dict) -> dict:
+        def rewrites(row: dict) -> list[tuple[str, str]]:
             first, _ = preferred(row, hp.dimension)
-            return {"prompt": row["prompt_text"], "response": row[f"video_{first}"]["video_text"]}
+            return [(row["prompt_text"], row[f"video_{first}"]["video_text"])]
 
         def rewrite_pairs(row: dict) -> list[tuple[str, str, str]]:
             first, _ = preferred(row, hp.dimension)
@@ -444,11 +407,11 @@ class SafeSoraDataModule(PreparedDataModule):
         if name == "moderation":
             return VideoModerationView(self._reader(), hp.on_bad_row)
         if name == "rewrites":
-            return RowsAs(SFTView(lambda r: [(r["prompt"], r["response"])]), rewrites)
+            return SFTView(rewrites)
         if name == "rewrite_pairs":
             return PreferencePairView(rewrite_pairs)
         if name == "prompts":
-            return RowsAs(PromptView(), lambda row: {"prompt": row["prompt_text"]})
+            return PromptView(field="prompt_text")
         raise ValueError(f"unknown view {name!r}; views: {list(self.views)}")
 
     def item_transform(self):
@@ -551,12 +514,6 @@ class SafeSoraDataModule(PreparedDataModule):
                                       f"eval: SafeSora-Eval)")
         return base
 
-    def _source_kind(self) -> str:
-        source = Path(self.hparams.source).expanduser()
-        if self.hparams.source != "synthetic" and source.is_dir() and not is_prepared(source) and _config_files(source):
-            return "dir"
-        return super()._source_kind()
-
     def _video_roots(self) -> list[Path]:
         hp = self.hparams
         if hp.video_dir:
@@ -570,65 +527,46 @@ class SafeSoraDataModule(PreparedDataModule):
             return [base, base.parent]
         return [Path.cwd()]
 
-    def _source_splits(self) -> list[str]:
+    def split_files(self) -> dict[str, Path] | None:
+        """The ``config-<split>`` files of the synthetic or directory source (see :meth:`_config_dir`); a single
+        file, the hub or a prepared dataset as for every dataset."""
         directory = self._config_dir()
-        if directory is not None:
-            return list(_config_files(directory))
-        return super()._source_splits()
-
-    def _read(self, split: str) -> Iterator[Row]:
-        directory = self._config_dir()
-        if directory is None:
-            yield from super()._read(split)
-            return
-        files = _config_files(directory)
-        if split not in files:
-            raise DataValidationError(f"{directory} has no split {split!r}; splits: {list(files)}")
-        yield from sources.read_file(files[split])
-
-    def _settings(self) -> dict[str, Any]:
-        settings = super()._settings()
-        directory = self._config_dir()
-        if directory is not None:
-            settings["source"] = [[str(f.resolve()), f.stat().st_size, f.stat().st_mtime_ns]
-                                  for f in _config_files(directory).values()]
-        return settings
+        return _config_files(directory) if directory is not None else super().split_files()
 
     # ------------------------------------------------------------------------------------------------ predicting
-    def prediction_loader(self, path: str | Path):
-        """A loader over a JSONL of ``{"prompt", "video_path"}`` lines (video views), in file order; batches
-        ``input_ids``/``attention_mask (B, L)``, ``frames uint8 (B, F, 3, S, S)`` and ``line (B,)``. Text views
-        (``rewrites``...) use the text data modules' loader of ``{"prompt", "response"}`` lines, for modules that
-        predict on them (``SFTModule`` and ``DPOModule`` do not).
+    @property
+    def prediction_fields(self) -> tuple[str, ...]:
+        """``{"prompt", "video_path"}`` lines for the video views; the text views (``rewrites``...) read
+        ``{"prompt", "response"}`` lines, for modules that predict on them (``SFTModule`` and ``DPOModule`` do not)."""
+        return ("prompt", "video_path") if self.hparams.view in VIDEO_VIEWS else super().prediction_fields
+
+    def _prediction_reader(self, path: Path) -> VideoReader:
+        """Decodes the videos of a ``predict_file`` (paths relative to its folder, or absolute)."""
+        hp = self.hparams
+        return VideoReader([path.parent], hp.num_frames, hp.frame_size, "frames", threads=max(1, hp.num_workers))
+
+    def check_prediction(self, row: Any, path: Path) -> list[tuple[str, str]]:
+        if self.hparams.view not in VIDEO_VIEWS:
+            return super().check_prediction(row, path)
+        if not isinstance(row, dict):
+            return not_an_object(row)
+        problems = [(name, "missing required field" if row.get(name) is None else
+                     f"expected str, got {type(row[name]).__name__}") for name in self.prediction_fields
+                    if not isinstance(row.get(name), str)]
+        if not problems and self._prediction_reader(path).resolve(row["video_path"]) is None:
+            problems.append(("video_path", f"video file not found: {row['video_path']}"))
+        return problems
+
+    def prediction_items(self, rows: list[Row], path: Path) -> list[dict[str, Any]]:
+        """Video views: ``{"input_ids", "frames", "line"}`` per line whose video decodes.
 
         Raises:
-            DataValidationError: naming every bad line (up to ten) and every missing or unreadable video, unless
-                ``on_bad_row: skip``.
+            DataValidationError: naming every unreadable video (up to ten), unless ``on_bad_row: skip``.
         """
-        import torch
-
-        if self.hparams.view not in VIDEO_VIEWS:
-            return super().prediction_loader(path)
-        path = Path(path).expanduser()
-        if not path.name.endswith((".jsonl", ".jsonl.gz")):
-            raise DataValidationError(f"{path}: predict_file must be a JSONL file of {{'prompt', 'video_path'}} lines")
         hp = self.hparams
-        reader = VideoReader([path.parent], hp.num_frames, hp.frame_size, "frames", threads=max(1, hp.num_workers))
-
-        def check(row: Any) -> list[tuple[str, str]]:
-            if not isinstance(row, dict):
-                return not_an_object(row)
-            problems = [(name, "missing required field" if row.get(name) is None else
-                         f"expected str, got {type(row[name]).__name__}") for name in ("prompt", "video_path")
-                        if not isinstance(row.get(name), str)]
-            if not problems and reader.resolve(row["video_path"]) is None:
-                problems.append(("video_path", f"video file not found: {row['video_path']}"))
-            return problems
-
-        report = SplitReport()
-        rows = self._validated(sources.read_file(path), {"predict": report}, lambda _: "predict", check=check,
-                               notes=lambda row: [], source=str(path), with_location=True)["predict"]
-        decoded = reader.read([row["video_path"] for _, row in rows])
+        if hp.view not in VIDEO_VIEWS:
+            return super().prediction_items(rows, path)
+        decoded = self._prediction_reader(path).read([row["video_path"] for _, row in rows])
         items, problems = [], []
         for where, row in rows:
             frames = decoded[row["video_path"]]
@@ -636,26 +574,19 @@ class SafeSoraDataModule(PreparedDataModule):
                 problems.append(f"{where}: field 'video_path': {frames}")
                 continue
             ids, _ = encode_prompt_texts(self.tokenizer, [row["prompt"]], hp.prompt_template, hp.max_length)
-            items.append({"input_ids": ids[0], "frames": frames, "line": int(where.rsplit(" ", 1)[1])})
+            items.append({"input_ids": ids[0], "frames": frames, "line": line_number(where)})
         if problems and hp.on_bad_row == "error":
             listed = "\n  ".join(problems[:10])
             raise DataValidationError(f"{len(problems)} unreadable video(s) in {path}:\n  {listed}")
         if problems:
             print(f"{path}: skipped {len(problems)} line(s) with unreadable videos")
-        skipped = sum(report.dropped.values())
-        if skipped:
-            print(f"{path}: skipped {skipped} invalid line(s): {dict(report.dropped)}")
-        if not items:
-            raise DataValidationError(f"{path}: no valid lines to predict on")
-        pad_id, multiple = self.tokenizer.pad_token_id, hp.pad_to_multiple_of
+        return items
 
-        def collate(batch: list[dict[str, Any]]) -> dict[str, Any]:
-            ids, mask = pad_right([i["input_ids"] for i in batch], pad_id, multiple)
-            return {"input_ids": ids, "attention_mask": mask,
-                    "frames": torch.stack([to_batch_layout(i["frames"]) for i in batch]),
-                    "line": torch.as_tensor([i["line"] for i in batch])}
-
-        return torch.utils.data.DataLoader(items, batch_size=self.eval_batch_size, shuffle=False, collate_fn=collate)
+    def collate_predictions(self, items: list[dict[str, Any]]) -> dict[str, Any]:
+        """Video views: the text batch with ``frames uint8 (B, F, 3, S, S)``."""
+        if self.hparams.view not in VIDEO_VIEWS:
+            return super().collate_predictions(items)
+        return {**super().collate_predictions(items), "frames": stacked_frames(items, ("frames",))}
 
 
 def _config_files(directory: Path) -> dict[str, Path]:

@@ -110,6 +110,19 @@ def _is_type(value: Any, expected: type) -> bool:
     return isinstance(value, expected)
 
 
+def _check_fields(row: dict, fields: dict[str, Any], prefix: str = "", optional: bool = False) -> list:
+    """``[(field, problem)]`` of the ``fields`` (name -> type) of a row: missing (unless ``optional``) or mistyped."""
+    problems = []
+    for name, expected in fields.items():
+        value = row.get(name)
+        if value is None:
+            if not optional:
+                problems.append((f"{prefix}{name}", "missing required field"))
+        elif not _is_type(value, expected):
+            problems.append((f"{prefix}{name}", f"expected {expected.__name__}, got {_type_name(value)} {value!r:.40}"))
+    return problems
+
+
 def check_pku_saferlhf_row(row: Any) -> list[tuple[str, str]]:
     """Check one PKU-SafeRLHF row (either release) against the schema.
 
@@ -122,12 +135,7 @@ def check_pku_saferlhf_row(row: Any) -> list[tuple[str, str]]:
     """
     if not isinstance(row, dict):
         return not_an_object(row)
-    problems: list[tuple[str, str]] = []
-    for name, expected in PKU_REQUIRED_FIELDS.items():
-        if name not in row or row[name] is None:
-            problems.append((name, "missing required field"))
-        elif not _is_type(row[name], expected):
-            problems.append((name, f"expected {expected.__name__}, got {_type_name(row[name])} {row[name]!r:.40}"))
+    problems = _check_fields(row, PKU_REQUIRED_FIELDS)
     for name in ("better_response_id", "safer_response_id"):
         value = row.get(name)
         if _is_type(value, int) and value not in (0, 1):
@@ -209,12 +217,7 @@ def check_beavertails_row(row: Any) -> list[tuple[str, str]]:
     ``is_safe`` (bool). Returns ``[(field, problem), ...]``, empty when valid."""
     if not isinstance(row, dict):
         return not_an_object(row)
-    problems: list[tuple[str, str]] = []
-    for name, expected in BEAVERTAILS_FIELDS.items():
-        if name not in row or row[name] is None:
-            problems.append((name, "missing required field"))
-        elif not _is_type(row[name], expected):
-            problems.append((name, f"expected {expected.__name__}, got {_type_name(row[name])} {row[name]!r:.40}"))
+    problems = _check_fields(row, BEAVERTAILS_FIELDS)
     category = row.get("category")
     if isinstance(category, dict):
         unknown = sorted(set(category) - set(BEAVERTAILS_CATEGORIES))
@@ -257,18 +260,6 @@ SAFESORA_CHOICES = ("video_0", "video_1")
 # Sub-preferences of helpfulness; older files spell ``information`` as ``informativeness`` (both accepted).
 SAFESORA_SUB_PREFERENCES = ("instruction_following", "correctness", "information", "aesthetics")
 SAFESORA_SUB_ALIASES = {"informativeness": "information"}
-
-
-def _check_fields(row: dict, fields: dict[str, Any], prefix: str = "", optional: bool = False) -> list:
-    problems = []
-    for name, expected in fields.items():
-        value = row.get(name)
-        if value is None:
-            if not optional:
-                problems.append((f"{prefix}{name}", "missing required field"))
-        elif not _is_type(value, expected):
-            problems.append((f"{prefix}{name}", f"expected {expected.__name__}, got {_type_name(value)} {value!r:.40}"))
-    return problems
 
 
 def check_safesora_labels(labels: Any, field: str) -> list[tuple[str, str]]:

@@ -8,8 +8,9 @@ rate (A's cost lower; ties one half); and the 2x2 table of A's answers, better o
 counts as worse) x safe or unsafe, as counts and shares.
 
 ``lit-safe arena --policy_a DIR --policy_b DIR --reward_model DIR --cost_model DIR --prompts FILE --output DIR``
-prints the table and writes ``arena.json`` (summary and every answer) and ``arena.csv`` (one row per prompt).
-Generation is greedy by default (``--temperature 0``), so that a comparison is reproducible.
+(:func:`run_arena`, given the prompts the command line read) prints the table and writes ``arena.json`` (summary and
+every answer) and ``arena.csv`` (one row per prompt). Generation is greedy by default (``--temperature 0``), so that
+a comparison is reproducible.
 """
 
 from __future__ import annotations
@@ -22,8 +23,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from lit_safe.data_modules.sources import DataValidationError, read_file
-from lit_safe.models.text import SAFE_RLHF_TEMPLATE, encode_prompts, encode_with_eos, format_prompt, pad_left, pad_right
+from lit_safe.models.score_model import score_texts
+from lit_safe.models.text import SAFE_RLHF_TEMPLATE, conversations, encode_prompts, pad_left
 
 
 def arena_summary(reward_a: Tensor, cost_a: Tensor, reward_b: Tensor, cost_b: Tensor) -> dict[str, Any]:
@@ -79,48 +80,6 @@ def format_summary(summary: dict[str, Any], name_a: str = "A", name_b: str = "B"
     return "\n".join(lines)
 
 
-SYNTHETIC_TEST = {"num_rows": 500, "seed": 43}  # the held-out split of the quickstart configs (4,000 rows, seed 42)
-
-
-def read_prompts(path: str | Path, limit: int | None = None) -> list[str]:
-    """Prompts from a JSON/JSONL/parquet file of rows with a string ``prompt`` (PKU-SafeRLHF, BeaverTails and
-    BeaverTails-Evaluation rows qualify), or ``synthetic``: the prompts of the synthetic test split the quickstart
-    configs hold out. Repeated prompts are kept once, in order.
-
-    Raises:
-        DataValidationError: a row without a string ``prompt``, named by its line; or no prompt at all.
-    """
-    if str(path) == "synthetic":
-        from lit_safe.data_modules.synthetic import generate_pku_saferlhf_rows
-
-        rows = ((f"synthetic test row {i}", row) for i, row in enumerate(generate_pku_saferlhf_rows(**SYNTHETIC_TEST)))
-    else:
-        rows = read_file(path)
-    prompts = distinct_prompts(rows, limit)
-    if not prompts:
-        raise DataValidationError(f"{path}: no prompts")
-    return prompts
-
-
-def distinct_prompts(rows, limit: int | None = None) -> list[str]:
-    """The distinct ``prompt`` strings of ``(location, row)`` pairs, in order, at most ``limit``.
-
-    Raises:
-        DataValidationError: a row without a string ``prompt``, named by its location.
-    """
-    prompts, seen = [], set()
-    for where, row in rows:
-        prompt = row.get("prompt") if isinstance(row, dict) else None
-        if not isinstance(prompt, str):
-            raise DataValidationError(f"{where}: field 'prompt': expected a string, got {type(prompt).__name__}")
-        if prompt not in seen:
-            seen.add(prompt)
-            prompts.append(prompt)
-        if limit is not None and len(prompts) >= limit:
-            break
-    return prompts
-
-
 @torch.no_grad()
 def generate(model, tokenizer, prompts: list[str], template: str, max_new_tokens: int, batch_size: int,
              temperature: float = 0.0, top_p: float = 1.0) -> list[str]:
@@ -138,21 +97,15 @@ def generate(model, tokenizer, prompts: list[str], template: str, max_new_tokens
     return responses
 
 
-@torch.no_grad()
 def score(model, tokenizer, prompts: list[str], responses: list[str], template: str, max_length: int,
           batch_size: int) -> Tensor:
-    """End scores ``(N,)`` of a score model on (prompt, response) texts, tokenised as it was trained."""
-    device = next(model.parameters()).device
-    texts = [format_prompt(p, template) + r for p, r in zip(prompts, responses)]
-    scores = []
-    for start in range(0, len(texts), batch_size):
-        encoded, _ = encode_with_eos(tokenizer, texts[start : start + batch_size], max_length)
-        ids, mask = pad_right(encoded, tokenizer.pad_token_id)
-        scores.append(model(ids.to(device), mask.to(device)).end_scores.float().cpu())
-    return torch.cat(scores)
+    """End scores ``(N,)`` (float32, on the CPU) of a score model on (prompt, response) texts, tokenised as it was
+    trained (:func:`~lit_safe.models.score_model.score_texts`)."""
+    texts = conversations(prompts, responses, template)
+    return score_texts(model, tokenizer, texts, max_length, batch_size).float().cpu()
 
 
-def _check_model(option: str, value: str) -> None:
+def check_model(option: str, value: str) -> None:
     """A local model directory must exist; anything shaped like a hub id (``org/name``) is left to the hub."""
     if Path(value).expanduser().is_dir():
         return
@@ -161,14 +114,25 @@ def _check_model(option: str, value: str) -> None:
     raise FileNotFoundError(f"{option}: no model directory at {value}")
 
 
+def start_arena(models: dict[str, str], seed: int, device: str) -> torch.device:
+    """Check every model option (:func:`check_model`), seed torch, and return the device to run on (``auto``: CUDA
+    when available)."""
+    for option, value in models.items():
+        check_model(option, value)
+    torch.manual_seed(seed)
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
 def run_arena(
     policy_a: str,
     policy_b: str,
     reward_model: str,
     cost_model: str,
-    prompts: str,
+    prompts: list[str],
     output: str,
-    num_prompts: int | None = None,
+    prompts_file: str | None = None,
     prompt_template: str = SAFE_RLHF_TEMPLATE,
     max_new_tokens: int = 128,
     temperature: float = 0.0,
@@ -183,10 +147,9 @@ def run_arena(
     Args:
         policy_a, policy_b: causal LMs (hub ids or directories, e.g. the SFT and the PPO-Lagrangian exports).
         reward_model, cost_model: score models saved by lit_safe (or the reference's ``beaver-7b-*`` models).
-        prompts: a JSON/JSONL/parquet file of rows with a ``prompt``, or ``synthetic`` (the quickstart's held-out
-            synthetic prompts).
+        prompts: the user prompts both policies answer.
         output: directory for ``arena.json`` and ``arena.csv``.
-        num_prompts: use the first N distinct prompts.
+        prompts_file: where the prompts came from (recorded in the summary).
         prompt_template: the conversation template (``{prompt}`` is replaced).
         max_new_tokens: longest response.
         temperature: 0 for greedy decoding, else sampling with ``top_p``.
@@ -204,33 +167,28 @@ def run_arena(
     from lit_safe.models.score_model import ScoreModel
     from lit_safe.models.tokenizer import load_tokenizer
 
-    for name, value in (("policy_a", policy_a), ("policy_b", policy_b), ("reward_model", reward_model),
-                        ("cost_model", cost_model)):
-        _check_model(name, value)
-    torch.manual_seed(seed)
-    target = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
-                          ("cpu" if device == "auto" else device))
-    texts = read_prompts(prompts, num_prompts)
+    target = start_arena({"policy_a": policy_a, "policy_b": policy_b, "reward_model": reward_model,
+                          "cost_model": cost_model}, seed, device)
     answers, scores = {}, {}
     for key, path in (("a", policy_a), ("b", policy_b)):
         tokenizer = load_tokenizer(path, padding_side="left")
         model = AutoModelForCausalLM.from_pretrained(path).to(target).eval()
-        answers[key] = generate(model, tokenizer, texts, prompt_template, max_new_tokens, batch_size, temperature,
+        answers[key] = generate(model, tokenizer, prompts, prompt_template, max_new_tokens, batch_size, temperature,
                                 top_p)
         del model
     for kind, path in (("reward", reward_model), ("cost", cost_model)):
         tokenizer = load_tokenizer(path)
         model = ScoreModel.from_pretrained(path).to(target).eval()
         for key in ("a", "b"):
-            scores[kind, key] = score(model, tokenizer, texts, answers[key], prompt_template, max_length, batch_size)
+            scores[kind, key] = score(model, tokenizer, prompts, answers[key], prompt_template, max_length, batch_size)
         del model
     summary = arena_summary(scores["reward", "a"], scores["cost", "a"], scores["reward", "b"], scores["cost", "b"])
     summary.update({"policy_a": policy_a, "policy_b": policy_b, "reward_model": reward_model,
-                    "cost_model": cost_model, "prompts_file": str(prompts)})
+                    "cost_model": cost_model, "prompts_file": prompts_file})
     rows = [{"prompt": p, "response_a": answers["a"][i], "reward_a": float(scores["reward", "a"][i]),
              "cost_a": float(scores["cost", "a"][i]), "response_b": answers["b"][i],
              "reward_b": float(scores["reward", "b"][i]), "cost_b": float(scores["cost", "b"][i])}
-            for i, p in enumerate(texts)]
+            for i, p in enumerate(prompts)]
     out = Path(output)
     out.mkdir(parents=True, exist_ok=True)
     (out / "arena.json").write_text(json.dumps({"summary": summary, "answers": rows}, indent=2) + "\n")
@@ -243,4 +201,4 @@ def run_arena(
     return summary
 
 
-__all__ = ["arena_summary", "distinct_prompts", "format_summary", "generate", "read_prompts", "run_arena", "score"]
+__all__ = ["arena_summary", "check_model", "format_summary", "generate", "run_arena", "score", "start_arena"]

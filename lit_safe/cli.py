@@ -232,43 +232,75 @@ def prepare_main(argv: list[str]) -> Any:
     return data.prepare(force=cfg.force)  # prints the report
 
 
-def arena_main(argv: list[str]) -> Any:
-    """``lit-safe arena``: the options of :func:`lit_safe.arena.run_arena`, from the command line or a YAML."""
-    from jsonargparse import ActionConfigFile, ArgumentParser
-
-    from lit_safe.arena import run_arena
-
-    parser = ArgumentParser(prog="lit-safe arena", description="Compare two policies with one reward and one cost "
-                            "model: mean reward, mean cost, share of safe answers, win rates and the 2x2 table.")
-    parser.add_argument("--config", action=ActionConfigFile, help="a YAML with any of the options below")
-    parser.add_function_arguments(run_arena)
-    cfg = parser.parse_args(argv)
-    return run_arena(**{k: v for k, v in cfg.items() if k != "config"})
-
-
-def video_arena_main(argv: list[str]) -> Any:
-    """``lit-safe video-arena``: the options of :func:`lit_safe.video_arena.run_video_arena`."""
-    from jsonargparse import ActionConfigFile, ArgumentParser
-
-    from lit_safe.video_arena import run_video_arena
-
-    parser = ArgumentParser(prog="lit-safe video-arena", description="Compare two prompt augmenters: one video "
-                            "generator renders their rewrites, one video reward and one cost model score the videos.")
-    parser.add_argument("--config", action=ActionConfigFile, help="a YAML with any of the options below")
-    parser.add_function_arguments(run_video_arena)
-    cfg = parser.parse_args(argv)
-    return run_video_arena(**{k: v for k, v in cfg.items() if k != "config"})
-
-
-def function_main(function, prog: str, description: str, argv: list[str]) -> Any:
-    """A project subcommand whose options are the arguments of ``function`` (command line or ``--config`` YAML)."""
+def function_parser(function, prog: str, description: str, skip: frozenset[str] = frozenset()):
+    """A parser of the arguments of ``function`` but ``skip``, from the command line or a ``--config`` YAML."""
     from jsonargparse import ActionConfigFile, ArgumentParser
 
     parser = ArgumentParser(prog=prog, description=description)
     parser.add_argument("--config", action=ActionConfigFile, help="a YAML with any of the options below")
-    parser.add_function_arguments(function)
-    cfg = parser.parse_args(argv)
-    return function(**{k: v for k, v in cfg.items() if k != "config"})
+    parser.add_function_arguments(function, skip=set(skip))
+    return parser
+
+
+def parse_options(parser, argv: list[str]) -> dict[str, Any]:
+    """The options of ``argv`` (``--config`` applied) as keyword arguments."""
+    return {k: v for k, v in parser.parse_args(argv).items() if k != "config"}
+
+
+def function_main(function, prog: str, description: str, argv: list[str]) -> Any:
+    """A project subcommand whose options are the arguments of ``function`` (command line or ``--config`` YAML)."""
+    return function(**parse_options(function_parser(function, prog, description), argv))
+
+
+def arena_parser(function, prog: str, description: str, prompts: dict[str, Any], num_prompts: dict[str, Any],
+                 skip: frozenset[str] = frozenset()):
+    """The options of an arena ``function``, which takes its prompts as a list: here ``--prompts`` says where to
+    read them (``prompts`` and ``num_prompts`` are ``add_argument`` settings)."""
+    parser = function_parser(function, prog, description, skip=frozenset({"prompts", "prompts_file"}) | skip)
+    parser.add_argument("--prompts", **prompts)
+    parser.add_argument("--num_prompts", type=int | None, **num_prompts)
+    return parser
+
+
+def arena_main(argv: list[str]) -> Any:
+    """``lit-safe arena``: the options of :func:`lit_safe.arena.run_arena` (the prompts read by
+    :func:`lit_safe.data_modules.prompts.read_prompts`), from the command line or a YAML."""
+    from lit_safe.arena import run_arena
+    from lit_safe.data_modules.prompts import read_prompts
+
+    parser = arena_parser(
+        run_arena, "lit-safe arena", "Compare two policies with one reward and one cost model: mean reward, mean "
+        "cost, share of safe answers, win rates and the 2x2 table.",
+        prompts={"type": str, "required": True, "help": "a JSON/JSONL/parquet file of rows with a ``prompt``, or "
+                 "``synthetic`` (the quickstart's held-out synthetic prompts)."},
+        num_prompts={"default": None, "help": "use the first N distinct prompts."},
+    )
+    options = parse_options(parser, argv)
+    source, limit = options.pop("prompts"), options.pop("num_prompts")
+    return run_arena(prompts=read_prompts(source, limit), prompts_file=str(source), **options)
+
+
+def video_arena_main(argv: list[str]) -> Any:
+    """``lit-safe video-arena``: the options of :func:`lit_safe.video_arena.run_video_arena` (the prompts read by
+    :func:`lit_safe.data_modules.prompts.read_video_prompts`; ``--generator synthetic``: the synthetic SafeSora
+    renderer draws the videos)."""
+    from lit_safe.data_modules.prompts import read_video_prompts
+    from lit_safe.data_modules.safesora_synthetic import render
+    from lit_safe.video_arena import run_video_arena
+
+    parser = arena_parser(
+        run_video_arena, "lit-safe video-arena", "Compare two prompt augmenters: one video generator renders their "
+        "rewrites, one video reward and one cost model score the videos.",
+        prompts={"type": str, "default": "synthetic", "help": "``synthetic``, or a JSON/JSONL/gzip'd JSON file of "
+                 "SafeSora(-Eval) rows (``prompt_text``)."},
+        num_prompts={"default": 40, "help": "use the first N distinct prompts (all of a file when ``None``)."},
+        skip=frozenset({"renderer"}),
+    )
+    options = parse_options(parser, argv)
+    source, limit = options.pop("prompts"), options.pop("num_prompts")
+    renderer = render if options["generator"] == "synthetic" else None
+    return run_video_arena(prompts=read_video_prompts(source, limit, options["seed"]), prompts_file=source,
+                           renderer=renderer, **options)
 
 
 def tree_main(command: str, argv: list[str]) -> Any:

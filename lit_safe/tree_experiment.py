@@ -176,7 +176,7 @@ def read_prompt_list(prompts: str, num_prompts: int | None, skip: int = 0, promp
     """Distinct prompts of a file (rows with a ``prompt``), a hub dataset (``prompt_split`` of ``subset`` at
     ``revision``) or ``synthetic``: the prompts of synthetic PKU-SafeRLHF rows (seed 7, never the quickstart's
     training or test rows), after skipping the first ``skip``."""
-    from lit_safe.arena import distinct_prompts, read_prompts
+    from lit_safe.data_modules.prompts import distinct_prompts, read_prompts
     from lit_safe.data_modules.sources import DataValidationError
 
     wanted = None if num_prompts is None else skip + num_prompts

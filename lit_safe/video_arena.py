@@ -5,18 +5,20 @@ This is how a prompt-augmentation module is evaluated (SafeSora's first alignmen
 generator produce more helpful and safer videos wins. A side is ``none`` (the user prompt sent as is) or a causal LM
 trained by ``SFTModule``/``DPOModule`` on the ``rewrites``/``rewrite_pairs`` views. The generator is a diffusers
 text-to-video checkpoint (:func:`~lit_safe.models.video_diffusion.load_video_diffusion`, sampled with DDIM and
-classifier-free guidance) or ``synthetic``: the renderer that made the synthetic SafeSora videos
-(:func:`~lit_safe.data_modules.safesora_synthetic.render`), which draws exactly what a rewrite asks for, so that the
-rewriters are compared without a generator's own errors.
+classifier-free guidance) or a ``renderer`` function: ``lit-safe video-arena --generator synthetic`` passes the
+renderer that made the synthetic SafeSora videos (:func:`~lit_safe.data_modules.safesora_synthetic.render`), which
+draws exactly what a rewrite asks for, so that the rewriters are compared without a generator's own errors.
 
 ``lit-safe video-arena --rewriter_a none --rewriter_b DIR --reward_model DIR --cost_model DIR --generator synthetic
---prompts synthetic --output DIR`` prints the same table as the text arena (:func:`lit_safe.arena.arena_summary`) and
-writes ``arena.json`` (summary and every rewrite with its scores) and the videos as ``videos/{a,b}/<i>.mp4``.
+--prompts synthetic --output DIR`` (:func:`run_video_arena`, given the prompts the command line read) prints the same
+table as the text arena (:func:`lit_safe.arena.arena_summary`) and writes ``arena.json`` (summary and every rewrite
+with its scores) and the videos as ``videos/{a,b}/<i>.mp4``.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -24,38 +26,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from lit_safe.arena import _check_model, arena_summary, format_summary, generate
-from lit_safe.data_modules.sources import DataValidationError, read_file
+from lit_safe.arena import arena_summary, format_summary, generate, start_arena
 from lit_safe.models.frames import encode_mp4, read_video, resize_array, sample_indices
 from lit_safe.models.text import REWRITE_TEMPLATE, encode_prompt_texts, pad_right
-
-
-def read_video_prompts(path: str, limit: int | None = None, seed: int = 0) -> list[str]:
-    """User prompts from SafeSora-Eval/SafeSora rows (``prompt_text``) or rows with a ``prompt`` (JSON, JSONL,
-    gzip'd JSON array, parquet), or ``synthetic`` (SafeSora-Eval-style synthetic prompts, half of them red-team).
-    Repeated prompts are kept once, in order.
-
-    Raises:
-        DataValidationError: a row without a string ``prompt_text`` or ``prompt``, named by its location.
-    """
-    if path == "synthetic":
-        from lit_safe.data_modules.safesora_synthetic import eval_prompts
-
-        rows = ((f"synthetic eval row {i}", row) for i, row in enumerate(eval_prompts(limit or 40, seed)))
-    else:
-        rows = read_file(path)
-    prompts: list[str] = []
-    for where, row in rows:
-        text = row.get("prompt_text", row.get("prompt")) if isinstance(row, dict) else None
-        if not isinstance(text, str):
-            raise DataValidationError(f"{where}: field 'prompt_text': expected a string, got {type(text).__name__}")
-        if text not in prompts:
-            prompts.append(text)
-        if limit is not None and len(prompts) >= limit:
-            break
-    if not prompts:
-        raise DataValidationError(f"{path}: no prompts")
-    return prompts
 
 
 def rewrite(rewriter: str, prompts: list[str], template: str, max_new_tokens: int, batch_size: int,
@@ -74,19 +47,19 @@ def rewrite(rewriter: str, prompts: list[str], template: str, max_new_tokens: in
     return [t.strip() or p for t, p in zip(texts, prompts)]
 
 
-def render_videos(generator: Any, texts: list[str], num_frames: int, size: int, seed: int, steps: int,
-                  guidance: float, batch_size: int) -> list[np.ndarray]:
-    """One video per text, ``uint8 (F, H, W, 3)``: rendered (``generator == "synthetic"``) or sampled from a
-    :class:`~lit_safe.models.video_diffusion.VideoDiffusion` (``size x size``, ``num_frames`` frames)."""
-    if generator == "synthetic":
-        from lit_safe.data_modules.safesora_synthetic import render
+Renderer = Callable[[str, int], np.ndarray]  # (text, seed) -> uint8 (F, H, W, 3)
 
-        return [render(text, seed=seed + i) for i, text in enumerate(texts)]
+
+def sample_videos(model: Any, texts: list[str], num_frames: int, size: int, seed: int, steps: int, guidance: float,
+                  batch_size: int) -> list[np.ndarray]:
+    """One video per text, ``uint8 (F, H, W, 3)``, sampled from a
+    :class:`~lit_safe.models.video_diffusion.VideoDiffusion` (``size x size``, ``num_frames`` frames; batch ``j``
+    with the noise of seed ``seed + j * batch_size``)."""
     videos = []
     for start in range(0, len(texts), batch_size):
         rng = torch.Generator().manual_seed(seed + start)
-        out = generator.sample(texts[start : start + batch_size], num_frames, size, size, num_inference_steps=steps,
-                               guidance_scale=guidance, generator=rng)
+        out = model.sample(texts[start : start + batch_size], num_frames, size, size, num_inference_steps=steps,
+                           guidance_scale=guidance, generator=rng)
         videos += [v.permute(0, 2, 3, 1).cpu().numpy() for v in out]
     return videos
 
@@ -113,9 +86,10 @@ def run_video_arena(
     reward_model: str,
     cost_model: str,
     output: str,
+    prompts: list[str],
     generator: str = "synthetic",
-    prompts: str = "synthetic",
-    num_prompts: int | None = 40,
+    renderer: Renderer | None = None,
+    prompts_file: str | None = None,
     rewrite_template: str = REWRITE_TEMPLATE,
     max_new_tokens: int = 48,
     temperature: float = 0.0,
@@ -133,9 +107,12 @@ def run_video_arena(
         rewriter_a, rewriter_b: ``none`` or a causal LM (directory or hub id) that rewrites user prompts.
         reward_model, cost_model: video score models saved by ``VideoRewardModule``/``VideoCostModule``.
         output: directory for ``arena.json`` and ``videos/``.
-        generator: ``synthetic`` or a diffusers text-to-video checkpoint (directory or hub id).
-        prompts: ``synthetic``, or a JSON/JSONL/gzip'd JSON file of SafeSora(-Eval) rows (``prompt_text``).
-        num_prompts: use the first N distinct prompts (all of a file when ``None``).
+        prompts: the user prompts both rewriters rewrite.
+        generator: ``synthetic`` or a diffusers text-to-video checkpoint (directory or hub id); a ``renderer``
+            given beside it draws the videos instead (the command line's for ``synthetic``).
+        renderer: draws the video of a text with a seed (``lit-safe video-arena --generator synthetic`` passes the
+            synthetic SafeSora renderer); text ``i`` gets seed ``seed + i``.
+        prompts_file: where the prompts came from (recorded in the summary).
         rewrite_template: the rewriters' prompt template (``{prompt}`` is replaced).
         max_new_tokens: longest rewrite.
         temperature: 0 for greedy rewriting.
@@ -151,26 +128,21 @@ def run_video_arena(
     from lit_safe.models.tokenizer import load_tokenizer
     from lit_safe.models.video_text import VideoTextModel
 
-    for name, value, keyword in (("rewriter_a", rewriter_a, "none"), ("rewriter_b", rewriter_b, "none"),
-                                 ("generator", generator, "synthetic")):
-        if value != keyword:
-            _check_model(name, value)
-    for name, value in (("reward_model", reward_model), ("cost_model", cost_model)):
-        _check_model(name, value)
-    torch.manual_seed(seed)
-    target = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
-                          ("cpu" if device == "auto" else device))
-    users = read_video_prompts(prompts, num_prompts, seed)
-    rewrites = {key: rewrite(path, users, rewrite_template, max_new_tokens, batch_size, temperature, target)
+    models = {name: path for name, path in (("rewriter_a", rewriter_a), ("rewriter_b", rewriter_b)) if path != "none"}
+    if renderer is None:
+        models["generator"] = generator
+    target = start_arena({**models, "reward_model": reward_model, "cost_model": cost_model}, seed, device)
+    rewrites = {key: rewrite(path, prompts, rewrite_template, max_new_tokens, batch_size, temperature, target)
                 for key, path in (("a", rewriter_a), ("b", rewriter_b))}
-    video_model: Any = generator
-    if generator != "synthetic":
+    if renderer is not None:
+        videos = {key: [renderer(text, seed + i) for i, text in enumerate(rewrites[key])] for key in ("a", "b")}
+    else:
         from lit_safe.models.video_diffusion import load_video_diffusion
 
-        video_model = load_video_diffusion(generator).to(target).eval()
-    videos = {key: render_videos(video_model, rewrites[key], num_frames, frame_size, seed, sample_steps,
-                                 guidance_scale, batch_size) for key in ("a", "b")}
-    del video_model
+        model = load_video_diffusion(generator).to(target).eval()
+        videos = {key: sample_videos(model, rewrites[key], num_frames, frame_size, seed, sample_steps, guidance_scale,
+                                     batch_size) for key in ("a", "b")}
+        del model
     out = Path(output)
     for key in ("a", "b"):
         for i, video in enumerate(videos[key]):
@@ -187,19 +159,19 @@ def run_video_arena(
             raise ValueError(f"{kind}_model: {path} is a video {found} model, not a video {kind} model")
         tokenizer = load_tokenizer(path)
         for key in ("a", "b"):
-            scores[kind, key] = score_videos(model, tokenizer, users, videos[key], batch_size)
+            scores[kind, key] = score_videos(model, tokenizer, prompts, videos[key], batch_size)
         del model
     summary = arena_summary(scores["reward", "a"], scores["cost", "a"], scores["reward", "b"], scores["cost", "b"])
     summary.update({"rewriter_a": rewriter_a, "rewriter_b": rewriter_b, "generator": generator,
-                    "reward_model": reward_model, "cost_model": cost_model, "prompts_file": prompts})
+                    "reward_model": reward_model, "cost_model": cost_model, "prompts_file": prompts_file})
     rows = [{"prompt": p, "rewrite_a": rewrites["a"][i], "reward_a": float(scores["reward", "a"][i]),
              "cost_a": float(scores["cost", "a"][i]), "video_a": f"videos/a/{i}.mp4", "rewrite_b": rewrites["b"][i],
              "reward_b": float(scores["reward", "b"][i]), "cost_b": float(scores["cost", "b"][i]),
-             "video_b": f"videos/b/{i}.mp4"} for i, p in enumerate(users)]
+             "video_b": f"videos/b/{i}.mp4"} for i, p in enumerate(prompts)]
     (out / "arena.json").write_text(json.dumps({"summary": summary, "rewrites": rows}, indent=2) + "\n")
     print(format_summary(summary, rewriter_a, rewriter_b))
-    print(f"Wrote {out / 'arena.json'} and {2 * len(users)} videos under {out / 'videos'}")
+    print(f"Wrote {out / 'arena.json'} and {2 * len(prompts)} videos under {out / 'videos'}")
     return summary
 
 
-__all__ = ["read_video_prompts", "render_videos", "rewrite", "run_video_arena", "score_videos"]
+__all__ = ["Renderer", "rewrite", "run_video_arena", "sample_videos", "score_videos"]

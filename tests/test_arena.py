@@ -7,8 +7,9 @@ import json
 import pytest
 import torch
 
-from lit_safe.arena import arena_summary, format_summary, read_prompts
+from lit_safe.arena import arena_summary, format_summary
 from lit_safe.cli import run
+from lit_safe.data_modules.prompts import read_prompts
 from lit_safe.data_modules.sources import DataValidationError
 from lit_safe.models.backbone import load_backbone
 from lit_safe.models.score_model import ScoreModel

@@ -52,15 +52,18 @@ def video_data(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def fit(tmp_path_factory, quickstart_config, video_data):
-    """``fit(name, trainer={...}, model={...}, **data_args)``: fit the quickstart config ``name`` in its own folder;
-    returns ``(folder, config path, cli)``."""
+    """``fit(name, trainer={...}, model={...}, samples=True, **data_args)``: fit the quickstart config ``name`` in its
+    own folder (``samples=False``: without its VideoSamples callback); returns ``(folder, config path, cli)``."""
 
-    def fit(name: str, trainer: dict | None = None, model: dict | None = None, **data_args):
+    def fit(name: str, trainer: dict | None = None, model: dict | None = None, samples: bool = True, **data_args):
         tmp = tmp_path_factory.mktemp(name)
         config = quickstart_config(name, tmp, synthetic_rows=ROWS, val_fraction=0.25, prepared_dir=str(video_data),
                                    **data_args)
         settings = yaml.safe_load(config.read_text())
         settings["trainer"].update({"log_every_n_steps": 1, **(trainer or {})})
+        if not samples:
+            settings["trainer"]["callbacks"] = [c for c in settings["trainer"]["callbacks"]
+                                                if not c["class_path"].endswith(".VideoSamples")]
         settings["model"]["init_args"].update(model or {})
         config.write_text(yaml.safe_dump(settings))
         return tmp, config, run(["fit", "--config", str(config)])
@@ -88,15 +91,14 @@ SHORT_DIFFUSION = {"max_steps": 2, "val_check_interval": 2, "limit_val_batches":
 
 @pytest.fixture(scope="module")
 def diffusion_sft(fit):
-    return fit("diffusion_sft", trainer=SHORT_DIFFUSION, model={"sample_every_n_steps": 0})
+    return fit("diffusion_sft", trainer=SHORT_DIFFUSION, samples=False)
 
 
 @pytest.fixture(scope="module")
 def diffusion_dpo(fit, diffusion_sft):
     # from the SFT-on-winners export, as in the quickstart; no sampling
     base = str(exported(diffusion_sft[0], "diffusion_sft"))
-    return fit("diffusion_dpo", trainer=SHORT_DIFFUSION, model={"sample_every_n_steps": 0, "model": base},
-               tokenizer=base)
+    return fit("diffusion_dpo", trainer=SHORT_DIFFUSION, model={"backbone": base}, samples=False, tokenizer=base)
 
 
 @pytest.fixture(scope="module")

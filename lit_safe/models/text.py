@@ -33,6 +33,11 @@ def format_prompt(prompt: str, template: str = SAFE_RLHF_TEMPLATE) -> str:
     return template.replace("{prompt}", prompt)
 
 
+def conversations(prompts: Sequence[str], responses: Sequence[str], template: str = SAFE_RLHF_TEMPLATE) -> list[str]:
+    """Each (prompt, response) as the one text a score model reads: the prompt in the template, then the response."""
+    return [format_prompt(p, template) + r for p, r in zip(prompts, responses)]
+
+
 def encode_with_eos(
     tokenizer: PreTrainedTokenizerBase, texts: Sequence[str], max_length: int
 ) -> tuple[list[np.ndarray], int]:

@@ -1,0 +1,112 @@
+"""The view interface: how a DataModule turns validated rows into stored items, and stored items into batches.
+
+A dataset offers one or more views of its rows (PKU-SafeRLHF: ``preference``, ``safety``, ``moderation``, ``sft``,
+``prompts``); the configured one encodes every split during preparation and collates the streamed items into
+batches (:class:`~lit_safe.data_modules.base.PreparedDataModule`). Every view is a :class:`View`:
+
+- ``name``;
+- ``encode(rows, tokenizer, template, max_length, report)``: the items of one split's valid rows, counting in
+  ``report`` what it keeps, drops (by reason) and notes;
+- ``length(item)``: the tokens an item costs in a batch (what length grouping sorts by);
+- ``collate(items, pad_id, multiple_of)``: a batch of tensors;
+- ``encode_inputs(tokenizer, prompts, responses, template, max_length)``: how one (prompt, response) is tokenised,
+  for ``predict_file``;
+- ``label_summary()``: label counts of the split encoded last, saved in ``meta.json`` (``None`` for views that
+  record none).
+
+The helpers below are what views share: :func:`count_duplicate_rows` (the ``duplicate_rows`` note every view
+keeps), :func:`blank_text` (the drop reason of an empty text), :func:`text_batch` and :func:`int_fields` (the
+common parts of a batch).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from lit_safe.data_modules.preparation import SplitReport
+from lit_safe.data_modules.schemas import is_blank, row_digest
+from lit_safe.models.text import pad_right
+
+Valid = tuple[int, dict[str, Any]]  # (position of the row in its source split, counted from 0; the row)
+
+
+class View(ABC):
+    """Rows -> items -> batches, for one kind of training example (see the module docstring)."""
+
+    name = "view"
+
+    @abstractmethod
+    def encode(self, rows: list[Valid], tokenizer: Any, template: str, max_length: int,
+               report: SplitReport) -> Iterator[dict[str, Any]]:
+        """The items of one split's valid rows; what is kept, dropped (by reason) and noted is counted in ``report``.
+
+        Args:
+            rows: ``(position in the source split, row)`` of the split's valid rows.
+            tokenizer: the model's tokenizer.
+            template: the prompt template (contains ``{prompt}``).
+            max_length: longest token sequence.
+            report: the split's counts.
+        """
+
+    @abstractmethod
+    def collate(self, items: list[dict[str, Any]], pad_id: int, multiple_of: int = 1) -> dict[str, Any]:
+        """A batch of tensors from streamed items; padded lengths round up to ``multiple_of``."""
+
+    @abstractmethod
+    def encode_inputs(self, tokenizer: Any, prompts: list[str], responses: list[str], template: str,
+                      max_length: int) -> tuple[list[np.ndarray], int]:
+        """Token ids of single (prompt, response) texts as this view's model reads them (for ``predict_file``):
+        ``(int32 ids per text, how many were cut)``."""
+
+    def length(self, item: dict[str, Any]) -> int:
+        """Tokens the item costs in a batch (what length grouping sorts by): its ``input_ids``."""
+        return len(item["input_ids"])
+
+    def label_summary(self) -> dict[str, Any] | None:
+        """Label counts of the split encoded last (saved in ``meta.json``), or ``None`` when the view records none."""
+        return None
+
+
+def count_duplicate_rows(rows: Iterable[Valid], report: SplitReport) -> Iterator[Valid]:
+    """Yield ``rows`` unchanged, counting in the note ``duplicate_rows`` every row equal (in every field) to an earlier
+    row of the split. Views drop repeats where they would bias training (``duplicate_pair``, ``duplicate_response``,
+    ``duplicate_prompt``); this note tells how many whole rows the source repeats. State: one 16-byte digest per
+    distinct row."""
+    seen: set[bytes] = set()
+    for index, row in rows:
+        key = row_digest(row)
+        if key in seen:
+            report.notes["duplicate_rows"] += 1
+        else:
+            seen.add(key)
+        yield index, row
+
+
+def blank_text(prompt: str, *responses: str) -> str | None:
+    """The drop reason of a (prompt, responses) with nothing to learn from: ``empty_prompt`` or ``empty_response``
+    (empty or whitespace only); ``None`` when every text has content."""
+    if is_blank(prompt):
+        return "empty_prompt"
+    if any(is_blank(response) for response in responses):
+        return "empty_response"
+    return None
+
+
+def text_batch(sequences: Sequence[np.ndarray], pad_id: int, multiple_of: int = 1) -> dict[str, torch.Tensor]:
+    """``input_ids`` and ``attention_mask`` ``(N, L)`` of right-padded sequences (``L`` a multiple of
+    ``multiple_of``)."""
+    ids, mask = pad_right(list(sequences), pad_id, multiple_of)
+    return {"input_ids": ids, "attention_mask": mask}
+
+
+def int_fields(items: list[dict[str, Any]], keys: Iterable[str]) -> dict[str, torch.Tensor]:
+    """The integer fields ``keys`` of the items, each as a ``(B,)`` tensor."""
+    return {key: torch.as_tensor([int(i[key]) for i in items]) for key in keys}
+
+
+__all__ = ["Valid", "View", "blank_text", "count_duplicate_rows", "int_fields", "text_batch"]
