@@ -109,6 +109,15 @@ def hidden_size(model: PreTrainedModel) -> int:
     raise ValueError(f"cannot find the hidden size in the config of {type(model).__name__}")
 
 
+def is_encoder(config) -> bool:
+    """Whether a transformers config is a bidirectional encoder's (BERT, RoBERTa, DeBERTa, ...): its model type has a
+    masked-LM head in transformers. Such a model sees the whole sequence at every position, so it cannot score packed
+    sequences (a block-causal mask would change what it computes)."""
+    from transformers.models.auto.modeling_auto import MODEL_FOR_MASKED_LM_MAPPING_NAMES
+
+    return getattr(config, "model_type", None) in MODEL_FOR_MASKED_LM_MAPPING_NAMES
+
+
 def transformer_blocks(model: nn.Module) -> list[nn.Module]:
     """The repeated transformer blocks of a Hugging Face model (the unit FSDP shards and checkpointing wraps).
 

@@ -17,7 +17,11 @@ from lit_safe.models.score_model import (
     ScoreModel,
     ScoreNormalizer,
     build_score_model,
+    checkpoint_layout,
+    first_attended_index,
     last_attended_index,
+    last_non_pad_index,
+    score_texts,
 )
 from lit_safe.models.tokenizer import BOS, EOS, load_tokenizer
 
@@ -70,6 +74,27 @@ def test_last_attended_index_rejects_empty_row():
     with pytest.raises(ValueError, match="no attended token"):
         last_attended_index(torch.tensor([[1, 1, 0], [0, 0, 0]]))
 
+
+def test_first_attended_index():
+    right = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]])
+    assert first_attended_index(right).tolist() == [0, 0]
+    left = torch.tensor([[0, 0, 1, 1, 1], [0, 0, 0, 0, 1]])
+    assert first_attended_index(left).tolist() == [2, 4]
+    with pytest.raises(ValueError, match="no attended token"):
+        first_attended_index(torch.tensor([[0, 0, 0]]))
+
+
+def test_last_non_pad_index_is_the_transformers_rule():
+    pad = 9
+    # right padding with pad == EOS: row 0 ends "... 5 9" then padding, transformers reads the 5 (index 1)
+    ids = torch.tensor([[4, 5, 9, 9, 9], [4, 5, 6, 7, 8], [9, 9, 4, 5, 9]])
+    mask = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1], [0, 0, 1, 1, 1]])
+    assert last_non_pad_index(ids, mask, pad).tolist() == [1, 4, 3]
+    assert last_attended_index(mask).tolist() == [2, 4, 4]
+    assert last_non_pad_index(ids, mask, None).tolist() == [2, 4, 4]  # no pad token: the last attended one
+    # a masked token is never read, whatever its id; a row of pad tokens only falls back to its last attended one
+    assert last_non_pad_index(torch.tensor([[4, 5, 3], [9, 9, 1]]), torch.tensor([[1, 1, 0], [1, 1, 0]]),
+                              pad).tolist() == [1, 1]
 
 def test_score_head_init(model):
     assert isinstance(model.score_head, torch.nn.Linear)
@@ -266,6 +291,7 @@ def test_save_writes_hf_layout(saved):
     assert config["mean"] == pytest.approx(3.0) and config["var"] == pytest.approx(3.5)
     assert config["count"] == 4.0
     assert config["score_dim"] == 1 and config["normalizer_type"] == "RunningMeanStd"
+    assert config["text_encoding"] == "append_eos" and config["cost_sign"] == "positive means unsafe"
     assert config["model_type"] == "llama" and config["architectures"] == ["LlamaForScore"]
     with safe_open(str(path / "model.safetensors"), framework="pt") as f:
         keys = set(f.keys())
@@ -315,6 +341,34 @@ def test_ema_normalizer_round_trip(tiny_tokenizer, tmp_path):
     assert loaded.normalizer.momentum == 0.9 and loaded.do_normalize is False
     # mean 0.9 * 2 + 0.1 * 5 = 2.3
     assert loaded.normalizer.mean.item() == pytest.approx(2.3)
+
+
+def test_checkpoint_layout_of_lit_safe_and_reference_checkpoints(saved, tiny_tokenizer, tmp_path):
+    _, path = saved
+    assert checkpoint_layout(str(path), transformers.AutoConfig.from_pretrained(path)) == "score_head"
+    # a reference-style checkpoint whose config says neither score_type nor architectures: found by its weights
+    config = json.loads((path / "config.json").read_text())
+    for key in ("score_type", "architectures"):
+        config.pop(key)
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    (bare / "config.json").write_text(json.dumps(config))
+    (bare / "model.safetensors").write_bytes((path / "model.safetensors").read_bytes())
+    assert checkpoint_layout(str(bare), transformers.AutoConfig.from_pretrained(bare)) == "score_head"
+    loaded = ScoreModel.from_pretrained(bare)
+    assert loaded.layout is None and loaded.score_type == "reward" and loaded.text_encoding == "append_eos"
+    torch.testing.assert_close(loaded.score_head.bias, saved[0].score_head.bias)
+    plain = tmp_path / "plain"
+    load_backbone("tiny", tiny_tokenizer).save_pretrained(plain)
+    assert checkpoint_layout(str(plain), transformers.AutoConfig.from_pretrained(plain)) is None
+
+
+def test_score_texts_appends_eos_for_lit_safe_models(saved, tiny_tokenizer):
+    model, _ = saved
+    ids, mask = _batch(tiny_tokenizer)
+    with torch.no_grad():
+        torch.testing.assert_close(score_texts(model, tiny_tokenizer, TEXTS, 64), model(ids, mask).end_scores,
+                                   rtol=0, atol=1e-6)
 
 
 def test_from_pretrained_rejects_plain_backbone(tiny_tokenizer, tmp_path):
