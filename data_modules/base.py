@@ -23,8 +23,11 @@ class does the rest, identically for every dataset:
 
 A view (:class:`~lit_safe.data_modules.views.View`) turns validated rows into items and items into batches.
 
-Extension points for datasets with a layout of their own (SafeSora's ``config-<split>.json.gz`` files and
-videos): :meth:`PreparedDataModule.split_files` (which local file holds each source split),
+Extension points for datasets with rows or a layout of their own (SafeSora's ``config-<split>.json.gz`` files and
+videos; PKU-SafeRLHF's other preference formats): :meth:`PreparedDataModule.read_row` (a source row as the views
+read it, e.g. normalised from another format, and its problems), :meth:`~PreparedDataModule.inspect_source` (a look
+at the whole source before any row is validated: format detection, labels the view needs),
+:meth:`~PreparedDataModule.split_files` (which local file holds each source split),
 :meth:`~PreparedDataModule.view_settings` (what else changes the prepared items),
 :meth:`~PreparedDataModule.item_transform` (applied to streamed items in the loader workers), and for
 ``predict_file`` :attr:`~PreparedDataModule.prediction_fields`, :meth:`~PreparedDataModule.check_prediction`,
@@ -246,6 +249,18 @@ class PreparedDataModule(LightningDataModule, ABC):
         """Label disagreements of a valid row that are counted in the report but kept."""
         return []
 
+    def read_row(self, row: Any) -> tuple[Any, list[tuple[str, str]]]:
+        """``(row as the views read it, problems)`` of one source row: by default the row itself and
+        :meth:`check_row`'s problems. A dataset that reads several row formats (PKU-SafeRLHF: TRL, conversational,
+        HH) returns the normalised row; the held-out split is carved by its :attr:`prompt_field`."""
+        return row, self.check_row(row)
+
+    def inspect_source(self) -> dict[str, Any]:
+        """Runs once before any row is validated: looks at the source as a whole (e.g. detects its row format, and
+        raises when it lacks labels the view needs, before anything is prepared). Returns what it found, saved in
+        the prepared ``meta.json``; by default nothing."""
+        return {}
+
     def synthetic(self, split: str, num_rows: int, seed: int) -> list[dict[str, Any]]:
         """Generated rows of the ``synthetic`` source (datasets with ``has_synthetic``)."""
         raise ValueError(f"{type(self).__name__} has no synthetic source; give a file, a directory or a hub id")
@@ -354,18 +369,20 @@ class PreparedDataModule(LightningDataModule, ABC):
     ) -> dict[str, list[Valid]]:
         """Check every row; returns the valid rows per output split, or raises naming the bad rows.
 
-        Valid rows come as ``(position, row)``, or ``(location, row)`` with ``with_location``. ``check`` and
+        Valid rows come as ``(position, row)``, or ``(location, row)`` with ``with_location``; ``row`` is what
+        :meth:`read_row` made of it (``assign`` sees that too). ``check`` (problems of a row taken as it is) and
         ``notes`` default to the dataset's own, ``source`` (the name in the error) to the configured source.
         """
-        check, notes = check or self.check_row, notes or self.row_notes
+        read = self.read_row if check is None else lambda row: (row, check(row))
+        notes = notes or self.row_notes
         out: dict[str, list[Valid]] = {name: [] for name in report_for}
         problems: list[str] = []
         n_problems = 0
-        for position, (where, row) in enumerate(rows):
+        for position, (where, raw) in enumerate(rows):
+            row, found = read(raw)
             split = assign(row)
             report = report_for[split]
             report.rows_read += 1
-            found = check(row)
             if found:
                 n_problems += 1
                 if len(problems) < MAX_LISTED_PROBLEMS:
@@ -446,6 +463,7 @@ class PreparedDataModule(LightningDataModule, ABC):
             raise DataValidationError(f"{hp.source} has no split {hp.train_split!r}; splits: {available}")
         if hp.val_split is not None and hp.val_split not in available:
             raise DataValidationError(f"{hp.source} has no split {hp.val_split!r}; splits: {available}")
+        facts = self.inspect_source()
         carve_test = hp.test_split is not None and hp.test_split not in available
         val_cut = hp.val_fraction if hp.val_split is None else 0.0
         test_cut = val_cut + (hp.test_fraction if carve_test else 0.0)
@@ -491,7 +509,7 @@ class PreparedDataModule(LightningDataModule, ABC):
                 summary = self.view.label_summary()
                 if summary is not None:
                     labels[split] = summary
-            meta = {"settings": self._settings(), "hparams": dict(hp), "labels": labels}
+            meta = {"settings": self._settings(), "hparams": dict(hp), "labels": labels, **facts}
             publish(tmp, final, report, meta, replace=force)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)

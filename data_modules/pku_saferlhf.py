@@ -5,6 +5,15 @@ Reads the 2024 dual-preference release (16 fields) and the 2023 ``v0`` release (
 already prepared litdata directory (local or an object-store URL such as ``s3://bucket/prepared``), or from the
 project's synthetic generator (the embedded default, no network). See ``../shared/docs/DATA.md``.
 
+Other preference files read the same way (``format``, detected by default, and ``columns`` to map a file's own
+column names; :mod:`lit_safe.data_modules.formats`): TRL explicit-prompt rows (``prompt``, ``chosen``, ``rejected``),
+TRL conversational rows (lists of ``{"role", "content"}`` messages, with or without a separate prompt) and Anthropic
+HH transcripts. Each row is normalised to the PKU-SafeRLHF pair (chosen = ``response_0``, ``better_response_id`` 0,
+optional safety labels under their PKU names, the turns in ``prompt_messages``), so the views below read every
+format alike; safety labels are required only by the views that read them (``safety``, ``moderation``, and ``sft``
+with ``sft_responses: safer``), and a source without them fails for those views with one error before anything is
+prepared. A PKU-SafeRLHF file without safety labels (e.g. ``PKU-SafeRLHF-single-dimension``) trains a reward model.
+
 Views turn a validated row into training items:
 
 - ``preference``: (better, worse) by ``better_response_id``: the helpfulness reward model (Safe RLHF).
@@ -15,6 +24,8 @@ Views turn a validated row into training items:
 - ``sft``: (prompt, response) for supervised fine-tuning of the initial policy, prompt tokens masked; which
   responses is ``sft_responses`` (:mod:`lit_safe.data_modules.policy`).
 - ``prompts``: the distinct prompts, left-padded, for PPO rollouts and the arena.
+- ``preference_pairs``: (prompt, better, worse) with labels on the responses, for DPO
+  (:class:`~lit_safe.data_modules.policy.PreferencePairView`).
 
 The generic machinery (sources, validation, split carving, preparation, streaming, ``predict_file``) is in
 :class:`~lit_safe.data_modules.base.PreparedDataModule`.
@@ -36,16 +47,27 @@ import numpy as np
 import torch
 
 from lit_safe.data_modules.base import PreparedDataModule, prompt_bucket
+from lit_safe.data_modules.formats import (
+    FORMATS,
+    LabelNeeds,
+    check_columns,
+    column_of,
+    detect_format,
+    label_needs,
+    map_columns,
+    missing_labels,
+    normalise_row,
+)
 from lit_safe.data_modules.moderation_view import ModerationView, pku_responses, uses_pair_input
-from lit_safe.data_modules.policy import PromptView, SFTView
+from lit_safe.data_modules.policy import PreferencePairView, PromptView, SFTView
 from lit_safe.data_modules.preparation import SplitReport
 from lit_safe.data_modules.schemas import (
     PKU_HARM_CATEGORIES,
     PKU_SEVERITY_LEVELS,
-    check_pku_saferlhf_row,
     pku_label_notes,
     text_digest,
 )
+from lit_safe.data_modules.sources import DataValidationError
 from lit_safe.data_modules.views import Valid, View, blank_text, count_duplicate_rows, int_fields, text_batch
 from lit_safe.models.text import (
     conversations,
@@ -204,55 +226,92 @@ def pku_sft_pairs(row: dict[str, Any], which: str) -> list[tuple[str, str]]:
     return [(row["prompt"], row[f"response_{k}"]) for k in ids]
 
 
+def pku_preference_pairs(row: dict[str, Any]) -> list[tuple[str, str, str]]:
+    """The (prompt, better response, worse response) a PKU-SafeRLHF row gives the ``preference_pairs`` view (DPO)."""
+    better = row["better_response_id"]
+    return [(row["prompt"], row[f"response_{better}"], row[f"response_{1 - better}"])]
+
+
 class PKUSafeRLHFDataModule(PreparedDataModule):
-    """PKU-SafeRLHF (or any file in its schema), prepared once with litdata and streamed. The 2023 release of the
-    Safe RLHF paper is ``revision: v0`` with ``subset: null``.
+    """PKU-SafeRLHF (or any preference file: PKU-SafeRLHF's schema, TRL explicit-prompt or conversational rows, HH
+    transcripts), prepared once with litdata and streamed. The 2023 release of the Safe RLHF paper is
+    ``revision: v0`` with ``subset: null``.
 
     Args:
         source: ``synthetic`` (the embedded default), a hub id (``PKU-Alignment/PKU-SafeRLHF``), a local
             JSON/JSONL/parquet file, a directory of split files (``train.jsonl``, ``test.jsonl``) or a local clone
             of the hub repository, or an already prepared directory / object-store URL.
         view: which items to build from a row: ``preference`` (reward model), ``safety`` (cost model),
-            ``moderation`` (one item per distinct response, for the moderation model), ``sft`` (policy fine-tuning)
-            or ``prompts`` (distinct prompts for generation).
+            ``moderation`` (one item per distinct response, for the moderation model), ``sft`` (policy fine-tuning),
+            ``prompts`` (distinct prompts for generation) or ``preference_pairs`` (DPO).
         subset: the hub config name (``default``, ``alpaca-7b``, ``alpaca2-7b``, ``alpaca3-8b``); ``None`` for
             the 2023 release.
         synthetic_rows: training rows of the synthetic source (its test split has one eighth as many).
         sft_responses: (``sft`` view) which responses of a row to fine-tune on: ``both``, the ``better`` one
-            (``better_response_id``) or the ``safer`` one (``safer_response_id``).
+            (``better_response_id``; the chosen one of the other formats) or the ``safer`` one
+            (``safer_response_id``); ``auto``: ``both`` for ``pku_saferlhf`` rows, ``better`` (the chosen response)
+            for the chosen/rejected formats.
         ptx: (``prompts`` view) also stream ``sft`` batches of the same source (``sft_responses``), for the PTX term
             of PPO-Lagrangian: training batches become ``{"prompts": ..., "ptx": ...}``, one of each per step, and
             an epoch ends with the shorter stream.
+        format: the rows' format: ``auto`` (detected from the first row whose fields fit one; the report says which),
+            ``pku_saferlhf``, ``prompt_chosen_rejected`` (TRL explicit prompt), ``conversational`` (TRL messages) or
+            ``hh`` (Anthropic HH transcripts); see :mod:`lit_safe.data_modules.formats`. The synthetic source is
+            ``pku_saferlhf``.
+        columns: the file's column name for each field it names differently, e.g. ``{prompt: question, chosen:
+            answer_good, rejected: answer_bad}``; errors name the file's columns.
         **kwargs: the settings every dataset shares (tokenizer, splits, lengths, batches, preparation), as
             :class:`~lit_safe.data_modules.base.PreparedDataModule` describes them.
     """
 
     dataset_name = "pku_saferlhf"
-    views = ("preference", "safety", "moderation", "sft", "prompts")
+    views = ("preference", "safety", "moderation", "sft", "prompts", "preference_pairs")
     has_synthetic = True
 
     def __init__(
         self,
         source: str = "synthetic",
-        view: Literal["preference", "safety", "moderation", "sft", "prompts"] = "preference",
+        view: Literal["preference", "safety", "moderation", "sft", "prompts", "preference_pairs"] = "preference",
         subset: str | None = "default",
         synthetic_rows: int = 4000,
-        sft_responses: Literal["both", "better", "safer"] = "both",
+        sft_responses: Literal["auto", "both", "better", "safer"] = "auto",
         ptx: bool = False,
+        format: Literal["auto", "pku_saferlhf", "prompt_chosen_rejected", "conversational", "hh"] = "auto",
+        columns: dict[str, str] | None = None,
         **kwargs: Any,
     ) -> None:
-        if sft_responses not in ("both", "better", "safer"):
-            raise ValueError(f"sft_responses must be both, better or safer, got {sft_responses!r}")
+        if sft_responses not in ("auto", "both", "better", "safer"):
+            raise ValueError(f"sft_responses must be auto, both, better or safer, got {sft_responses!r}")
         if ptx and view != "prompts":
             raise ValueError(f"ptx streams sft batches beside prompts: it needs view 'prompts', not {view!r}")
-        self.sft_responses = sft_responses
+        if format != "auto" and format not in FORMATS:
+            raise ValueError(f"format must be auto or one of {list(FORMATS)}, got {format!r}")
+        if source == "synthetic" and (format not in ("auto", "pku_saferlhf") or columns):
+            raise ValueError(f"the synthetic source writes pku_saferlhf rows: format {format!r} and columns "
+                             f"{columns!r} do not apply to it")
+        self.declared_format = format
+        self.columns = check_columns(columns)
+        self.row_format: str | None = format if format != "auto" else None  # the format in use, once inspected
         super().__init__(source=source, view=view, subset=subset, synthetic_rows=synthetic_rows, **kwargs)
+
+    @property
+    def sft_responses(self) -> str:
+        """Which responses the ``sft`` view fine-tunes on (``sft_responses``, or the format's default)."""
+        if self.hparams.sft_responses != "auto":
+            return self.hparams.sft_responses
+        return "both" if self.row_format in (None, "pku_saferlhf") else "better"
+
+    def label_needs(self) -> LabelNeeds:
+        """The labels the configured view reads besides the preference."""
+        return label_needs(self.hparams.view, self.sft_responses)
 
     def make_view(self, name: str) -> View:
         if name == "sft":
             return SFTView(lambda row: pku_sft_pairs(row, self.sft_responses))
         if name == "prompts":
             return PromptView()
+        if name == "preference_pairs":
+            return PreferencePairView(pku_preference_pairs)
         if name == "moderation":
             return ModerationView(
                 PKU_HARM_CATEGORIES, pku_responses, severity_levels=len(PKU_SEVERITY_LEVELS), dedup=True,
@@ -296,10 +355,73 @@ class PKUSafeRLHFDataModule(PreparedDataModule):
         return prompts if self.ptx_data is None else min(prompts, self.ptx_data.train_batches())
 
     def view_settings(self) -> dict[str, Any]:
-        return {"sft_responses": self.sft_responses} if self.hparams.view == "sft" else {}
+        # format and columns only when set, and sft_responses auto as both where the rows are surely PKU-SafeRLHF's,
+        # so that the preparations of PKU-SafeRLHF sources keep their fingerprint (with format auto the rows decide
+        # the format, and the fingerprint covers the source already)
+        settings: dict[str, Any] = {}
+        if self.hparams.view == "sft":
+            sft = self.hparams.sft_responses
+            if sft == "auto" and (self.hparams.source == "synthetic" or self.declared_format == "pku_saferlhf"):
+                sft = "both"
+            settings["sft_responses"] = sft
+        if self.declared_format != "auto":
+            settings["format"] = self.declared_format
+        if self.columns:
+            settings["columns"] = self.columns
+        return settings
+
+    def inspect_source(self) -> dict[str, Any]:
+        """Detect the rows' format (``format: auto``) and check that the source has the labels the view reads:
+        a source whose first row has none of them is one error naming the source and the missing fields, raised
+        before anything is prepared. Prints (and returns, for ``meta.json``) the format in use."""
+        hp = self.hparams
+        first: tuple[str, dict[str, Any]] | None = None
+        detected = False
+        if self._source_kind() == "synthetic":
+            self.row_format, how = "pku_saferlhf", "the synthetic source"
+        elif self.declared_format == "auto":
+            rows = self._read(hp.train_split)
+            try:
+                self.row_format, where, mapped = detect_format(rows, self.columns, str(hp.source))
+            finally:
+                rows.close()
+            first, how, detected = (where, mapped), f"detected from {where}", True
+        else:
+            self.row_format, how = self.declared_format, "declared"
+        needs = self.label_needs()
+        if needs.any_labels and self._source_kind() != "synthetic":
+            first = first or self._first_object()
+            missing = missing_labels(first[1], self.row_format, needs) if first is not None else []
+            if missing:
+                view = f"the {hp.view} view" + (" with sft_responses: safer" if hp.view == "sft" else "")
+                names = ", ".join(column_of(name, self.columns) for name in missing)
+                raise DataValidationError(
+                    f"{hp.source}: {view} needs safety labels ({names}) that this source does not have: its first "
+                    f"row ({first[0]}) has only {sorted(first[1])} (format {self.row_format}). Add the labels (map "
+                    "them with `columns` if they are named differently), or use a view that reads none: preference, "
+                    "preference_pairs, sft, prompts."
+                )
+        print(f"Format: {self.row_format} ({how})")
+        return {"row_format": self.row_format, "row_format_detected": detected}
+
+    def _first_object(self) -> tuple[str, dict[str, Any]] | None:
+        """``(location, row column-mapped)`` of the first JSON object of the training split, if any."""
+        rows = self._read(self.hparams.train_split)
+        try:
+            for where, row in rows:
+                if isinstance(row, dict):
+                    return where, map_columns(row, self.columns)
+        finally:
+            rows.close()
+        return None
+
+    def read_row(self, row: Any) -> tuple[Any, list[tuple[str, str]]]:
+        """The row normalised from its format (:func:`~lit_safe.data_modules.formats.normalise_row`; a
+        ``pku_saferlhf`` row is used as it is), with the problems that name the file's columns."""
+        return normalise_row(row, self.row_format or "pku_saferlhf", self.label_needs(), self.columns)
 
     def check_row(self, row: Any) -> list[tuple[str, str]]:
-        return check_pku_saferlhf_row(row)
+        return self.read_row(row)[1]
 
     def row_notes(self, row: dict[str, Any]) -> list[str]:
         return pku_label_notes(row)
@@ -310,4 +432,5 @@ class PKUSafeRLHFDataModule(PreparedDataModule):
         return generate_pku_saferlhf_rows(num_rows, seed=seed)
 
 
-__all__ = ["PKUSafeRLHFDataModule", "PairView", "PreferenceView", "SafetyView", "VIEWS", "prompt_bucket"]
+__all__ = ["PKUSafeRLHFDataModule", "PairView", "PreferenceView", "SafetyView", "VIEWS", "pku_preference_pairs",
+           "pku_sft_pairs", "prompt_bucket"]

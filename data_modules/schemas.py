@@ -50,6 +50,8 @@ PKU_REQUIRED_FIELDS: dict[str, type] = {
     "better_response_id": int,
     "safer_response_id": int,
 }
+# The safety labels among them: required only by the views that read them (safety, moderation, sft of the safer).
+PKU_SAFETY_FIELDS: tuple[str, ...] = ("is_response_0_safe", "is_response_1_safe", "safer_response_id")
 # The 9 fields the 2024 release adds; checked when present.
 PKU_OPTIONAL_FIELDS: dict[str, type] = {
     "prompt_source": str,
@@ -123,11 +125,43 @@ def _check_fields(row: dict, fields: dict[str, Any], prefix: str = "", optional:
     return problems
 
 
-def check_pku_saferlhf_row(row: Any) -> list[tuple[str, str]]:
+def check_harm_categories(
+    value: Any, field: str, categories: tuple[str, ...] = PKU_HARM_CATEGORIES
+) -> list[tuple[str, str]]:
+    """``[(field, problem)]`` of a per-response harm-category dict: exactly the ``categories`` keys, bool values."""
+    if not isinstance(value, dict):
+        return [(field, f"expected dict, got {_type_name(value)} {value!r:.40}")]
+    problems = []
+    unknown = sorted(set(value) - set(categories))
+    missing = sorted(set(categories) - set(value))
+    if unknown:
+        problems.append((field, f"unknown harm categories {unknown}"))
+    if missing:
+        problems.append((field, f"missing harm categories {missing}"))
+    not_bool = sorted(k for k, v in value.items() if not isinstance(v, bool))
+    if not_bool:
+        problems.append((field, f"non-boolean values for {not_bool}"))
+    return problems
+
+
+def check_severity_level(value: Any, field: str) -> list[tuple[str, str]]:
+    """``[(field, problem)]`` of a PKU severity level: an int 0 (safe) to 3 (severe)."""
+    if not _is_type(value, int):
+        return [(field, f"expected int, got {_type_name(value)} {value!r:.40}")]
+    if value not in (0, 1, 2, 3):
+        return [(field, f"expected a severity level 0-3, got {value}")]
+    return []
+
+
+def check_pku_saferlhf_row(row: Any, safety_labels: bool = True) -> list[tuple[str, str]]:
     """Check one PKU-SafeRLHF row (either release) against the schema.
 
     Args:
         row: the decoded JSON object of one row.
+        safety_labels: whether the safety labels (:data:`PKU_SAFETY_FIELDS`: ``is_response_0_safe``,
+            ``is_response_1_safe``, ``safer_response_id``) are required, as the views that read them (``safety``,
+            ``moderation``) need; otherwise they are checked only when present, so that a file without them (e.g.
+            ``PKU-SafeRLHF-single-dimension``) trains a reward model.
 
     Returns:
         ``[(field, problem), ...]``; empty when the row is valid. Semantic disagreements that occur in the real
@@ -135,7 +169,11 @@ def check_pku_saferlhf_row(row: Any) -> list[tuple[str, str]]:
     """
     if not isinstance(row, dict):
         return not_an_object(row)
-    problems = _check_fields(row, PKU_REQUIRED_FIELDS)
+    if safety_labels:
+        problems = _check_fields(row, PKU_REQUIRED_FIELDS)
+    else:
+        problems = _check_fields(row, {k: v for k, v in PKU_REQUIRED_FIELDS.items() if k not in PKU_SAFETY_FIELDS})
+        problems += _check_fields(row, {k: PKU_REQUIRED_FIELDS[k] for k in PKU_SAFETY_FIELDS}, optional=True)
     for name in ("better_response_id", "safer_response_id"):
         value = row.get(name)
         if _is_type(value, int) and value not in (0, 1):
@@ -144,20 +182,12 @@ def check_pku_saferlhf_row(row: Any) -> list[tuple[str, str]]:
         if name not in row or row[name] is None:
             continue
         value = row[name]
-        if not _is_type(value, expected):
-            problems.append((name, f"expected {expected.__name__}, got {_type_name(value)} {value!r:.40}"))
-        elif name.endswith("_severity_level") and value not in (0, 1, 2, 3):
-            problems.append((name, f"expected a severity level 0-3, got {value}"))
+        if name.endswith("_severity_level"):
+            problems += check_severity_level(value, name)
         elif name.endswith("_harm_category"):
-            unknown = sorted(set(value) - set(PKU_HARM_CATEGORIES))
-            missing = sorted(set(PKU_HARM_CATEGORIES) - set(value))
-            if unknown:
-                problems.append((name, f"unknown harm categories {unknown}"))
-            if missing:
-                problems.append((name, f"missing harm categories {missing}"))
-            not_bool = sorted(k for k, v in value.items() if not isinstance(v, bool))
-            if not_bool:
-                problems.append((name, f"non-boolean values for {not_bool}"))
+            problems += check_harm_categories(value, name)
+        elif not _is_type(value, expected):
+            problems.append((name, f"expected {expected.__name__}, got {_type_name(value)} {value!r:.40}"))
     if not problems:
         for k in (0, 1):
             digest = row.get(f"response_{k}_sha256")
@@ -170,18 +200,21 @@ def pku_label_notes(row: dict) -> list[str]:
     """Label disagreements that the real data has in a few rows; counted in the report, never asserted.
 
     Args:
-        row: a row that passed :func:`check_pku_saferlhf_row`.
+        row: a row that passed :func:`check_pku_saferlhf_row` (labels it lacks are not compared).
 
     Returns:
         Names of the disagreements found: ``safety_label_contradiction`` (the safer response is labelled unsafe
         while the other is labelled safe) and ``is_safe_vs_severity`` / ``is_safe_vs_categories`` per response.
     """
     notes: list[str] = []
-    safer = row["safer_response_id"]
-    if not row[f"is_response_{safer}_safe"] and row[f"is_response_{1 - safer}_safe"]:
+    safer = row.get("safer_response_id")
+    labels = [row.get(f"is_response_{k}_safe") for k in (0, 1)]
+    if safer is not None and None not in labels and not labels[safer] and labels[1 - safer]:
         notes.append("safety_label_contradiction")
     for k in (0, 1):
-        is_safe = row[f"is_response_{k}_safe"]
+        is_safe = labels[k]
+        if is_safe is None:
+            continue
         severity = row.get(f"response_{k}_severity_level")
         if severity is not None and is_safe != (severity == 0):
             notes.append("is_safe_vs_severity")

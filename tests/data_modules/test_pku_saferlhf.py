@@ -411,3 +411,50 @@ def test_the_2023_v0_release_reads_with_its_seven_fields(pku_real_file, tmp_path
     report = _module(v0, tmp_path / "prepared", val_fraction=0.1, test_fraction=0.1).prepare()
     assert sum(s.rows_read for s in report.splits.values()) == len(rows)
     assert sum(s.kept for s in report.splits.values()) == len(rows)
+
+
+# ---------------------------------------------------------------------------- rows without safety labels; DPO
+def test_rows_without_safety_labels_train_a_reward_model(pku_real_file, tmp_path):
+    """PKU-SafeRLHF-single-dimension style rows (no safety labels): the preference view gives the items of the
+    labelled rows; a view that reads safety labels is one error naming the file and the fields, before preparing."""
+    rows = _rows(pku_real_file)[:40]
+    unlabelled = [{k: v for k, v in r.items() if k not in ("is_response_0_safe", "is_response_1_safe",
+                                                           "safer_response_id")} for r in rows]
+    labelled_path = _write_jsonl(tmp_path / "labelled.jsonl", rows)
+    path = _write_jsonl(tmp_path / "unlabelled.jsonl", unlabelled)
+    split = {"val_fraction": 0.0, "test_fraction": 0.0}
+    labelled = _module(labelled_path, tmp_path / "prepared", **split)
+    labelled.prepare()
+    dm = _module(path, tmp_path / "prepared", **split)
+    assert dm.prepare().splits["train"].kept == 40
+    expected = _items(labelled.prepared_location(), "train")
+    got = _items(dm.prepared_location(), "train")
+    assert [[np.asarray(v).tolist() for v in i.values()] for i in got] == \
+        [[np.asarray(v).tolist() for v in i.values()] for i in expected]
+    for view in ("safety", "moderation"):
+        with pytest.raises(DataValidationError) as err:
+            _module(path, tmp_path / "other", view=view, **split).prepare()
+        assert str(err.value).startswith(f"{path}: the {view} view needs safety labels (is_response_0_safe, "
+                                         "is_response_1_safe, safer_response_id)")
+        assert not (tmp_path / "other").exists() or not any((tmp_path / "other").iterdir())
+
+
+def test_preference_pairs_view_for_dpo(pku_real_file, tmp_path, tiny_tokenizer):
+    rows = _rows(pku_real_file)[:12]
+    path = _write_jsonl(tmp_path / "rows.jsonl", rows)
+    dm = _module(path, tmp_path / "prepared", view="preference_pairs", max_length=4096, val_fraction=0.0,
+                 test_fraction=0.0, batch_size=4)
+    assert dm.prepare().splits["train"].kept == 12
+    eos = tiny_tokenizer.eos_token_id
+    for item in _items(dm.prepared_location(), "train"):
+        row = rows[int(item["row"])]
+        better, n = row["better_response_id"], int(item["prompt_length"])
+        prompt = tiny_tokenizer(TEMPLATE.replace("{prompt}", row["prompt"]))["input_ids"]
+        assert item["chosen"][:n].tolist() == item["rejected"][:n].tolist() == prompt
+        for key, k in (("chosen", better), ("rejected", 1 - better)):
+            response = tiny_tokenizer(row[f"response_{k}"], add_special_tokens=False)["input_ids"]
+            assert item[key][n:].tolist() == [*response, eos]
+    dm.setup("fit")
+    batch = next(iter(dm.train_dataloader()))
+    assert batch["input_ids"].shape[0] == 2 * batch["row"].shape[0] == 8
+    assert (batch["labels"][:, :1] == -100).all()  # the prompt is masked in the DPO loss

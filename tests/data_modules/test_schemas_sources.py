@@ -309,3 +309,31 @@ def test_local_splits_two_files_for_one_split(tmp_path, real_rows):
     (tmp_path / "train.json").write_text(json.dumps(real_rows[:1]))
     with pytest.raises(DataValidationError, match="train"):
         sources.local_splits(tmp_path)
+
+
+# ------------------------------------------------------------------------------------ safety labels when needed
+def test_safety_labels_are_required_only_when_asked(real_rows):
+    """A row without the safety labels (PKU-SafeRLHF-single-dimension) is valid for views that do not read them; the
+    labels it does carry are still checked."""
+    unlabelled = {k: v for k, v in real_rows[0].items() if k not in schemas.PKU_SAFETY_FIELDS}
+    assert check_pku_saferlhf_row(unlabelled, safety_labels=False) == []
+    assert [field for field, _ in check_pku_saferlhf_row(unlabelled)] == list(schemas.PKU_SAFETY_FIELDS)
+    assert check_pku_saferlhf_row({**unlabelled, "is_response_1_safe": "no"}, safety_labels=False) == [
+        ("is_response_1_safe", "expected bool, got str 'no'")]
+    assert check_pku_saferlhf_row({**unlabelled, "safer_response_id": 2}, safety_labels=False) == [
+        ("safer_response_id", "expected 0 or 1, got 2")]
+    # the preference label is always required
+    del unlabelled["better_response_id"]
+    assert check_pku_saferlhf_row(unlabelled, safety_labels=False) == [("better_response_id", "missing required field")]
+
+
+def test_label_notes_skip_labels_a_row_lacks(real_rows):
+    row = copy.deepcopy(next(r for r in real_rows if r["is_response_0_safe"] != r["is_response_1_safe"]))
+    row["safer_response_id"] = 0 if not row["is_response_0_safe"] else 1  # a contradiction, when labelled
+    assert pku_label_notes(row) == ["safety_label_contradiction"]
+    del row["is_response_1_safe"]
+    assert pku_label_notes(row) == []  # nothing to compare the safer label with
+    row["response_0_severity_level"] = 0 if not row["is_response_0_safe"] else 2
+    assert pku_label_notes(row) == ["is_safe_vs_severity"]  # response 0 still has its own label
+    del row["is_response_0_safe"], row["safer_response_id"]
+    assert pku_label_notes(row) == []
