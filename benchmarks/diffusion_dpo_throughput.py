@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> None:
     for objective in args.objectives:
         for reference in args.references if objective == "dpo" else ["none"]:
             module = DiffusionDPOModule(backbone=args.model, objective=objective,
-                                        reference=reference if reference != "none" else "copy", lr=1e-5)
+                                        reference=reference if reference != "none" else "copy")
             module.configure_model()
             module.to(device)
             model = module.model

@@ -473,7 +473,7 @@ def part_a_cli(tmp: Path) -> None:
             record["stderr_tail"] = result["stderr"][-1500:]
         emit(record)
 
-    case("nan_training", ["--model.init_args.lr", "1000", "--trainer.max_steps", "40"], ["step"], "",
+    case("nan_training", ["--model.init_args.optimizer.lr", "1000", "--trainer.max_steps", "40"], ["step"], "",
          check_export=True)
     missing = str(tmp / "no" / "such" / "model")
     case("backbone_path_missing", ["--model.init_args.backbone", missing], [missing], "")

@@ -19,6 +19,7 @@ import json
 import os
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -71,7 +72,7 @@ def throughput(
 
     from lit_safe.data_modules.pku_saferlhf import PKUSafeRLHFDataModule
     from lit_safe.models.tokenizer import load_tokenizer
-    from lit_safe.modules.reward import RewardModule
+    from lit_safe.modules.reward import DEFAULT_OPTIMIZER, RewardModule
 
     class Window(Callback):
         """Counts tokens and wall time of the steps after ``warmup`` (GPU synchronised at both ends)."""
@@ -114,7 +115,7 @@ def throughput(
     data = PKUSafeRLHFDataModule(tokenizer=str(path), synthetic_rows=rows, max_length=512, batch_size=batch_size,
                                  num_workers=2, group_size=64, pad_to_multiple_of=8, pack_pairs=pack_pairs,
                                  prepared_dir=str(work / "prepared"))
-    model = RewardModule(backbone=str(path), lr=1e-5, warmup_ratio=0.0)
+    model = RewardModule(backbone=str(path), optimizer=replace(DEFAULT_OPTIMIZER, lr=1e-5, warmup_ratio=0.0))
     window = Window()
     trainer = Trainer(accelerator="gpu", devices=devices, precision="bf16-mixed",
                       strategy=ModelParallelStrategy(data_parallel_size=devices, tensor_parallel_size=1),

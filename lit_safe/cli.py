@@ -32,6 +32,7 @@ Checkpoints are written atomically (:mod:`lit_safe.checkpointing`): a kill leave
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -149,7 +150,7 @@ class LitSafeCLI(LightningCLI):
             raise CheckpointError(f"{ckpt_path} is a {_class_name(saved_class)} checkpoint, but the config {verb} "
                                   f"{_class_name(configured)}")
 
-        given = dict(model.get("init_args") or {}) if model is not None else {}
+        given = model["init_args"].as_dict() if model is not None and model.get("init_args") is not None else {}
         differ = {key: (hparams[key], value) for key, value in given.items()
                   if key in hparams and value is not None and _text(value) != _text(hparams[key])}
         if differ:
@@ -175,7 +176,9 @@ class LitSafeCLI(LightningCLI):
 
 
 def _text(value: Any) -> str:
-    return json.dumps(value, default=str)  # tuples and lists compare equal
+    """A comparable text of a setting: tuples and lists compare equal, a settings dataclass as its fields."""
+    return json.dumps(value, default=lambda v: dataclasses.asdict(v) if dataclasses.is_dataclass(v) else str(v),
+                      sort_keys=True)
 
 
 def _class_name(class_path: str) -> str:

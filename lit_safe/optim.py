@@ -2,17 +2,61 @@
 comes in as a number, counted by :meth:`lit_safe.modules.base.BackboneModule.optimizer_steps`).
 
 Safe RLHF's recipe: AdamW with betas (0.9, 0.95), no weight decay on biases and normalisation weights, and a
-cosine (or constant) schedule after a linear warm-up over a share of the total optimiser steps.
+cosine (or constant) schedule after a linear warm-up over a share of the total optimiser steps. The trainers take
+these settings as one argument group, :class:`OptimizerSettings`, each with its reference script's defaults.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Literal
 
 import torch
 from torch import nn
+
+LR_SCHEDULES = ("cosine", "constant")
+
+
+@dataclass(frozen=True)
+class OptimizerSettings:
+    """AdamW with a linear warm-up then a cosine or constant learning-rate schedule, and gradient clipping: the
+    ``optimizer`` argument group of the trainers (``--model.optimizer.lr 1e-4``; in a config, ``optimizer:`` with
+    the fields to change under the model's ``init_args``). Each trainer's default is the reference script's for it;
+    fields a config leaves out keep that trainer's defaults. The checkpoints of a trainer built in Python store it
+    among their hyperparameters (LightningCLI stores the config's plain values), so it is registered for
+    ``torch.load(weights_only=True)``.
+
+    Args:
+        lr: peak learning rate.
+        weight_decay: AdamW weight decay (not applied to biases and norms).
+        betas: AdamW betas.
+        warmup_ratio: share of the optimiser steps spent warming up linearly.
+        lr_schedule: ``cosine`` or ``constant`` after warm-up.
+        max_grad_norm: clip gradients to this global norm (``None``: measure only).
+    """
+
+    lr: float = 2e-5
+    weight_decay: float = 0.0
+    betas: tuple[float, float] = (0.9, 0.95)
+    warmup_ratio: float = 0.03
+    lr_schedule: Literal["cosine", "constant"] = "cosine"
+    max_grad_norm: float | None = 1.0
+
+    def __post_init__(self) -> None:
+        """Refuse the first setting out of range with a ValueError that names it (``not >=`` also refuses NaN)."""
+        for name in ("lr", "weight_decay", "warmup_ratio"):
+            if not getattr(self, name) >= 0:
+                raise ValueError(f"optimizer: {name} must be >= 0, got {getattr(self, name)}")
+        if self.max_grad_norm is not None and not self.max_grad_norm > 0:
+            raise ValueError(f"optimizer: max_grad_norm must be > 0, got {self.max_grad_norm}")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ValueError(f"optimizer: lr_schedule must be 'cosine' or 'constant', got {self.lr_schedule!r}")
+        object.__setattr__(self, "betas", tuple(self.betas))  # a list from Python or YAML compares and saves alike
+
+
+torch.serialization.add_safe_globals([OptimizerSettings])
 
 
 def decay_groups(named_parameters: Iterable[tuple[str, nn.Parameter]], weight_decay: float) -> list[dict]:
@@ -55,7 +99,7 @@ def adamw_with_schedule(
     schedule: Literal["cosine", "constant"] = "cosine",
 ) -> tuple[torch.optim.AdamW, torch.optim.lr_scheduler.LambdaLR]:
     """AdamW over decay groups plus a per-step warm-up schedule (for ``configure_optimizers``)."""
-    if schedule not in ("cosine", "constant"):
+    if schedule not in LR_SCHEDULES:
         raise ValueError(f"lr schedule must be 'cosine' or 'constant', got {schedule!r}")
     optimizer = torch.optim.AdamW(decay_groups(named_parameters, weight_decay), lr=lr, betas=betas)
     warmup = int(round(warmup_ratio * total_steps))

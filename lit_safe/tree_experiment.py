@@ -38,6 +38,7 @@ import math
 import os
 import time
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -538,13 +539,13 @@ def _train_reward_model(pairs_file: Path, backbone: str, workdir: Path, *, seed:
     from lightning.pytorch import Trainer
 
     from lit_safe.data_modules.tree_preference import TreePreferenceDataModule
-    from lit_safe.modules.reward import RewardModule
+    from lit_safe.modules.reward import DEFAULT_OPTIMIZER, RewardModule
 
     data = TreePreferenceDataModule(tokenizer=backbone, source=str(pairs_file), val_fraction=0.0, test_split=None,
                                     prompt_template=template, max_length=max_length, batch_size=batch_size,
                                     num_workers=0, group_size=8, prepared_dir=str(workdir / "prepared"), seed=seed)
-    module = RewardModule(backbone=backbone, loss_type=loss_type, lr=lr, weight_decay=weight_decay,
-                          warmup_ratio=warmup_ratio)
+    optimizer = replace(DEFAULT_OPTIMIZER, lr=lr, weight_decay=weight_decay, warmup_ratio=warmup_ratio)
+    module = RewardModule(backbone=backbone, loss_type=loss_type, optimizer=optimizer)
     trainer = Trainer(accelerator=accelerator, devices=1, precision=precision, max_epochs=epochs, logger=False,
                       enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
                       num_sanity_val_steps=0, default_root_dir=str(workdir))

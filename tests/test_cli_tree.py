@@ -86,7 +86,8 @@ def test_reward_and_cost_models_fit_on_tree_pairs_through_lightning_cli(tmp_path
     run(["tree-pairs", "--trees", str(trees_file), "--budget", "48", "--gold_cost", "synthetic",
          "--output", str(pairs_file)])
     for module, view in (("reward.RewardModule", "preference"), ("cost.CostModule", "safety")):
-        cli = run(["fit", "--model", f"lit_safe.modules.{module}", "--model.backbone", "tiny", "--model.lr", "0.002",
+        cli = run(["fit", "--model", f"lit_safe.modules.{module}", "--model.backbone", "tiny",
+                   "--model.optimizer.lr", "0.002",
                    "--data", "lit_safe.data_modules.tree_preference.TreePreferenceDataModule",
                    "--data.source", str(pairs_file), "--data.view", view, "--data.num_workers", "0",
                    "--data.batch_size", "8", "--data.test_split", "null", "--data.val_fraction", "0.0",

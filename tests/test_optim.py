@@ -1,17 +1,19 @@
-"""Tests of lit_safe.optim: weight-decay groups, the warm-up schedule and AdamW + LambdaLR."""
+"""Tests of lit_safe.optim: weight-decay groups, the warm-up schedule, AdamW + LambdaLR and the settings group."""
 
 import os
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
+import io
 import math
+from dataclasses import replace
 
 import pytest
 import torch
 from torch import nn
 from transformers.models.llama.modeling_llama import LlamaRMSNorm
 
-from lit_safe.optim import adamw_with_schedule, decay_groups, warmup_schedule_factor
+from lit_safe.optim import OptimizerSettings, adamw_with_schedule, decay_groups, warmup_schedule_factor
 
 
 class TinyBlock(nn.Module):
@@ -167,3 +169,34 @@ def test_total_optimizer_steps():
     assert total_optimizer_steps(max_steps=50, max_epochs=-1, batches_per_epoch=10) == 50
     with pytest.raises(ValueError, match="max_steps or max_epochs"):
         total_optimizer_steps(max_steps=-1, max_epochs=None, batches_per_epoch=10)
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("lr", -0.1, "optimizer: lr must be >= 0, got -0.1"),
+    ("lr", float("nan"), "optimizer: lr must be >= 0, got nan"),
+    ("weight_decay", -1.0, "optimizer: weight_decay must be >= 0, got -1.0"),
+    ("warmup_ratio", -0.5, "optimizer: warmup_ratio must be >= 0, got -0.5"),
+    ("max_grad_norm", 0.0, "optimizer: max_grad_norm must be > 0, got 0.0"),
+    ("lr_schedule", "linear", "optimizer: lr_schedule must be 'cosine' or 'constant', got 'linear'"),
+])
+def test_optimizer_settings_refuse_a_setting_out_of_range_by_name(field, value, message):
+    with pytest.raises(ValueError, match=message):
+        OptimizerSettings(**{field: value})
+    with pytest.raises(ValueError, match=message):  # also when one field of a trainer's defaults is changed
+        replace(OptimizerSettings(weight_decay=0.1), **{field: value})
+
+
+def test_optimizer_settings_accept_no_clipping_and_keep_betas_a_tuple():
+    settings = OptimizerSettings(max_grad_norm=None, betas=[0.9, 0.999])
+    assert settings.max_grad_norm is None and settings.betas == (0.9, 0.999)
+    assert replace(settings, lr=1e-3) == OptimizerSettings(lr=1e-3, max_grad_norm=None, betas=(0.9, 0.999))
+
+
+def test_optimizer_settings_load_from_a_weights_only_checkpoint():
+    """Trainer checkpoints keep the settings among their hyperparameters; Lightning and LightningCLI read them with
+    ``torch.load(weights_only=True)``."""
+    buffer = io.BytesIO()
+    settings = OptimizerSettings(lr=1e-6, weight_decay=0.05, lr_schedule="constant")
+    torch.save({"hyper_parameters": {"optimizer": settings}}, buffer)
+    buffer.seek(0)
+    assert torch.load(buffer, weights_only=True)["hyper_parameters"]["optimizer"] == settings

@@ -5,8 +5,8 @@ end, a guard against non-finite steps and weights, and a private random stream f
 so that a killed run resumes exactly.
 
 Subclasses call :meth:`BackboneModule.save_checked_hyperparameters` in ``__init__``, build ``self.model`` in
-``configure_model`` and call :meth:`BackboneModule.shard` on it; their ``hparams`` carry ``lr``, ``weight_decay``,
-``betas``, ``warmup_ratio``, ``lr_schedule``, ``max_grad_norm`` and ``max_nonfinite_steps``.
+``configure_model`` and call :meth:`BackboneModule.shard` on it; their ``__init__`` takes ``optimizer`` (a
+:class:`lit_safe.optim.OptimizerSettings`: AdamW, its schedule and ``max_grad_norm``) and ``max_nonfinite_steps``.
 
 Statistics: a trainer keeps one stats object per stage it measures (``train_stats``, ``val_stats``, ``test_stats``;
 the :class:`lit_safe.metrics.StageStats` protocol) and, as a :class:`StageStatsModule`, an ``evaluation_step`` (one
@@ -46,7 +46,7 @@ from lit_safe.models.moderation_model import validate_decision
 from lit_safe.models.score_model import build_score_model, export_score_model, score_pairs
 from lit_safe.models.sharding import apply_fsdp2, clip_grad_norm, nonfinite_tensors
 from lit_safe.models.tokenizer import tokenizer_fingerprint
-from lit_safe.optim import adamw_with_schedule, total_optimizer_steps
+from lit_safe.optim import OptimizerSettings, adamw_with_schedule, total_optimizer_steps
 
 
 class NonFiniteError(RuntimeError):
@@ -77,6 +77,9 @@ class BackboneModule(LightningModule):
     model: torch.nn.Module | None
     tokenizer: object
     default_max_nonfinite_steps = 3
+    #: AdamW, its schedule and gradient clipping: the ``optimizer`` argument, kept by
+    #: :meth:`save_checked_hyperparameters` (``None`` in a trainer with optimisers of its own, PPO-Lagrangian)
+    optimizer_settings: OptimizerSettings | None = None
     #: the data module views (its ``hparams.view``) this trainer reads; another one is refused in ``setup`` (a pair
     #: view fed to the wrong trainer would train it backwards without an error). Data modules without views pass.
     views: tuple[str, ...] = ()
@@ -92,16 +95,18 @@ class BackboneModule(LightningModule):
 
     def save_checked_hyperparameters(self, non_negative: tuple[str, ...] = (), positive: tuple[str, ...] = ()) -> None:
         """Save the calling ``__init__``'s arguments as hyperparameters (``self.hparams``), after refusing the first
-        one out of range with a ValueError that names it: ``lr``, ``weight_decay``, the ``non_negative`` ones and
-        ``warmup_ratio`` must be >= 0, ``max_grad_norm`` and the ``positive`` ones > 0 (``None`` passes),
-        ``max_nonfinite_steps`` an integer >= 1. Call at the top of ``__init__``, before anything is built."""
+        one out of range with a ValueError that names it: the ``non_negative`` ones must be >= 0, the ``positive``
+        ones > 0 (``None`` passes), ``max_nonfinite_steps`` an integer >= 1 (the ``optimizer`` settings check
+        themselves). Call at the top of ``__init__``, before anything is built."""
         frame = inspect.currentframe().f_back  # the __init__'s, whose arguments save_hyperparameters collects too
         args = frame.f_locals
         owner = type(self).__name__
-        check_hparams(owner, non_negative={k: args[k] for k in ("lr", "weight_decay", *non_negative, "warmup_ratio")},
-                      positive={k: args[k] for k in ("max_grad_norm", *positive)})
+        check_hparams(owner, non_negative={k: args[k] for k in non_negative}, positive={k: args[k] for k in positive})
         check_max_nonfinite_steps(owner, args["max_nonfinite_steps"])
         self.save_hyperparameters(frame=frame)
+        # The settings object itself: under LightningCLI, hparams keep the config's plain values (here a dict, which
+        # is also what loads a LightningCLI checkpoint back through jsonargparse).
+        self.optimizer_settings = args["optimizer"]
 
     @property
     def datamodule(self):
@@ -137,12 +142,13 @@ class BackboneModule(LightningModule):
         return self.trainer.model if self._trainer is not None else self
 
     def configure_optimizers(self):
-        """AdamW over decay groups and a per-step warm-up schedule from the module's ``lr``, ``weight_decay``,
-        ``betas``, ``warmup_ratio`` and ``lr_schedule`` hyperparameters, as long as :meth:`optimizer_steps`."""
-        hp = self.hparams
+        """AdamW over decay groups and a per-step warm-up schedule from the module's ``optimizer`` settings, as long
+        as :meth:`optimizer_steps`."""
+        settings = self.optimizer_settings
         optimizer, scheduler = adamw_with_schedule(
-            self.model.named_parameters(), lr=hp.lr, weight_decay=hp.weight_decay, betas=tuple(hp.betas),
-            total_steps=max(1, self.optimizer_steps()), warmup_ratio=hp.warmup_ratio, schedule=hp.lr_schedule)
+            self.model.named_parameters(), lr=settings.lr, weight_decay=settings.weight_decay,
+            betas=tuple(settings.betas), total_steps=max(1, self.optimizer_steps()),
+            warmup_ratio=settings.warmup_ratio, schedule=settings.lr_schedule)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     def optimizer_steps(self) -> int:
@@ -176,7 +182,7 @@ class BackboneModule(LightningModule):
             self._last_loss = loss.detach()
 
     def on_before_optimizer_step(self, optimizer) -> None:
-        norm = clip_grad_norm(self.trainer.model, self.model.parameters(), self.hparams.max_grad_norm)
+        norm = clip_grad_norm(self.trainer.model, self.model.parameters(), self.optimizer_settings.max_grad_norm)
         self.log("train/grad_norm", norm)
         loss_finite = self._loss_finite if self._loss_finite is not None else torch.tensor(True)
         scaler = getattr(self.trainer.precision_plugin, "scaler", None)
@@ -219,8 +225,11 @@ class BackboneModule(LightningModule):
                        f"{self.nonfinite_in_a_row} in a row of at most {limit}")
 
     def _lr_text(self) -> str:
-        names = [k for k in self.hparams if k == "lr" or k.endswith("_lr")]
-        return ", ".join(f"{k}={self.hparams[k]}" for k in names) or "lr"
+        """The learning rates of the error messages: ``lr=`` of the ``optimizer`` settings, or the ``*_lr``
+        hyperparameters of a trainer with optimisers of its own (PPO-Lagrangian)."""
+        if self.optimizer_settings is not None:
+            return f"lr={self.optimizer_settings.lr}"
+        return ", ".join(f"{k}={v}" for k, v in self.hparams.items() if k.endswith("_lr")) or "lr"
 
     def check_finite_weights(self, when: str) -> None:
         """Raise :class:`NonFiniteError` when a parameter or buffer is not finite on any rank (a collective)."""

@@ -24,8 +24,12 @@ from lit_safe.metrics import CostStats
 from lit_safe.models.score_model import ScoreModel
 from lit_safe.models.tokenizer import load_tokenizer
 from lit_safe.modules.base import ScoreTrainer
+from lit_safe.optim import OptimizerSettings
 
 COST_SIGN = "positive means unsafe"
+
+#: the reference script's AdamW settings, those of the reward model
+DEFAULT_OPTIMIZER = OptimizerSettings(weight_decay=0.1)
 
 
 class CostModule(ScoreTrainer):
@@ -37,12 +41,7 @@ class CostModule(ScoreTrainer):
         revision: hub revision of the backbone.
         dtype: parameter dtype (``float32``; use ``bfloat16`` only with ``precision: bf16-true``).
         l2_coeff: weight of the L2 term on costs (eta).
-        lr: peak learning rate.
-        weight_decay: AdamW weight decay (not applied to biases and norms).
-        betas: AdamW betas.
-        warmup_ratio: share of the optimiser steps spent warming up linearly.
-        lr_schedule: ``cosine`` or ``constant`` after warm-up.
-        max_grad_norm: clip gradients to this global norm (``None``: measure only).
+        optimizer: AdamW, its learning-rate schedule and gradient clipping (defaults: the reference script's).
         normalize_scores: scale costs by their running standard deviation (the sign is kept).
         normalizer_momentum: ``None`` for exact running statistics, or an EMA momentum.
         gradient_checkpointing: recompute activations in backward (for big models).
@@ -60,12 +59,7 @@ class CostModule(ScoreTrainer):
         revision: str | None = None,
         dtype: Literal["float32", "bfloat16", "float16"] = "float32",
         l2_coeff: float = 1e-3,
-        lr: float = 2e-5,
-        weight_decay: float = 0.1,
-        betas: tuple[float, float] = (0.9, 0.95),
-        warmup_ratio: float = 0.03,
-        lr_schedule: Literal["cosine", "constant"] = "cosine",
-        max_grad_norm: float | None = 1.0,
+        optimizer: OptimizerSettings = DEFAULT_OPTIMIZER,
         normalize_scores: bool = False,
         normalizer_momentum: float | None = None,
         gradient_checkpointing: bool = False,

@@ -67,9 +67,16 @@ from lit_safe.models.video_diffusion import (
     shard_unet,
 )
 from lit_safe.modules.base import StageStatsModule
+from lit_safe.optim import OptimizerSettings
 
 EVAL_METRICS = ("loss", "dpo_loss", "implicit_accuracy", "error_gap", "reward_margin", "policy_error_w",
                 "policy_error_l", "ref_error_w", "ref_error_l", "safe_preference_accuracy")
+#: the reference trainers' AdamW settings: lr 1e-5 (align-anything's video DPO and the diffusers example's runs;
+#: Salesforce's launchers use 1e-8 scaled by their 2048-pair batch), weight decay 1e-2 (not on biases and norms)
+#: and betas (0.9, 0.999) as the diffusers training scripts, and Salesforce's constant schedule after a warm-up
+#: over a quarter of the steps (500 of 2000)
+DEFAULT_OPTIMIZER = OptimizerSettings(lr=1e-5, weight_decay=1e-2, betas=(0.9, 0.999), warmup_ratio=0.25,
+                                      lr_schedule="constant")
 
 
 class DiffusionDPOModule(StageStatsModule):
@@ -89,13 +96,8 @@ class DiffusionDPOModule(StageStatsModule):
             trained; the reference is the UNet with adapters disabled).
         lora_rank: LoRA rank (``reference: lora``).
         lora_alpha: LoRA alpha (default: the rank, i.e. scaling 1).
-        lr: peak learning rate (1e-5 as align-anything's video DPO and the diffusers example's runs; Salesforce's
-            launchers use 1e-8 scaled by their 2048-pair batch).
-        weight_decay: AdamW weight decay, not applied to biases and norms (1e-2, the diffusers training scripts').
-        betas: AdamW betas (the diffusers training scripts').
-        warmup_ratio: share of the optimiser steps spent warming up linearly (Salesforce: 500 of 2000 steps).
-        lr_schedule: ``constant`` (as Salesforce) or ``cosine`` after warm-up.
-        max_grad_norm: clip gradients to this global norm (``None``: measure only).
+        optimizer: AdamW, its learning-rate schedule and gradient clipping (defaults: the reference trainers', with
+            their sources at ``DEFAULT_OPTIMIZER``).
         gradient_checkpointing: recompute the UNet blocks' activations in backward.
         diffusion_seed: seed of the ``tiny`` preset, of the LoRA initialisation and of the evaluation noise
             (``diffusion_seed + batch_idx``) (not ``seed``: the data module has that hyperparameter, and Lightning
@@ -118,12 +120,7 @@ class DiffusionDPOModule(StageStatsModule):
         reference: Literal["copy", "lora"] = "copy",
         lora_rank: int = 8,
         lora_alpha: float | None = None,
-        lr: float = 1e-5,
-        weight_decay: float = 1e-2,
-        betas: tuple[float, float] = (0.9, 0.999),
-        warmup_ratio: float = 0.25,
-        lr_schedule: Literal["cosine", "constant"] = "constant",
-        max_grad_norm: float | None = 1.0,
+        optimizer: OptimizerSettings = DEFAULT_OPTIMIZER,
         gradient_checkpointing: bool = False,
         diffusion_seed: int = 0,
         max_nonfinite_steps: int = 3,

@@ -42,6 +42,10 @@ from lit_safe.models.backbone import load_backbone
 from lit_safe.models.sharding import export_causal_lm
 from lit_safe.models.tokenizer import load_tokenizer
 from lit_safe.modules.base import StageStatsModule
+from lit_safe.optim import OptimizerSettings
+
+#: the reference DPO script's AdamW settings (see the module docstring)
+DEFAULT_OPTIMIZER = OptimizerSettings(lr=1e-6, weight_decay=0.05)
 
 #: the metrics of a step (:meth:`DPOModule.model_step`), each a mean over the batch's pairs
 DPO_METRICS = ("loss", "accuracy", "reward_chosen", "reward_rejected", "reward_margin", "logps_chosen",
@@ -57,12 +61,7 @@ class DPOModule(StageStatsModule):
         revision: hub revision of the backbone.
         dtype: parameter dtype of policy and reference.
         beta: inverse temperature of the implicit reward (how strongly the policy is held near the reference).
-        lr: peak learning rate.
-        weight_decay: AdamW weight decay (not applied to biases and norms).
-        betas: AdamW betas.
-        warmup_ratio: share of the optimiser steps spent warming up linearly.
-        lr_schedule: ``cosine`` or ``constant`` after warm-up.
-        max_grad_norm: clip gradients to this global norm (``None``: measure only).
+        optimizer: AdamW, its learning-rate schedule and gradient clipping (defaults: the reference script's).
         gradient_checkpointing: recompute the policy's activations in backward (for big models).
         max_nonfinite_steps: optimiser steps in a row whose loss or gradient norm is not finite (each is skipped)
             before training stops with an error.
@@ -76,12 +75,7 @@ class DPOModule(StageStatsModule):
         revision: str | None = None,
         dtype: Literal["float32", "bfloat16", "float16"] = "float32",
         beta: float = 0.1,
-        lr: float = 1e-6,
-        weight_decay: float = 0.05,
-        betas: tuple[float, float] = (0.9, 0.95),
-        warmup_ratio: float = 0.03,
-        lr_schedule: Literal["cosine", "constant"] = "cosine",
-        max_grad_norm: float | None = 1.0,
+        optimizer: OptimizerSettings = DEFAULT_OPTIMIZER,
         gradient_checkpointing: bool = False,
         max_nonfinite_steps: int = 3,
     ) -> None:

@@ -31,6 +31,10 @@ from lit_safe.losses import moderation_loss
 from lit_safe.models.moderation_model import ModerationModel, ModerationOutput, build_moderation_model
 from lit_safe.models.tokenizer import load_tokenizer
 from lit_safe.modules.base import ModerationTrainer
+from lit_safe.optim import OptimizerSettings
+
+#: AdamW settings of classifier fine-tuning: weight decay 0.01, betas (0.9, 0.999), 6% warm-up
+DEFAULT_OPTIMIZER = OptimizerSettings(weight_decay=0.01, betas=(0.9, 0.999), warmup_ratio=0.06)
 
 
 class ModerationModule(ModerationTrainer):
@@ -52,12 +56,7 @@ class ModerationModule(ModerationTrainer):
         flag_min_severity: lowest severity the ``severity`` rule flags (1 minor, 2 moderate, 3 severe).
         category_thresholds: per-category detection thresholds: one number for all, or ``{category: threshold}``
             (unnamed categories use 0.5).
-        lr: peak learning rate.
-        weight_decay: AdamW weight decay (not applied to biases and norms).
-        betas: AdamW betas.
-        warmup_ratio: share of the optimiser steps spent warming up linearly.
-        lr_schedule: ``cosine`` or ``constant`` after warm-up.
-        max_grad_norm: clip gradients to this global norm (``None``: measure only).
+        optimizer: AdamW, its learning-rate schedule and gradient clipping (defaults: ``DEFAULT_OPTIMIZER``).
         gradient_checkpointing: recompute activations in backward (for big models).
         max_nonfinite_steps: optimiser steps in a row whose loss or gradient norm is not finite (each is skipped)
             before training stops with an error.
@@ -79,12 +78,7 @@ class ModerationModule(ModerationTrainer):
         flag_threshold: float = 0.5,
         flag_min_severity: int = 1,
         category_thresholds: float | dict[str, float] = 0.5,
-        lr: float = 2e-5,
-        weight_decay: float = 0.01,
-        betas: tuple[float, float] = (0.9, 0.999),
-        warmup_ratio: float = 0.06,
-        lr_schedule: Literal["cosine", "constant"] = "cosine",
-        max_grad_norm: float | None = 1.0,
+        optimizer: OptimizerSettings = DEFAULT_OPTIMIZER,
         gradient_checkpointing: bool = False,
         max_nonfinite_steps: int = 3,
     ) -> None:

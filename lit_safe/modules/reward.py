@@ -23,6 +23,10 @@ from lit_safe.metrics import ScoreStats
 from lit_safe.models.score_model import ScoreModel
 from lit_safe.models.tokenizer import load_tokenizer
 from lit_safe.modules.base import ScoreTrainer
+from lit_safe.optim import OptimizerSettings
+
+#: the reference script's AdamW settings (see the module docstring)
+DEFAULT_OPTIMIZER = OptimizerSettings(weight_decay=0.1)
 
 
 class RewardModule(ScoreTrainer):
@@ -35,12 +39,7 @@ class RewardModule(ScoreTrainer):
         dtype: parameter dtype (``float32``; use ``bfloat16`` only with ``precision: bf16-true``).
         loss_type: ``sequence`` (end scores) or ``token`` (every token from the first differing one).
         l2_coeff: weight of the L2 term on scores (eta).
-        lr: peak learning rate.
-        weight_decay: AdamW weight decay (not applied to biases and norms).
-        betas: AdamW betas.
-        warmup_ratio: share of the optimiser steps spent warming up linearly.
-        lr_schedule: ``cosine`` or ``constant`` after warm-up.
-        max_grad_norm: clip gradients to this global norm (``None``: measure only).
+        optimizer: AdamW, its learning-rate schedule and gradient clipping (defaults: the reference script's).
         normalize_scores: normalise the model's scores with running statistics (kept and exported either way).
         normalizer_momentum: ``None`` for exact running statistics, or an EMA momentum.
         gradient_checkpointing: recompute activations in backward (for big models).
@@ -59,12 +58,7 @@ class RewardModule(ScoreTrainer):
         dtype: Literal["float32", "bfloat16", "float16"] = "float32",
         loss_type: Literal["sequence", "token"] = "sequence",
         l2_coeff: float = 1e-3,
-        lr: float = 2e-5,
-        weight_decay: float = 0.1,
-        betas: tuple[float, float] = (0.9, 0.95),
-        warmup_ratio: float = 0.03,
-        lr_schedule: Literal["cosine", "constant"] = "cosine",
-        max_grad_norm: float | None = 1.0,
+        optimizer: OptimizerSettings = DEFAULT_OPTIMIZER,
         normalize_scores: bool = False,
         normalizer_momentum: float | None = None,
         gradient_checkpointing: bool = False,

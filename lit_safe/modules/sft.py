@@ -19,6 +19,10 @@ from lit_safe.models.backbone import load_backbone
 from lit_safe.models.sharding import export_causal_lm
 from lit_safe.models.tokenizer import load_tokenizer
 from lit_safe.modules.base import StageStatsModule
+from lit_safe.optim import OptimizerSettings
+
+#: the reference SFT script's AdamW settings (see the module docstring)
+DEFAULT_OPTIMIZER = OptimizerSettings()
 
 
 class SFTModule(StageStatsModule):
@@ -28,12 +32,7 @@ class SFTModule(StageStatsModule):
         backbone: preset (``tiny``, ``small``), hub id or local path of a causal LM.
         revision: hub revision of the backbone.
         dtype: parameter dtype.
-        lr: peak learning rate.
-        weight_decay: AdamW weight decay (not applied to biases and norms).
-        betas: AdamW betas.
-        warmup_ratio: share of the optimiser steps spent warming up linearly.
-        lr_schedule: ``cosine`` or ``constant`` after warm-up.
-        max_grad_norm: clip gradients to this global norm (``None``: measure only).
+        optimizer: AdamW, its learning-rate schedule and gradient clipping (defaults: the reference script's).
         gradient_checkpointing: recompute activations in backward (for big models).
         max_nonfinite_steps: optimiser steps in a row whose loss or gradient norm is not finite (each is skipped)
             before training stops with an error.
@@ -47,12 +46,7 @@ class SFTModule(StageStatsModule):
         backbone: str = "tiny",
         revision: str | None = None,
         dtype: Literal["float32", "bfloat16", "float16"] = "float32",
-        lr: float = 2e-5,
-        weight_decay: float = 0.0,
-        betas: tuple[float, float] = (0.9, 0.95),
-        warmup_ratio: float = 0.03,
-        lr_schedule: Literal["cosine", "constant"] = "cosine",
-        max_grad_norm: float | None = 1.0,
+        optimizer: OptimizerSettings = DEFAULT_OPTIMIZER,
         gradient_checkpointing: bool = False,
         max_nonfinite_steps: int = 3,
     ) -> None:

@@ -32,6 +32,10 @@ from lit_safe.models.moderation_model import ModerationOutput
 from lit_safe.models.tokenizer import load_tokenizer
 from lit_safe.models.video_text import VideoTextModel, build_video_text_model
 from lit_safe.modules.base import ModerationTrainer, take_video_settings, video_model_arguments
+from lit_safe.optim import OptimizerSettings
+
+#: the text moderation trainer's AdamW settings: weight decay 0.01, betas (0.9, 0.999), 6% warm-up
+DEFAULT_OPTIMIZER = OptimizerSettings(weight_decay=0.01, betas=(0.9, 0.999), warmup_ratio=0.06)
 
 
 class VideoModerationModule(ModerationTrainer):
@@ -56,12 +60,7 @@ class VideoModerationModule(ModerationTrainer):
         flag_threshold: probability threshold of the ``unsafe`` rule.
         category_thresholds: per-category detection thresholds: one number for all, or ``{category: threshold}``
             (unnamed categories use 0.5).
-        lr: peak learning rate.
-        weight_decay: AdamW weight decay (not applied to biases and norms).
-        betas: AdamW betas.
-        warmup_ratio: share of the optimiser steps spent warming up linearly.
-        lr_schedule: ``cosine`` or ``constant`` after warm-up.
-        max_grad_norm: clip gradients to this global norm (``None``: measure only).
+        optimizer: AdamW, its learning-rate schedule and gradient clipping (defaults: ``DEFAULT_OPTIMIZER``).
         gradient_checkpointing: recompute the dual encoder's activations in backward.
         max_nonfinite_steps: optimiser steps in a row whose loss or gradient norm is not finite (each is skipped)
             before training stops with an error.
@@ -88,12 +87,7 @@ class VideoModerationModule(ModerationTrainer):
         flag_rule: Literal["unsafe", "categories"] = "unsafe",
         flag_threshold: float = 0.5,
         category_thresholds: float | dict[str, float] = 0.5,
-        lr: float = 2e-5,
-        weight_decay: float = 0.01,
-        betas: tuple[float, float] = (0.9, 0.999),
-        warmup_ratio: float = 0.06,
-        lr_schedule: Literal["cosine", "constant"] = "cosine",
-        max_grad_norm: float | None = 1.0,
+        optimizer: OptimizerSettings = DEFAULT_OPTIMIZER,
         gradient_checkpointing: bool = False,
         max_nonfinite_steps: int = 3,
     ) -> None:

@@ -34,6 +34,10 @@ from lit_safe.models.score_model import export_score_model
 from lit_safe.models.tokenizer import load_tokenizer
 from lit_safe.models.video_text import VideoTextModel, build_video_text_model, video_pair_scores
 from lit_safe.modules.base import StageStatsModule, take_video_settings, video_model_arguments
+from lit_safe.optim import OptimizerSettings
+
+#: the text reward and cost models' AdamW settings (Safe RLHF's reference scripts)
+DEFAULT_OPTIMIZER = OptimizerSettings(weight_decay=0.1)
 
 
 # ------------------------------------------------------------------------------------------------------ modules
@@ -55,12 +59,7 @@ class VideoScoreModule(StageStatsModule):
         fusion_dropout: fusion dropout.
         freeze_backbone: train only the fusion transformer and the head (the dual encoder runs without autograd).
         l2_coeff: weight of the L2 term on scores (SafeSora: 0.001).
-        lr: peak learning rate.
-        weight_decay: AdamW weight decay (not applied to biases and norms).
-        betas: AdamW betas.
-        warmup_ratio: share of the optimiser steps spent warming up linearly.
-        lr_schedule: ``cosine`` or ``constant`` after warm-up.
-        max_grad_norm: clip gradients to this global norm (``None``: measure only).
+        optimizer: AdamW, its learning-rate schedule and gradient clipping (defaults: the text score models').
         gradient_checkpointing: recompute the dual encoder's activations in backward.
         max_nonfinite_steps: optimiser steps in a row whose loss or gradient norm is not finite (each is skipped)
             before training stops with an error.
@@ -83,12 +82,7 @@ class VideoScoreModule(StageStatsModule):
         fusion_dropout: float = 0.0,
         freeze_backbone: bool = False,
         l2_coeff: float = 1e-3,
-        lr: float = 2e-5,
-        weight_decay: float = 0.1,
-        betas: tuple[float, float] = (0.9, 0.95),
-        warmup_ratio: float = 0.03,
-        lr_schedule: Literal["cosine", "constant"] = "cosine",
-        max_grad_norm: float | None = 1.0,
+        optimizer: OptimizerSettings = DEFAULT_OPTIMIZER,
         gradient_checkpointing: bool = False,
         max_nonfinite_steps: int = 3,
     ) -> None:
@@ -191,18 +185,13 @@ class VideoCostModule(VideoScoreModule):
         freeze_backbone: bool = False,
         l2_coeff: float = 1e-3,
         sign_coeff: float = 1.0,
-        lr: float = 2e-5,
-        weight_decay: float = 0.1,
-        betas: tuple[float, float] = (0.9, 0.95),
-        warmup_ratio: float = 0.03,
-        lr_schedule: Literal["cosine", "constant"] = "cosine",
-        max_grad_norm: float | None = 1.0,
+        optimizer: OptimizerSettings = DEFAULT_OPTIMIZER,
         gradient_checkpointing: bool = False,
         max_nonfinite_steps: int = 3,
     ) -> None:
         super().__init__(backbone, revision, dtype, num_frames, frame_size, fusion_width, fusion_layers, fusion_heads,
-                         fusion_dropout, freeze_backbone, l2_coeff, lr, weight_decay, betas, warmup_ratio, lr_schedule,
-                         max_grad_norm, gradient_checkpointing, max_nonfinite_steps)
+                         fusion_dropout, freeze_backbone, l2_coeff, optimizer, gradient_checkpointing,
+                         max_nonfinite_steps)
 
     def make_stats(self) -> CostStats:
         """One stage's statistics; ``accuracy_sign`` over the videos with a safety label."""

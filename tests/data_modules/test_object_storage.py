@@ -13,6 +13,7 @@
 import hashlib
 import json
 import socket
+from dataclasses import replace
 
 import lightning as L
 import pytest
@@ -25,7 +26,7 @@ boto3 = pytest.importorskip("boto3")
 from lit_safe.data_modules import base as base_module  # noqa: E402
 from lit_safe.data_modules.pku_saferlhf import PKUSafeRLHFDataModule  # noqa: E402
 from lit_safe.data_modules.preparation import PreparedDatasetError  # noqa: E402
-from lit_safe.modules.reward import RewardModule  # noqa: E402
+from lit_safe.modules.reward import DEFAULT_OPTIMIZER, RewardModule  # noqa: E402
 
 BUCKET = "bucket"
 PREPARED = f"s3://{BUCKET}/prepared"
@@ -276,7 +277,7 @@ STEPS, KILL = 10, 6  # the kill falls inside the second length-grouping pool of 
 
 def _fit(root, data: PKUSafeRLHFDataModule, kill_at: int | None = None, ckpt_path=None):
     L.seed_everything(7)
-    model = RewardModule(backbone="tiny", lr=2e-3, warmup_ratio=0.1)
+    model = RewardModule(backbone="tiny", optimizer=replace(DEFAULT_OPTIMIZER, lr=2e-3, warmup_ratio=0.1))
     recorder = RowRecorder()
     callbacks = [recorder]
     if kill_at:

@@ -8,6 +8,7 @@ import os
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import math
+from dataclasses import replace
 
 import pytest
 import torch
@@ -18,7 +19,7 @@ from torch.utils.data import DataLoader
 from lit_safe.callbacks.samples import VideoSamples, encode_gif
 from lit_safe.models.tokenizer import load_tokenizer
 from lit_safe.models.video_diffusion import load_video_diffusion
-from lit_safe.modules.diffusion_dpo import DiffusionDPOModule
+from lit_safe.modules.diffusion_dpo import DEFAULT_OPTIMIZER, DiffusionDPOModule
 
 PROMPTS = ["a red kite over the sea", "a dog runs on the beach", "rain on a window", "a city at night"]
 
@@ -229,7 +230,7 @@ def test_sample_videos_moves_no_random_stream(copy_module):
 
 def _fit(root, callbacks=()) -> tuple[DiffusionDPOModule, Trainer]:
     torch.manual_seed(0)
-    module = DiffusionDPOModule(beta=50.0, lr=1e-4, warmup_ratio=0.0)
+    module = DiffusionDPOModule(beta=50.0, optimizer=replace(DEFAULT_OPTIMIZER, lr=1e-4, warmup_ratio=0.0))
     logger = TensorBoardLogger(str(root), name="run", version=0)
     trainer = Trainer(max_steps=3, limit_val_batches=1, val_check_interval=2, logger=logger, accelerator="cpu",
                       devices=1, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
@@ -295,7 +296,8 @@ def test_fit_logs_metrics_and_samples_checkpoints_and_exports(tmp_path):
 
 
 def test_fit_with_lora_exports_the_merged_policy(tmp_path):
-    module = DiffusionDPOModule(reference="lora", lora_rank=4, beta=50.0, lr=1e-2, warmup_ratio=0.0)
+    module = DiffusionDPOModule(reference="lora", lora_rank=4, beta=50.0,
+                                optimizer=replace(DEFAULT_OPTIMIZER, lr=1e-2, warmup_ratio=0.0))
     trainer = Trainer(max_steps=1, limit_val_batches=0, logger=False, accelerator="cpu", devices=1,
                       enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
     trainer.fit(module, datamodule=PairData())

@@ -3,6 +3,7 @@ by hand from the tokenizer, log 2 at the first step, learning a consistent prefe
 (and is restored from checkpoints), and an export that loads as a plain Hugging Face causal LM."""
 
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -15,7 +16,7 @@ from lit_safe.data_modules.policy import IGNORE_INDEX, PreferencePairView, SFTVi
 from lit_safe.data_modules.preparation import SplitReport
 from lit_safe.models.text import encode_prompts
 from lit_safe.models.tokenizer import load_tokenizer, tokenizer_fingerprint
-from lit_safe.modules.dpo import DPOModule
+from lit_safe.modules.dpo import DEFAULT_OPTIMIZER, DPOModule
 
 TEMPLATE = "Rewrite this video prompt: {prompt} Detailed prompt:"
 MAX_LENGTH = 64
@@ -184,7 +185,8 @@ def trained(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("dpo")
     tok = load_tokenizer("tiny")
     items = _pairs(tok)
-    module = _module(beta=0.5, lr=3e-3, weight_decay=0.0, warmup_ratio=0.0, lr_schedule="constant")
+    module = _module(beta=0.5, optimizer=replace(DEFAULT_OPTIMIZER, lr=3e-3, weight_decay=0.0, warmup_ratio=0.0,
+                                               lr_schedule="constant"))
     initial = _state(module.model)
     batch = next(iter(_loader(tok, items, batch_size=len(items))))
     with torch.no_grad():

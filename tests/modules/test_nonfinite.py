@@ -3,7 +3,9 @@
 non-finite weights are never exported or checkpointed, PPO stops with the same error instead of crashing inside
 sampling, and out-of-range arguments are refused by name before any model is built."""
 
+import inspect
 import math
+from dataclasses import replace
 from pathlib import Path
 
 import lightning as L
@@ -23,12 +25,14 @@ from lit_safe.modules.diffusion_dpo import DiffusionDPOModule
 from lit_safe.modules.dpo import DPOModule
 from lit_safe.modules.moderation import ModerationModule
 from lit_safe.modules.ppo_lagrangian import FiniteLogits, PPOLagrangianModule
-from lit_safe.modules.reward import RewardModule
+from lit_safe.modules.reward import DEFAULT_OPTIMIZER, RewardModule
 from lit_safe.modules.sft import SFTModule
 from lit_safe.modules.video_moderation import VideoModerationModule
 from lit_safe.modules.video_preference import VideoCostModule, VideoRewardModule
+from lit_safe.optim import OptimizerSettings
 
 REPO = Path(__file__).resolve().parents[2]
+FAST = replace(DEFAULT_OPTIMIZER, lr=1e-2, warmup_ratio=0.0)  # the reward model's settings, a big step at once
 
 
 class PoisonedReward(RewardModule):
@@ -70,7 +74,7 @@ def _fit(tmp_path, module, max_steps=5, callbacks=()):
 
 @pytest.mark.parametrize("poison", [{"nan_loss": {2}}, {"inf_grad": {2}}], ids=["nan_loss", "inf_grad"])
 def test_a_nonfinite_step_is_skipped_counted_and_training_goes_on(tmp_path, poison):
-    module = PoisonedReward(lr=1e-2, warmup_ratio=0.0, **poison)
+    module = PoisonedReward(optimizer=FAST, **poison)
     snapshots = Snapshots()
     trainer = _fit(tmp_path, module, callbacks=[snapshots])
     assert trainer.global_step == 5 and module.nonfinite_steps == 1 and module.nonfinite_in_a_row == 0
@@ -87,7 +91,7 @@ def test_a_nonfinite_step_is_skipped_counted_and_training_goes_on(tmp_path, pois
 
 
 def test_steps_in_a_row_stop_with_an_error_naming_the_step_and_nothing_nonfinite_is_written(tmp_path):
-    module = PoisonedReward(nan_loss=range(3, 100), lr=1e-2, warmup_ratio=0.0, max_nonfinite_steps=2)
+    module = PoisonedReward(nan_loss=range(3, 100), optimizer=FAST, max_nonfinite_steps=2)
     export = ExportPretrained(dirpath=str(tmp_path / "export"))
     checkpoints = ModelCheckpoint(dirpath=tmp_path / "ckpt", every_n_train_steps=1, save_top_k=-1)
     with pytest.raises(NonFiniteError, match=r"not finite at step 4 .*2 steps in a row since step 3.*"
@@ -101,7 +105,7 @@ def test_steps_in_a_row_stop_with_an_error_naming_the_step_and_nothing_nonfinite
 
 
 def test_nonfinite_weights_are_neither_exported_nor_checkpointed(tmp_path):
-    module = RewardModule(lr=1e-3)
+    module = RewardModule(optimizer=replace(DEFAULT_OPTIMIZER, lr=1e-3))
     trainer = _fit(tmp_path, module, max_steps=2)
     trainer.save_checkpoint(tmp_path / "fine.ckpt")
     assert (tmp_path / "fine.ckpt").is_file()
@@ -118,14 +122,14 @@ def test_nonfinite_weights_are_neither_exported_nor_checkpointed(tmp_path):
 def test_the_reported_reward_run_with_lr_1000_stops_instead_of_exporting_nan(tmp_path, quickstart_config, capsys):
     config = quickstart_config("reward", tmp_path, synthetic_rows=400)
     with pytest.raises(NonFiniteError, match="not finite at step .*max_nonfinite_steps=3.*lr=1000.0"):
-        run(["fit", "--config", str(config), "--model.init_args.lr", "1000", "--trainer.max_steps", "100"])
+        run(["fit", "--config", str(config), "--model.init_args.optimizer.lr", "1000", "--trainer.max_steps", "100"])
     assert not (tmp_path / "reward_model").exists()
     # the console script says it in one line and exits 1 (no traceback wall)
     from lit_safe.cli import main
 
     capsys.readouterr()
     with pytest.raises(SystemExit) as exit_info:
-        main(["fit", "--config", str(config), "--model.init_args.lr", "1000", "--trainer.max_steps", "100"])
+        main(["fit", "--config", str(config), "--model.init_args.optimizer.lr", "1000", "--trainer.max_steps", "100"])
     assert exit_info.value.code == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("lit-safe: error: RewardModule: not finite at step") and "Traceback" not in "".join(err)
@@ -234,11 +238,26 @@ def test_ppo_skips_and_counts_updates_with_a_nonfinite_loss(tiny_models, tmp_pat
 # ------------------------------------------------------------------------------------------------------ arguments
 @pytest.mark.parametrize("cls", [RewardModule, CostModule, ModerationModule, SFTModule, DPOModule, DiffusionDPOModule,
                                  VideoRewardModule, VideoCostModule, VideoModerationModule])
-def test_a_negative_lr_is_refused_by_name(cls):
-    with pytest.raises(ValueError, match=r"lr must be >= 0, got -0.1"):
-        cls(lr=-0.1)
+def test_max_nonfinite_steps_is_refused_by_name(cls):
     with pytest.raises(ValueError, match=r"max_nonfinite_steps must be an integer >= 1, got 0"):
         cls(max_nonfinite_steps=0)
+
+
+@pytest.mark.parametrize("cls, lr, weight_decay, betas, warmup_ratio, lr_schedule", [
+    (RewardModule, 2e-5, 0.1, (0.9, 0.95), 0.03, "cosine"),
+    (CostModule, 2e-5, 0.1, (0.9, 0.95), 0.03, "cosine"),
+    (SFTModule, 2e-5, 0.0, (0.9, 0.95), 0.03, "cosine"),
+    (DPOModule, 1e-6, 0.05, (0.9, 0.95), 0.03, "cosine"),
+    (ModerationModule, 2e-5, 0.01, (0.9, 0.999), 0.06, "cosine"),
+    (VideoRewardModule, 2e-5, 0.1, (0.9, 0.95), 0.03, "cosine"),
+    (VideoCostModule, 2e-5, 0.1, (0.9, 0.95), 0.03, "cosine"),
+    (VideoModerationModule, 2e-5, 0.01, (0.9, 0.999), 0.06, "cosine"),
+    (DiffusionDPOModule, 1e-5, 1e-2, (0.9, 0.999), 0.25, "constant"),
+])
+def test_each_trainer_defaults_to_its_reference_optimizer(cls, lr, weight_decay, betas, warmup_ratio, lr_schedule):
+    default = inspect.signature(cls).parameters["optimizer"].default
+    assert default == OptimizerSettings(lr=lr, weight_decay=weight_decay, betas=betas, warmup_ratio=warmup_ratio,
+                                        lr_schedule=lr_schedule, max_grad_norm=1.0)
 
 
 @pytest.mark.parametrize("argument, value, message", [

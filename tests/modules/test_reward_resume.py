@@ -1,12 +1,14 @@
 """A killed reward-model run resumes exactly: same batches afterwards (loader position restored mid-epoch, inside a
 length-grouping pool), same optimizer and schedule, hence the same final weights as an uninterrupted run."""
 
+from dataclasses import replace
+
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 
 from lit_safe.data_modules.pku_saferlhf import PKUSafeRLHFDataModule
-from lit_safe.modules.reward import RewardModule
+from lit_safe.modules.reward import DEFAULT_OPTIMIZER, RewardModule
 
 
 class RowRecorder(Callback):
@@ -32,7 +34,7 @@ def _fit(tmp_path, kill_at: int | None = None, ckpt_path=None):
     L.seed_everything(7)
     data = PKUSafeRLHFDataModule(tokenizer="tiny", synthetic_rows=320, batch_size=8, group_size=4, num_workers=0,
                                  max_length=128, prepared_dir=str(tmp_path / "prepared"))
-    model = RewardModule(backbone="tiny", lr=2e-3, warmup_ratio=0.1)
+    model = RewardModule(backbone="tiny", optimizer=replace(DEFAULT_OPTIMIZER, lr=2e-3, warmup_ratio=0.1))
     recorder = RowRecorder()
     callbacks = [recorder]
     if kill_at:

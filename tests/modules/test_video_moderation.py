@@ -2,6 +2,7 @@
 the exported decision rule."""
 
 import json
+from dataclasses import replace
 
 import pytest
 import torch
@@ -12,8 +13,9 @@ from lit_safe.callbacks.predictions import _rows
 from lit_safe.metrics import category_pos_weight
 from lit_safe.models.tokenizer import load_tokenizer
 from lit_safe.models.video_text import VideoTextModel
-from lit_safe.modules.video_moderation import VideoModerationModule
+from lit_safe.modules.video_moderation import DEFAULT_OPTIMIZER, VideoModerationModule
 
+FAST = replace(DEFAULT_OPTIMIZER, lr=1e-3, warmup_ratio=0.0)  # the trainer's settings, a big step at once
 CATEGORIES = ["porn", "violence", "hate", "terrorism", "contraband", "controversial", "racism",
               "other_discrimination", "animal_abuse", "child_abuse", "crime", "other_harmful"]
 FRAMES, SIZE = 4, 32
@@ -78,7 +80,7 @@ class Snapshot(Callback):
 
 def test_a_training_step_changes_the_parameters_and_validation_reports_the_metrics():
     torch.manual_seed(0)
-    module = VideoModerationModule(lr=1e-3, warmup_ratio=0.0, max_pos_weight=10.0)
+    module = VideoModerationModule(optimizer=FAST, max_pos_weight=10.0)
     snapshot = Snapshot()
     fit = trainer(max_steps=2, callbacks=[snapshot])
     fit.fit(module, datamodule=TinyVideoLabels())
@@ -136,7 +138,7 @@ def test_a_severity_rule_and_foreign_categories_are_refused():
 
 def test_a_checkpoint_restores_the_settings_taken_from_the_data(tmp_path):
     torch.manual_seed(0)
-    module = VideoModerationModule(lr=1e-3, warmup_ratio=0.0)
+    module = VideoModerationModule(optimizer=FAST)
     fit = trainer(max_steps=1, limit_val_batches=0)
     fit.fit(module, datamodule=TinyVideoLabels())
     fit.save_checkpoint(tmp_path / "last.ckpt")

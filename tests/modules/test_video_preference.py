@@ -3,6 +3,7 @@ and a reward model that learns to prefer brighter videos."""
 
 import json
 import math
+from dataclasses import replace
 
 import pytest
 import torch
@@ -14,9 +15,10 @@ from lit_safe.losses import cost_preference_loss, masked_cost_preference_loss
 from lit_safe.metrics import CostStats, labelled_sign_hits
 from lit_safe.models.tokenizer import load_tokenizer
 from lit_safe.models.video_text import COST_SIGN, VideoTextModel
-from lit_safe.modules.video_preference import VideoCostModule, VideoRewardModule
+from lit_safe.modules.video_preference import DEFAULT_OPTIMIZER, VideoCostModule, VideoRewardModule
 
 FRAMES, SIZE = 4, 32
+FAST = replace(DEFAULT_OPTIMIZER, lr=1e-3, warmup_ratio=0.0)  # the trainer's settings, a big step at once
 PROMPTS = ["a cat on a skateboard", "fireworks over a harbour", "a quiet forest at dawn", "a crowded market street"]
 
 
@@ -120,7 +122,7 @@ def trainer(**kwargs):
 @pytest.mark.parametrize("module_class", [VideoRewardModule, VideoCostModule])
 def test_a_training_step_changes_the_parameters_and_logs_the_metrics(module_class):
     torch.manual_seed(0)
-    module = module_class(lr=1e-3, warmup_ratio=0.0)
+    module = module_class(optimizer=FAST)
     data = TinyVideoPairs()
     fit = trainer(max_steps=2, limit_val_batches=1)
     module.configure_model()  # to snapshot the initial weights (configure_model is idempotent)
@@ -142,7 +144,7 @@ def test_a_training_step_changes_the_parameters_and_logs_the_metrics(module_clas
 
 def test_a_frozen_backbone_trains_the_fusion_and_head_only():
     torch.manual_seed(0)
-    module = VideoRewardModule(lr=1e-3, warmup_ratio=0.0, freeze_backbone=True)
+    module = VideoRewardModule(optimizer=FAST, freeze_backbone=True)
     module.configure_model()
     before = {n: p.detach().clone() for n, p in module.model.named_parameters()}
     trainer(max_steps=1, limit_val_batches=0).fit(module, datamodule=TinyVideoPairs(batches=1))
@@ -202,7 +204,7 @@ def test_the_reward_model_learns_to_prefer_brighter_videos():
     """60 steps of 8 random pairs (the brighter video preferred): on 64 held-out random pairs the tiny model scores
     the brighter video higher more than 80% of the time (chance: 50%)."""
     torch.manual_seed(0)
-    module = VideoRewardModule(lr=2e-3, warmup_ratio=0.0, lr_schedule="constant", weight_decay=0.0)
+    module = VideoRewardModule(optimizer=replace(FAST, lr=2e-3, lr_schedule="constant", weight_decay=0.0))
     data = TinyVideoPairs(batches=60, batch_size=8)
     trainer(max_steps=60, limit_val_batches=0).fit(module, datamodule=data)
     module.eval()
@@ -214,7 +216,7 @@ def test_the_reward_model_learns_to_prefer_brighter_videos():
 
 def test_a_checkpoint_restores_the_cost_model(tmp_path):
     torch.manual_seed(0)
-    module = VideoCostModule(lr=1e-3, warmup_ratio=0.0, sign_coeff=0.5)
+    module = VideoCostModule(optimizer=FAST, sign_coeff=0.5)
     fit = trainer(max_steps=1, limit_val_batches=0)
     fit.fit(module, datamodule=TinyVideoPairs(batches=1))
     fit.save_checkpoint(tmp_path / "last.ckpt")

@@ -29,7 +29,7 @@ config["trainer"]["callbacks"] = [
     {"class_path": "lit_safe.callbacks.export.ExportPretrained", "init_args": {"dirpath": str(out / "hf")}},
     {"class_path": "fsdp2_probe.ShardProbe", "init_args": {"out_dir": str(out)}},
 ]
-config["model"]["init_args"]["lr"] = 0.003
+config["model"]["init_args"]["optimizer"]["lr"] = 0.003
 config["data"]["init_args"].update({"synthetic_rows": 800, "num_workers": 0, "prepared_dir": str(out / "prepared")})
 out.mkdir(parents=True, exist_ok=True)
 (out / "config.yaml").write_text(yaml.safe_dump(config))
