@@ -16,12 +16,13 @@ from typing import Literal
 import torch
 from torch import nn
 
-LR_SCHEDULES = ("cosine", "constant")
+LR_SCHEDULES = ("cosine", "linear", "constant")
+Schedule = Literal["cosine", "linear", "constant"]
 
 
 @dataclass(frozen=True)
 class OptimizerSettings:
-    """AdamW with a linear warm-up then a cosine or constant learning-rate schedule, and gradient clipping: the
+    """AdamW with a linear warm-up then a cosine, linear or constant learning-rate schedule, and gradient clipping: the
     ``optimizer`` argument group of the trainers (``--model.optimizer.lr 1e-4``; in a config, ``optimizer:`` with
     the fields to change under the model's ``init_args``). Each trainer's default is the reference script's for it;
     fields a config leaves out keep that trainer's defaults. The checkpoints of a trainer built in Python store it
@@ -33,7 +34,8 @@ class OptimizerSettings:
         weight_decay: AdamW weight decay (not applied to biases and norms).
         betas: AdamW betas.
         warmup_ratio: share of the optimiser steps spent warming up linearly.
-        lr_schedule: ``cosine`` or ``constant`` after warm-up.
+        lr_schedule: after warm-up, ``cosine`` (decay to 0, the reference's), ``linear`` (decay to 0, TRL's
+            default) or ``constant``.
         max_grad_norm: clip gradients to this global norm (``None``: measure only).
     """
 
@@ -41,7 +43,7 @@ class OptimizerSettings:
     weight_decay: float = 0.0
     betas: tuple[float, float] = (0.9, 0.95)
     warmup_ratio: float = 0.03
-    lr_schedule: Literal["cosine", "constant"] = "cosine"
+    lr_schedule: Schedule = "cosine"
     max_grad_norm: float | None = 1.0
 
     def __post_init__(self) -> None:
@@ -52,7 +54,8 @@ class OptimizerSettings:
         if self.max_grad_norm is not None and not self.max_grad_norm > 0:
             raise ValueError(f"optimizer: max_grad_norm must be > 0, got {self.max_grad_norm}")
         if self.lr_schedule not in LR_SCHEDULES:
-            raise ValueError(f"optimizer: lr_schedule must be 'cosine' or 'constant', got {self.lr_schedule!r}")
+            raise ValueError(f"optimizer: lr_schedule must be one of {', '.join(LR_SCHEDULES)}, "
+                             f"got {self.lr_schedule!r}")
         object.__setattr__(self, "betas", tuple(self.betas))  # a list from Python or YAML compares and saves alike
 
 
@@ -77,15 +80,18 @@ def decay_groups(named_parameters: Iterable[tuple[str, nn.Parameter]], weight_de
 
 
 def warmup_schedule_factor(
-    step: int, total_steps: int, warmup_steps: int, kind: Literal["cosine", "constant"] = "cosine"
+    step: int, total_steps: int, warmup_steps: int, kind: Schedule = "cosine"
 ) -> float:
-    """Learning-rate multiplier at optimiser step ``step``: linear warm-up, then cosine decay to 0 or constant."""
+    """Learning-rate multiplier at optimiser step ``step``: linear warm-up, then cosine decay to 0, linear decay to 0
+    (TRL's and transformers' ``linear``: ``(total - step) / (total - warmup)``) or constant."""
     if warmup_steps > 0 and step < warmup_steps:
         return (step + 1) / warmup_steps
     if kind == "constant":
         return 1.0
-    progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
-    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+    progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+    if kind == "linear":
+        return 1.0 - progress
+    return 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
 def adamw_with_schedule(
@@ -96,11 +102,11 @@ def adamw_with_schedule(
     betas: tuple[float, float],
     total_steps: int,
     warmup_ratio: float,
-    schedule: Literal["cosine", "constant"] = "cosine",
+    schedule: Schedule = "cosine",
 ) -> tuple[torch.optim.AdamW, torch.optim.lr_scheduler.LambdaLR]:
     """AdamW over decay groups plus a per-step warm-up schedule (for ``configure_optimizers``)."""
     if schedule not in LR_SCHEDULES:
-        raise ValueError(f"lr schedule must be 'cosine' or 'constant', got {schedule!r}")
+        raise ValueError(f"lr schedule must be one of {', '.join(LR_SCHEDULES)}, got {schedule!r}")
     optimizer = torch.optim.AdamW(decay_groups(named_parameters, weight_decay), lr=lr, betas=betas)
     warmup = int(round(warmup_ratio * total_steps))
     scheduler = torch.optim.lr_scheduler.LambdaLR(

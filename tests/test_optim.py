@@ -64,7 +64,7 @@ def test_decay_groups_on_a_llama_backbone(tiny_tokenizer):
     assert len(decay_names) + len(no_decay_names) == len(names)
 
 
-@pytest.mark.parametrize("kind", ["cosine", "constant"])
+@pytest.mark.parametrize("kind", ["cosine", "linear", "constant"])
 def test_warmup_is_linear(kind):
     # total 100, warm-up 10: factor (step + 1) / 10 during warm-up, 1 at its last step
     assert warmup_schedule_factor(0, 100, 10, kind) == pytest.approx(0.1)
@@ -85,6 +85,16 @@ def test_cosine_after_warmup():
     # monotone non-increasing after warm-up
     values = [warmup_schedule_factor(s, 100, 10) for s in range(10, 101)]
     assert all(a >= b for a, b in zip(values, values[1:]))
+
+
+def test_linear_after_warmup():
+    """transformers' get_linear_schedule_with_warmup after warm-up: (total - step) / (total - warmup)."""
+    assert warmup_schedule_factor(10, 110, 10, "linear") == 1.0
+    assert warmup_schedule_factor(35, 110, 10, "linear") == pytest.approx(0.75)
+    assert warmup_schedule_factor(60, 110, 10, "linear") == pytest.approx(0.5)
+    assert warmup_schedule_factor(110, 110, 10, "linear") == 0.0
+    assert warmup_schedule_factor(500, 110, 10, "linear") == 0.0  # past the end it stays at 0
+    assert warmup_schedule_factor(4, 110, 10, "linear") == pytest.approx(0.5)  # warm-up as for the other kinds
 
 
 def test_constant_after_warmup():
@@ -156,7 +166,7 @@ def test_adamw_with_constant_schedule_and_bad_schedule():
             betas=(0.9, 0.95),
             total_steps=10,
             warmup_ratio=0.1,
-            schedule="linear",
+            schedule="step",
         )
 
 
@@ -177,7 +187,7 @@ def test_total_optimizer_steps():
     ("weight_decay", -1.0, "optimizer: weight_decay must be >= 0, got -1.0"),
     ("warmup_ratio", -0.5, "optimizer: warmup_ratio must be >= 0, got -0.5"),
     ("max_grad_norm", 0.0, "optimizer: max_grad_norm must be > 0, got 0.0"),
-    ("lr_schedule", "linear", "optimizer: lr_schedule must be 'cosine' or 'constant', got 'linear'"),
+    ("lr_schedule", "step", "optimizer: lr_schedule must be one of cosine, linear, constant, got 'step'"),
 ])
 def test_optimizer_settings_refuse_a_setting_out_of_range_by_name(field, value, message):
     with pytest.raises(ValueError, match=message):
