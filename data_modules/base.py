@@ -112,6 +112,26 @@ def check_prediction_row(row: Any) -> list[tuple[str, str]]:
     return problems
 
 
+def split_origins(hp: Any, carve_test: bool, val_cut: float, test_cut: float) -> dict[str, str]:
+    """Where each split's rows come from and why, said in the prepare report (a carved held-out split takes rows out
+    of training, which a user must notice)."""
+    carved = f"prompts whose seeded hash (seed {hp.seed}) falls in"
+    origins = {"train": f"source split {hp.train_split!r}"}
+    if val_cut > 0 or carve_test:
+        origins["train"] += ", less the prompts carved for the held-out splits"
+    if hp.val_split is not None:
+        origins["val"] = f"source split {hp.val_split!r}"
+    elif val_cut > 0:
+        origins["val"] = (f"carved from {hp.train_split!r}: {carved} the first {val_cut:.1%} (val_split is not set, "
+                          f"val_fraction {hp.val_fraction})")
+    if carve_test:
+        origins["test"] = (f"carved from {hp.train_split!r}: {carved} the next {test_cut - val_cut:.1%} (the source "
+                           f"has no split {hp.test_split!r}; test_fraction {hp.test_fraction})")
+    elif hp.test_split is not None:
+        origins["test"] = f"source split {hp.test_split!r}"
+    return origins
+
+
 class PreparedDataModule(LightningDataModule, ABC):
     """Base class of the text DataModules (see the module docstring). Subclasses define ``dataset_name``,
     :meth:`check_row`, :meth:`make_view` and an ``__init__`` that lists only what is their own (their source,
@@ -491,7 +511,9 @@ class PreparedDataModule(LightningDataModule, ABC):
             if shared:
                 reports[split].notes["prompts_shared_with_train"] += len(shared)
         tmp = staging_dir(final)
-        report = PrepareReport(source=str(hp.source), view=hp.view, output_dir=output_dir or str(final))
+        report = PrepareReport(source=str(hp.source), view=hp.view, output_dir=output_dir or str(final),
+                               row_format=facts.get("row_format"),
+                               origins=split_origins(hp, carve_test, val_cut, test_cut))
         labels: dict[str, Any] = {}
         try:
             for split in SPLITS:

@@ -92,21 +92,28 @@ class PrepareReport:
     output_dir: str
     splits: dict[str, SplitReport] = field(default_factory=dict)
     reused: bool = False  # an identical earlier preparation was found (not saved in report.json)
+    row_format: str | None = None  # the preference format the rows were read in (see data_modules/formats.py)
+    origins: dict[str, str] = field(default_factory=dict)  # per split: where its rows came from, and why
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "source": self.source,
             "view": self.view,
             "output_dir": self.output_dir,
+            "row_format": self.row_format,
             "splits": {name: split.to_dict() for name, split in self.splits.items()},
+            "origins": self.origins,
         }
 
     def format(self) -> str:
-        """A human-readable table of the report."""
-        lines = [f"Prepared {self.source} (view: {self.view}) -> {self.output_dir}"]
+        """A human-readable table of the report: per split the counts, then where its rows came from."""
+        row_format = f", format: {self.row_format}" if self.row_format else ""
+        lines = [f"Prepared {self.source} (view: {self.view}{row_format}) -> {self.output_dir}"]
         for name, split in self.splits.items():
             dropped = sum(split.dropped.values())
             lines.append(f"  {name:<5} read {split.rows_read:>7}  kept {split.kept:>7}  dropped {dropped:>6}")
+            if name in self.origins:
+                lines.append(f"          from    {self.origins[name]}")
             for reason, count in sorted(split.dropped.items()):
                 lines.append(f"          dropped {count:>6}  {reason}")
             for note, count in sorted(split.notes.items()):
@@ -124,7 +131,8 @@ def parse_report(text: str | bytes, where: str) -> PrepareReport:
     """A :class:`PrepareReport` from the text of a ``report.json``; ``where`` names it in the error."""
     try:
         data = json.loads(text)
-        report = PrepareReport(source=data["source"], view=data["view"], output_dir=data["output_dir"])
+        report = PrepareReport(source=data["source"], view=data["view"], output_dir=data["output_dir"],
+                               row_format=data.get("row_format"), origins=dict(data.get("origins") or {}))
         for name, split in data["splits"].items():
             report.splits[name] = SplitReport(split["rows_read"], split["kept"])
             report.splits[name].dropped.update(split["dropped"])
