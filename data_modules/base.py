@@ -81,7 +81,7 @@ from lit_safe.data_modules.schemas import not_an_object
 from lit_safe.data_modules.sources import DataValidationError
 from lit_safe.data_modules.streaming import LengthGroupedLoader
 from lit_safe.data_modules.views import Valid, View, int_fields, text_batch
-from lit_safe.models.text import SAFE_RLHF_TEMPLATE, format_prompt
+from lit_safe.models.text import SAFE_RLHF_TEMPLATE, check_template, resolve_template, template_setting
 from lit_safe.models.tokenizer import load_tokenizer, tokenizer_fingerprint
 
 MAX_LISTED_PROBLEMS = 10
@@ -139,8 +139,9 @@ class PreparedDataModule(LightningDataModule, ABC):
     these defaults and descriptions, under the subclass (``lit-safe fit --print_config`` lists them all).
 
     Args:
-        tokenizer: tokenizer preset, hub id or path (a diffusers checkpoint: its ``tokenizer/``); must be the
-            model's (use the same value as ``backbone``).
+        tokenizer: tokenizer preset, hub id or path (a diffusers checkpoint: its ``tokenizer/``); under ``lit-safe``
+            leave it unset to take the model's (its ``tokenizer`` or ``backbone``); a tokenizer whose ids differ from
+            the model's is refused before anything is prepared. Required when the DataModule is built in Python.
         source: where the rows are (see the subclass).
         view: which items to build from a row (``self.views`` lists them).
         subset: the hub config name (``None``: the default).
@@ -154,9 +155,13 @@ class PreparedDataModule(LightningDataModule, ABC):
         test_fraction: share of training prompts held out for testing when the source has no test split.
         synthetic_rows: training rows of the synthetic source (its test split has one eighth as many); datasets
             without one ignore it.
-        prompt_template: conversation template containing ``{prompt}``, where the user prompt goes (encoders of the
-            moderation view read a sentence pair instead).
-        max_length: longest tokenised sequence (prompt + response + EOS); longer responses are cut before EOS.
+        prompt_template: how a conversation reads: a template containing ``{prompt}``, where the user prompt goes
+            (``safe_rlhf`` names the default, Safe RLHF's), or ``chat``: the tokenizer's own chat template
+            (``apply_chat_template``; turns of conversational rows rendered as turns, the reply ended by the
+            template's end-of-turn instead of EOS, the prompt masked exactly; see :mod:`lit_safe.models.text`).
+            Encoders of the moderation view read a sentence pair instead.
+        max_length: longest tokenised sequence (prompt + response + EOS, or the chat template's end-of-turn);
+            longer responses are cut before that end.
         batch_size: items (pairs, responses, prompts) per training batch (per device).
         eval_batch_size: per validation/test/predict batch; defaults to ``batch_size``.
         num_workers: litdata loader workers.
@@ -194,7 +199,7 @@ class PreparedDataModule(LightningDataModule, ABC):
     def __init__(
         self,
         *,
-        tokenizer: str = "tiny",
+        tokenizer: str | None = None,
         source: str,
         view: str,
         subset: str | None = None,
@@ -233,12 +238,16 @@ class PreparedDataModule(LightningDataModule, ABC):
                                    ("pad_to_multiple_of", pad_to_multiple_of, 1)):
             if value is not None and (isinstance(value, bool) or not isinstance(value, Integral) or value < least):
                 raise ValueError(f"{name} must be an integer >= {least}, got {value!r}")
-        format_prompt("", prompt_template)  # fails early on a template without {prompt}
+        resolve_template(prompt_template)  # fails early on a template without {prompt}
         if storage_options is not None and not isinstance(storage_options, dict):
             raise ValueError(f"storage_options must be a mapping of boto3 client arguments, got {storage_options!r}")
         self.save_hyperparameters(ignore=["storage_options"])  # may hold credentials: kept out of checkpoints
         self.storage_options = dict(storage_options) if storage_options else None
+        if tokenizer is None:
+            raise ValueError(f"{type(self).__name__}: tokenizer is not set (lit-safe takes the model's; in Python pass "
+                             "the model's tokenizer name)")
         self.tokenizer = load_tokenizer(tokenizer)
+        self.template = check_template(prompt_template, self.tokenizer)  # chat: the tokenizer must have one
         self.view = self.make_view(view)
         self.eval_batch_size = eval_batch_size or batch_size
         cache = Path(os.environ.get("LIT_SAFE_CACHE", "~/.cache/lit_safe")).expanduser()
@@ -356,7 +365,7 @@ class PreparedDataModule(LightningDataModule, ABC):
             "revision": hp.revision if kind == "hub" else None,
             "splits": [hp.train_split, hp.val_split, hp.test_split, hp.val_fraction, hp.test_fraction],
             "synthetic_rows": hp.synthetic_rows if kind == "synthetic" else None,
-            "template": hp.prompt_template,
+            "template": template_setting(self.template, self.tokenizer),
             "max_length": hp.max_length,
             "tokenizer": tokenizer_fingerprint(self.tokenizer),
             "on_bad_row": hp.on_bad_row,
@@ -519,7 +528,7 @@ class PreparedDataModule(LightningDataModule, ABC):
             for split in SPLITS:
                 if not rows.get(split) and reports[split].rows_read == 0:
                     continue
-                items = self.view.encode(rows[split], self.tokenizer, hp.prompt_template, hp.max_length, reports[split])
+                items = self.view.encode(rows[split], self.tokenizer, self.template, hp.max_length, reports[split])
                 try:
                     write_split(items, tmp / split)
                 except EmptySplitError:
@@ -724,7 +733,7 @@ class PreparedDataModule(LightningDataModule, ABC):
         """The items of the valid lines ``(location, row)`` of ``path``: ``{"input_ids", "line"}``, each (prompt,
         response) tokenised as the view tokenises one response."""
         ids, _ = self.view.encode_inputs(self.tokenizer, [r["prompt"] for _, r in rows],
-                                         [r["response"] for _, r in rows], self.hparams.prompt_template,
+                                         [r["response"] for _, r in rows], self.template,
                                          self.hparams.max_length)
         return [{"input_ids": seq, "line": line_number(where)} for seq, (where, _) in zip(ids, rows)]
 

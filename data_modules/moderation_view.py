@@ -9,7 +9,9 @@ none), "row": position of the row in its source split, "response": which respons
 Batches: ``input_ids``/``attention_mask (B, L)`` (right padding), ``categories`` float ``(B, C)``, ``unsafe``,
 ``severity``, ``row`` and ``response`` ``(B,)``.
 
-Text: decoder LMs read the conversation template, the response and EOS (as the score models do). Encoders (a
+Text: decoder LMs read the conversation as the score models do (:func:`~lit_safe.models.text.encode_conversations`:
+the prompt in the template, the response and EOS; with ``prompt_template: chat`` the tokenizer's chat template and its
+end-of-turn). Encoders (a
 tokenizer with CLS and SEP tokens, e.g. BERT or MiniLM) read the tokenizer's own sentence-pair ids
 (``[CLS] prompt [SEP] response [SEP]``), the longer of the two cut first when too long. Departure: no
 ``token_type_ids`` are stored, so the model sees segment 0 throughout, as sentence-transformer encoders (MiniLM) were
@@ -27,8 +29,16 @@ import torch
 
 from lit_safe.data_modules.preparation import SplitReport
 from lit_safe.data_modules.schemas import text_digest
-from lit_safe.data_modules.views import Valid, View, blank_text, count_duplicate_rows, int_fields, text_batch
-from lit_safe.models.text import encode_with_eos, format_prompt
+from lit_safe.data_modules.views import (
+    Valid,
+    View,
+    blank_text,
+    count_duplicate_rows,
+    int_fields,
+    row_text,
+    text_batch,
+)
+from lit_safe.models.text import encode_conversations
 
 ENCODE_CHUNK = 8192  # responses tokenised per call
 # (prompt, response, {category: bool}, is_safe, severity or None, sha256 or None) per labelled response
@@ -41,8 +51,8 @@ def pku_responses(row: dict[str, Any]) -> list[Response] | None:
     if any(row.get(f"response_{k}_harm_category") is None for k in (0, 1)):
         return None
     return [
-        (row["prompt"], row[f"response_{k}"], row[f"response_{k}_harm_category"], row[f"is_response_{k}_safe"],
-         row.get(f"response_{k}_severity_level"), row.get(f"response_{k}_sha256"))
+        (row_text(row, "prompt"), row_text(row, f"response_{k}"), row[f"response_{k}_harm_category"],
+         row[f"is_response_{k}_safe"], row.get(f"response_{k}_severity_level"), row.get(f"response_{k}_sha256"))
         for k in (0, 1)
     ]
 
@@ -85,7 +95,8 @@ class ModerationView(View):
             texts): a PKU-SafeRLHF response recurs across rows; repeats are dropped and counted as
             ``duplicate_response``. Either way, rows repeated whole are noted (``duplicate_rows``), and a response
             with an empty or blank prompt or text is dropped and counted (``empty_prompt``, ``empty_response``).
-        pair_input: encode as a sentence pair (encoders) instead of template + response + EOS (decoders).
+        pair_input: encode as a sentence pair (encoders, whatever the template) instead of the conversation
+            (decoders).
     """
 
     name = "moderation"
@@ -109,8 +120,7 @@ class ModerationView(View):
         """Tokenise (prompt, response) texts: ``(int32 ids per text, how many were cut)``."""
         if self.pair_input:
             return encode_sentence_pairs(tokenizer, prompts, responses, max_length)
-        return encode_with_eos(tokenizer, [format_prompt(p, template) + r for p, r in zip(prompts, responses)],
-                               max_length)
+        return encode_conversations(tokenizer, prompts, responses, template, max_length)
 
     def encode(self, rows: list[Valid], tokenizer: Any, template: str, max_length: int,
                report: SplitReport) -> Iterator[dict[str, Any]]:

@@ -10,9 +10,10 @@ column names; :mod:`lit_safe.data_modules.formats`): TRL explicit-prompt rows (`
 TRL conversational rows (lists of ``{"role", "content"}`` messages, with or without a separate prompt) and Anthropic
 HH transcripts. Each row is normalised to the PKU-SafeRLHF pair (chosen = ``response_0``, ``better_response_id`` 0,
 optional safety labels under their PKU names, the turns in ``prompt_messages``), so the views below read every
-format alike; safety labels are required only by the views that read them (``safety``, ``moderation``, and ``sft``
-with ``sft_responses: safer``), and a source without them fails for those views with one error before anything is
-prepared. A PKU-SafeRLHF file without safety labels (e.g. ``PKU-SafeRLHF-single-dimension``) trains a reward model.
+format alike (with ``prompt_template: chat`` the tokenizer's chat template renders those turns as turns); safety
+labels are required only by the views that read them (``safety``, ``moderation``, and ``sft`` with ``sft_responses:
+safer``), and a source without them fails for those views with one error before anything is prepared. A
+PKU-SafeRLHF file without safety labels (e.g. ``PKU-SafeRLHF-single-dimension``) trains a reward model.
 
 Views turn a validated row into training items:
 
@@ -68,11 +69,17 @@ from lit_safe.data_modules.schemas import (
     text_digest,
 )
 from lit_safe.data_modules.sources import DataValidationError
-from lit_safe.data_modules.views import Valid, View, blank_text, count_duplicate_rows, int_fields, text_batch
+from lit_safe.data_modules.views import (
+    Valid,
+    View,
+    blank_text,
+    count_duplicate_rows,
+    int_fields,
+    row_text,
+    text_batch,
+)
 from lit_safe.models.text import (
-    conversations,
-    encode_with_eos,
-    format_prompt,
+    encode_conversations,
     pack_pair,
     pad_right,
     pair_attention,
@@ -116,7 +123,7 @@ class PairView(View):
         raise TypeError(f"{type(self).__name__} must say which response comes first")
 
     def encode(self, rows: list[Valid], tokenizer: Any, template: str, max_length: int, report: SplitReport):
-        kept: list[tuple[int, str, str, dict[str, int]]] = []
+        kept: list[tuple[int, str, str, str, dict[str, int]]] = []
         pairs: set[bytes] = set()  # digests of the (prompt, first, second, extras) kept so far in this split
         for index, row in count_duplicate_rows(rows, report):
             blank = blank_text(row["prompt"], row["response_0"], row["response_1"])
@@ -137,12 +144,13 @@ class PairView(View):
                 report.dropped["duplicate_pair"] += 1
                 continue
             pairs.add(key)
-            prompt = format_prompt(row["prompt"], template)
-            kept.append((index, prompt + row[f"response_{first}"], prompt + row[f"response_{1 - first}"], extras))
-        firsts, cut_a = encode_with_eos(tokenizer, [k[1] for k in kept], max_length)
-        seconds, cut_b = encode_with_eos(tokenizer, [k[2] for k in kept], max_length)
+            kept.append((index, row_text(row, "prompt"), row_text(row, f"response_{first}"),
+                         row_text(row, f"response_{1 - first}"), extras))
+        prompts = [k[1] for k in kept]
+        firsts, cut_a = encode_conversations(tokenizer, prompts, [k[2] for k in kept], template, max_length)
+        seconds, cut_b = encode_conversations(tokenizer, prompts, [k[3] for k in kept], template, max_length)
         report.notes["truncated_sequences"] += cut_a + cut_b
-        for (index, _, _, extras), a, b in zip(kept, firsts, seconds):
+        for (index, _, _, _, extras), a, b in zip(kept, firsts, seconds):
             if np.array_equal(a, b):
                 report.dropped["identical_after_truncation"] += 1
                 continue
@@ -153,7 +161,7 @@ class PairView(View):
     def encode_inputs(tokenizer: Any, prompts: list[str], responses: list[str], template: str, max_length: int):
         """Tokenise single (prompt, response) texts the way pair items are (for ``predict_file``):
         ``(ids, truncated count)``."""
-        return encode_with_eos(tokenizer, conversations(prompts, responses, template), max_length)
+        return encode_conversations(tokenizer, prompts, responses, template, max_length)
 
     def length(self, item: dict[str, Any]) -> int:
         """Tokens the item costs in a batch (what length grouping sorts by)."""
@@ -223,13 +231,13 @@ def pku_sft_pairs(row: dict[str, Any], which: str) -> list[tuple[str, str]]:
         ids = [0, 1]
     else:
         ids = [row["better_response_id" if which == "better" else "safer_response_id"]]
-    return [(row["prompt"], row[f"response_{k}"]) for k in ids]
+    return [(row_text(row, "prompt"), row_text(row, f"response_{k}")) for k in ids]
 
 
 def pku_preference_pairs(row: dict[str, Any]) -> list[tuple[str, str, str]]:
     """The (prompt, better response, worse response) a PKU-SafeRLHF row gives the ``preference_pairs`` view (DPO)."""
     better = row["better_response_id"]
-    return [(row["prompt"], row[f"response_{better}"], row[f"response_{1 - better}"])]
+    return [(row_text(row, "prompt"), row_text(row, f"response_{better}"), row_text(row, f"response_{1 - better}"))]
 
 
 class PKUSafeRLHFDataModule(PreparedDataModule):

@@ -2,17 +2,21 @@
 from, for PPO rollouts and the arena) and ``preference_pairs`` (a preferred and a dispreferred response, for DPO).
 
 ``sft`` items are ``{"input_ids": int32 (L,), "prompt_length": int, "row": int}``: the prompt in the conversation
-template (with the tokenizer's BOS), then the response and EOS. The prompt and the response are tokenised
+template (with the tokenizer's BOS), then the response and EOS; with ``prompt_template: chat``, the prompt rendered by
+the tokenizer's chat template with its generation prompt (a row's turns as turns), then the reply as the template
+writes it and the template's end-of-turn (:mod:`lit_safe.models.text`). The prompt and the response are tokenised
 separately and concatenated, so that the boundary is exact: the loss masks exactly the prompt's tokens
 (ALGORITHMS.md section 6), and a policy generating from the ``prompts`` view starts from the very same ids. Batches:
 ``input_ids``, ``attention_mask`` and ``labels (B, L)`` (right padding; labels are -100 on prompt and padding), and
-``row (B,)``. A response longer than the room after its prompt is cut before its EOS; a prompt that leaves no room
+``row (B,)``. A response longer than the room after its prompt is cut before its end; a prompt that leaves no room
 for a response token is dropped and counted (``prompt_too_long``), as are an empty or blank prompt or response
 (``empty_prompt``, ``empty_response``) and a (prompt, response) kept before in the split (``duplicate_response``).
 
 ``prompts`` items are ``{"input_ids": int32 (P,), "row": int}``, one per distinct prompt (repeats are dropped and
-counted as ``duplicate_prompt``, blank prompts as ``empty_prompt``). Batches: ``input_ids`` and
-``attention_mask (B, P)`` *left*-padded, as generation needs, and ``row (B,)``.
+counted as ``duplicate_prompt``, blank prompts as ``empty_prompt``); with ``prompt_template: chat`` also ``"turns"``,
+the prompt's ``{"role", "content"}`` turns as JSON. Batches: ``input_ids`` and ``attention_mask (B, P)``
+*left*-padded, as generation needs, and ``row (B,)``; under ``chat`` also ``prompt_turns`` (a list of B lists of
+turns), so that a score model with another tokenizer can read the conversation in its own chat template.
 
 ``preference_pairs`` items (DPO) are ``{"chosen": int32 (Lc,), "rejected": int32 (Lr,), "prompt_length": int,
 "row": int}``: two ``sft`` sequences of the same prompt (identical prompt tokens), the preferred response first.
@@ -29,6 +33,7 @@ stays small when preparation streams.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -37,32 +42,41 @@ import torch
 
 from lit_safe.data_modules.preparation import SplitReport
 from lit_safe.data_modules.schemas import is_blank, text_digest
-from lit_safe.data_modules.views import Valid, View, blank_text, count_duplicate_rows, int_fields, text_batch
-from lit_safe.models.text import encode_prompts, pad_left
+from lit_safe.data_modules.views import (
+    Valid,
+    View,
+    blank_text,
+    count_duplicate_rows,
+    int_fields,
+    row_text,
+    text_batch,
+)
+from lit_safe.models.text import Text, chat_turns, encode_prompt_response, encode_prompts, is_chat, pad_left
 
 IGNORE_INDEX = -100
 ENCODE_CHUNK = 8192
 
 
 def encode_sft(
-    tokenizer: Any, prompts: list[str], responses: list[str], template: str, max_length: int
+    tokenizer: Any, prompts: list[Text], responses: list[Text], template: str, max_length: int
 ) -> tuple[list[tuple[np.ndarray, int] | None], int]:
-    """``(ids, prompt_length)`` per (prompt, response): prompt ids + response ids + EOS, at most ``max_length``
-    tokens (the response cut first); ``None`` where the prompt alone leaves no room. Returns the list and how many
-    responses were cut."""
-    prompt_ids = encode_prompts(tokenizer, prompts, template)
-    response_ids = tokenizer(list(responses), add_special_tokens=False)["input_ids"] if responses else []
-    eos, out, cut = tokenizer.eos_token_id, [], 0
+    """``(ids, prompt_length)`` per (prompt, response): prompt ids + response ids + end ids (EOS; for ``chat`` the
+    template's end-of-turn), at most ``max_length`` tokens (the response cut first); ``None`` where the prompt alone
+    leaves no room. The parts are tokenised separately (:func:`~lit_safe.models.text.encode_prompt_response`), so
+    the first ``prompt_length`` ids are exactly the ``prompts`` view's. Returns the list and how many responses were
+    cut."""
+    if not prompts:
+        return [], 0
+    prompt_ids, response_ids, end = encode_prompt_response(tokenizer, prompts, responses, template)
+    out, cut = [], 0
     for p, r in zip(prompt_ids, response_ids):
-        room = max_length - 1 - len(p)
+        room = max_length - len(end) - len(p)
         if room < 1:
             out.append(None)
             continue
-        if r and r[-1] == eos:
-            r = r[:-1]
         if len(r) > room:
             r, cut = r[:room], cut + 1
-        out.append((np.concatenate([p, np.asarray([*r, eos], dtype=np.int32)]), len(p)))
+        out.append((np.concatenate([p, np.asarray([*r, *end], dtype=np.int32)]), len(p)))
     return out, cut
 
 
@@ -141,41 +155,51 @@ class PromptView(PolicyView):
 
     Args:
         field: the row field holding the user prompt (SafeSora: ``prompt_text``).
+        prompt: the prompt a valid row gives, when it is more than its ``field`` (SafeSora under a chat template:
+            the rewrite instruction around it); default the field (with its turns, :func:`row_text`).
     """
 
     name = "prompts"
 
-    def __init__(self, field: str = "prompt") -> None:
+    def __init__(self, field: str = "prompt", prompt: Callable[[dict[str, Any]], Text] | None = None) -> None:
         self.field = field
+        self.prompt = prompt
 
     def encode(self, rows: list[Valid], tokenizer: Any, template: str, max_length: int,
                report: SplitReport) -> Iterator[dict[str, Any]]:
         seen: set[bytes] = set()  # digests of the prompts kept so far
-        kept: list[tuple[int, str]] = []
+        kept: list[tuple[int, Text]] = []
         for index, row in count_duplicate_rows(rows, report):
-            prompt = row[self.field]
-            if is_blank(prompt):
+            text = row[self.field]
+            if is_blank(text):
                 report.dropped["empty_prompt"] += 1
                 continue
-            key = text_digest(prompt)
+            key = text_digest(text)
             if key in seen:
                 report.dropped["duplicate_prompt"] += 1
                 continue
             seen.add(key)
-            kept.append((index, prompt))
+            kept.append((index, self.prompt(row) if self.prompt is not None else row_text(row, self.field)))
+        chat = is_chat(template)
         for start in range(0, len(kept), ENCODE_CHUNK):
             chunk = kept[start : start + ENCODE_CHUNK]
-            for (index, _), ids in zip(chunk, encode_prompts(tokenizer, [c[1] for c in chunk], template)):
+            for (index, prompt), ids in zip(chunk, encode_prompts(tokenizer, [c[1] for c in chunk], template)):
                 if len(ids) >= max_length:  # no room left to generate
                     report.dropped["prompt_too_long"] += 1
                     continue
                 report.kept += 1
-                yield {"input_ids": ids, "row": index}
+                if chat:  # the turns, for a scorer that renders them with its own chat template
+                    yield {"input_ids": ids, "row": index, "turns": json.dumps(chat_turns(prompt, "user"))}
+                else:
+                    yield {"input_ids": ids, "row": index}
 
     @staticmethod
     def collate(items: list[dict[str, Any]], pad_id: int, multiple_of: int = 1) -> dict[str, Any]:
         ids, mask = pad_left([i["input_ids"] for i in items], pad_id)
-        return {"input_ids": ids, "attention_mask": mask, **int_fields(items, ["row"])}
+        batch = {"input_ids": ids, "attention_mask": mask, **int_fields(items, ["row"])}
+        if "turns" in items[0]:
+            batch["prompt_turns"] = [json.loads(i["turns"]) for i in items]
+        return batch
 
 
 class PreferencePairView(PolicyView):

@@ -34,7 +34,8 @@ Views (``view``):
 - ``moderation``: one item per labelled video of SafeSora-Label (``prompt_labels``/``video_labels``, 12 categories;
   ``unsafe`` is ``not is_safe``, or any category where ``is_safe`` is absent). Text-video moderation.
 - ``rewrites``: (user prompt -> the winning video's ``video_text``) for SFT of a prompt-augmentation LM, in
-  ``prompt_template`` (default :data:`REWRITE_TEMPLATE`).
+  ``prompt_template`` (default :data:`REWRITE_TEMPLATE`; with ``chat``, the tokenizer's chat template, the user's
+  turn being the rewrite instruction with the request, :func:`~lit_safe.models.text.rewrite_request`).
 - ``rewrite_pairs``: (user prompt, winning ``video_text``, losing ``video_text``) for DPO of that LM.
 - ``prompts``: the distinct user prompts (pair rows or SafeSora-Eval rows) in ``prompt_template``, left-padded.
 
@@ -74,7 +75,7 @@ from lit_safe.data_modules.schemas import (
 from lit_safe.data_modules.sources import DataValidationError
 from lit_safe.data_modules.views import Valid, View, int_fields, text_batch
 from lit_safe.models.frames import VideoDecodeError, encode_mp4, read_video, to_batch_layout
-from lit_safe.models.text import REWRITE_TEMPLATE, VIDEO_TEMPLATE, encode_prompt_texts
+from lit_safe.models.text import REWRITE_TEMPLATE, VIDEO_TEMPLATE, encode_prompt_texts, is_chat, rewrite_request
 
 DIMENSIONS = ("helpfulness", "harmlessness", "safety_first", *SAFESORA_SUB_PREFERENCES)
 VIDEO_VIEWS = ("preference", "safety", "moderation")
@@ -315,7 +316,9 @@ class SafeSoraDataModule(PreparedDataModule):
         frame_size: frame height and width after resizing (224 for CLIP-size encoders).
         video_storage: ``frames`` (decoded uint8 frames in the chunks) or ``mp4`` (small clips decoded while loading).
         prompt_template: where the user prompt goes; default ``{prompt}`` for the video views and
-            :data:`REWRITE_TEMPLATE` for ``rewrites``, ``rewrite_pairs`` and ``prompts``.
+            :data:`REWRITE_TEMPLATE` for ``rewrites``, ``rewrite_pairs`` and ``prompts``, which also take ``chat``
+            (the rewriter's chat template; the user's turn is
+            :func:`~lit_safe.models.text.rewrite_request`).
         max_length: longest token sequence; default 77 (CLIP) for the video views, 256 for the text views.
         batch_size: pairs (moderation: videos) per training batch (per device).
         group_size: batches per length-grouping pool (1 turns grouping off: the videos, not the prompts, make a
@@ -358,6 +361,9 @@ class SafeSoraDataModule(PreparedDataModule):
             raise ValueError(f"num_frames must be >= 1 and frame_size even and >= 2, got {num_frames}, {frame_size}")
         if prompt_template is None:
             prompt_template = VIDEO_TEMPLATE if view in VIDEO_VIEWS else REWRITE_TEMPLATE
+        if is_chat(prompt_template) and view in VIDEO_VIEWS:
+            raise ValueError(f"prompt_template 'chat' is for the text views (rewrites, rewrite_pairs, prompts): the "
+                             f"{view} view's text encoder reads a '{{prompt}}' template")
         if max_length is None:  # CLIP text encoders read 77 tokens; a rewrite needs room for prompt and answer
             max_length = 77 if view in VIDEO_VIEWS else 256
         self.categories = list(SAFESORA_CATEGORIES)
@@ -391,14 +397,19 @@ class SafeSoraDataModule(PreparedDataModule):
                 return None
             return 1 - safer
 
+        chat = is_chat(self.template)
+
+        def user_prompt(row: dict) -> str:
+            return rewrite_request(row["prompt_text"]) if chat else row["prompt_text"]
+
         def rewrites(row: dict) -> list[tuple[str, str]]:
             first, _ = preferred(row, hp.dimension)
-            return [(row["prompt_text"], row[f"video_{first}"]["video_text"])]
+            return [(user_prompt(row), row[f"video_{first}"]["video_text"])]
 
         def rewrite_pairs(row: dict) -> list[tuple[str, str, str]]:
             first, _ = preferred(row, hp.dimension)
             win, lose = row[f"video_{first}"]["video_text"], row[f"video_{1 - first}"]["video_text"]
-            return [(row["prompt_text"], win, lose)]
+            return [(user_prompt(row), win, lose)]
 
         if name == "preference":
             return VideoPairView("preference", winner_first, self._reader(), hp.on_bad_row)
@@ -411,7 +422,7 @@ class SafeSoraDataModule(PreparedDataModule):
         if name == "rewrite_pairs":
             return PreferencePairView(rewrite_pairs)
         if name == "prompts":
-            return PromptView(field="prompt_text")
+            return PromptView(field="prompt_text", prompt=user_prompt if chat else None)
         raise ValueError(f"unknown view {name!r}; views: {list(self.views)}")
 
     def item_transform(self):

@@ -6,7 +6,8 @@ batches (:class:`~lit_safe.data_modules.base.PreparedDataModule`). Every view is
 
 - ``name``;
 - ``encode(rows, tokenizer, template, max_length, report)``: the items of one split's valid rows, counting in
-  ``report`` what it keeps, drops (by reason) and notes;
+  ``report`` what it keeps, drops (by reason) and notes; ``template`` is a ``{prompt}`` template or ``chat`` (the
+  tokenizer's chat template), applied by the functions of :mod:`lit_safe.models.text`;
 - ``length(item)``: the tokens an item costs in a batch (what length grouping sorts by);
 - ``collate(items, pad_id, multiple_of)``: a batch of tensors;
 - ``encode_inputs(tokenizer, prompts, responses, template, max_length)``: how one (prompt, response) is tokenised,
@@ -15,8 +16,8 @@ batches (:class:`~lit_safe.data_modules.base.PreparedDataModule`). Every view is
   record none).
 
 The helpers below are what views share: :func:`count_duplicate_rows` (the ``duplicate_rows`` note every view
-keeps), :func:`blank_text` (the drop reason of an empty text), :func:`text_batch` and :func:`int_fields` (the
-common parts of a batch).
+keeps), :func:`blank_text` (the drop reason of an empty text), :func:`row_text` (a text field with the turns a chat
+template renders), :func:`text_batch` and :func:`int_fields` (the common parts of a batch).
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ import torch
 
 from lit_safe.data_modules.preparation import SplitReport
 from lit_safe.data_modules.schemas import is_blank, row_digest
-from lit_safe.models.text import pad_right
+from lit_safe.models.text import Turns, pad_right
 
 Valid = tuple[int, dict[str, Any]]  # (position of the row in its source split, counted from 0; the row)
 
@@ -48,7 +49,7 @@ class View(ABC):
         Args:
             rows: ``(position in the source split, row)`` of the split's valid rows.
             tokenizer: the model's tokenizer.
-            template: the prompt template (contains ``{prompt}``).
+            template: the prompt template (contains ``{prompt}``), or ``chat`` (the tokenizer's chat template).
             max_length: longest token sequence.
             report: the split's counts.
         """
@@ -97,6 +98,14 @@ def blank_text(prompt: str, *responses: str) -> str | None:
     return None
 
 
+def row_text(row: dict[str, Any], field: str) -> str:
+    """A row's text ``field`` (``prompt``, ``response_0`` ...) as the views read it: the string, carrying the row's
+    ``{field}_messages`` turns (:class:`~lit_safe.models.text.Turns`) when it has them, which a chat template renders
+    instead (rows of the chosen/rejected formats, :mod:`lit_safe.data_modules.formats`)."""
+    messages = row.get(f"{field}_messages")
+    return Turns(row[field], messages) if messages else row[field]
+
+
 def text_batch(sequences: Sequence[np.ndarray], pad_id: int, multiple_of: int = 1) -> dict[str, torch.Tensor]:
     """``input_ids`` and ``attention_mask`` ``(N, L)`` of right-padded sequences (``L`` a multiple of
     ``multiple_of``)."""
@@ -109,4 +118,4 @@ def int_fields(items: list[dict[str, Any]], keys: Iterable[str]) -> dict[str, to
     return {key: torch.as_tensor([int(i[key]) for i in items]) for key in keys}
 
 
-__all__ = ["Valid", "View", "blank_text", "count_duplicate_rows", "int_fields", "text_batch"]
+__all__ = ["Valid", "View", "blank_text", "count_duplicate_rows", "int_fields", "row_text", "text_batch"]

@@ -11,6 +11,12 @@ counts as worse) x safe or unsafe, as counts and shares.
 (:func:`run_arena`, given the prompts the command line read) prints the table and writes ``arena.json`` (summary and
 every answer) and ``arena.csv`` (one row per prompt). Generation is greedy by default (``--temperature 0``), so that
 a comparison is reproducible.
+
+Text: ``--prompt_template`` is a ``{prompt}`` template (``safe_rlhf``, the default) or ``chat``: each model reads the
+conversation rendered by its own tokenizer's chat template. A policy generates from its template's generation prompt
+and stops at EOS or its end-of-turn token; a score model reads (prompt, answer) the way it was trained: a lit_safe
+score model as its pair view encoded it (:func:`~lit_safe.models.text.encode_conversations`), a Hugging Face reward
+model (``text_encoding: tokenizer``) the rendered conversation in its tokenizer's own encoding.
 """
 
 from __future__ import annotations
@@ -24,7 +30,17 @@ import torch
 from torch import Tensor
 
 from lit_safe.models.score_model import score_texts
-from lit_safe.models.text import SAFE_RLHF_TEMPLATE, conversations, encode_prompts, pad_left
+from lit_safe.models.text import (
+    SAFE_RLHF_TEMPLATE,
+    check_template,
+    conversations,
+    encode_conversations,
+    encode_prompts,
+    is_chat,
+    pad_left,
+    pad_right,
+    stop_token_ids,
+)
 
 
 def arena_summary(reward_a: Tensor, cost_a: Tensor, reward_b: Tensor, cost_b: Tensor) -> dict[str, Any]:
@@ -83,26 +99,55 @@ def format_summary(summary: dict[str, Any], name_a: str = "A", name_b: str = "B"
 @torch.no_grad()
 def generate(model, tokenizer, prompts: list[str], template: str, max_new_tokens: int, batch_size: int,
              temperature: float = 0.0, top_p: float = 1.0) -> list[str]:
-    """Each prompt's response from a causal LM (left-padded batches; greedy when ``temperature`` is 0)."""
+    """Each prompt's response from a causal LM (left-padded batches; greedy when ``temperature`` is 0), the prompts
+    in ``template`` (``chat``: the tokenizer's chat template); generation stops at EOS, and for ``chat`` also at the
+    template's end-of-turn token (:func:`~lit_safe.models.text.stop_token_ids`)."""
     responses = []
     device = next(model.parameters()).device
+    stops = stop_token_ids(tokenizer, template)
     for start in range(0, len(prompts), batch_size):
         ids, mask = pad_left(encode_prompts(tokenizer, prompts[start : start + batch_size], template),
                              tokenizer.pad_token_id)
         sampling = {"do_sample": True, "temperature": temperature, "top_p": top_p} if temperature > 0 else {
             "do_sample": False}
         out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), max_new_tokens=max_new_tokens,
-                             pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id, **sampling)
+                             pad_token_id=tokenizer.pad_token_id, eos_token_id=stops if len(stops) > 1 else stops[0],
+                             **sampling)
         responses += tokenizer.batch_decode(out[:, ids.size(1):], skip_special_tokens=True)
     return responses
 
 
+@torch.no_grad()
 def score(model, tokenizer, prompts: list[str], responses: list[str], template: str, max_length: int,
           batch_size: int) -> Tensor:
     """End scores ``(N,)`` (float32, on the CPU) of a score model on (prompt, response) texts, tokenised as it was
-    trained (:func:`~lit_safe.models.score_model.score_texts`)."""
-    texts = conversations(prompts, responses, template)
-    return score_texts(model, tokenizer, texts, max_length, batch_size).float().cpu()
+    trained: for a ``{prompt}`` template or a Hugging Face reward model (``text_encoding: tokenizer``), the
+    conversation text (``chat``: rendered by ``tokenizer``'s chat template) through
+    :func:`~lit_safe.models.score_model.score_texts`; a lit_safe score model under ``chat`` reads the ids its pair
+    view trained it on (:func:`~lit_safe.models.text.encode_conversations`).
+
+    Args:
+        model: a :class:`~lit_safe.models.score_model.ScoreModel`.
+        tokenizer: its tokenizer (for ``chat``, with a chat template).
+        prompts, responses: the texts.
+        template: a ``{prompt}`` template or ``chat``.
+        max_length: longest sequence the model reads (capped at its ``max_position_embeddings``).
+        batch_size: texts per forward pass.
+    """
+    if not is_chat(template) or getattr(model, "text_encoding", "append_eos") == "tokenizer":
+        texts = conversations(prompts, responses, template, tokenizer)
+        return score_texts(model, tokenizer, texts, max_length, batch_size).float().cpu()
+    config = getattr(getattr(model, "backbone", None), "config", None)
+    positions = getattr(config.get_text_config(), "max_position_embeddings", None) if config is not None else None
+    max_length = min(max_length, int(positions)) if positions else max_length
+    device = next(model.parameters()).device
+    scores = [torch.zeros(0)]
+    for start in range(0, len(prompts), batch_size):
+        ids, _ = encode_conversations(tokenizer, prompts[start : start + batch_size],
+                                      responses[start : start + batch_size], template, max_length)
+        ids, mask = pad_right(ids, tokenizer.pad_token_id)
+        scores.append(model(ids.to(device), mask.to(device)).end_scores.float().cpu())
+    return torch.cat(scores)
 
 
 def check_model(option: str, value: str) -> None:
@@ -150,7 +195,8 @@ def run_arena(
         prompts: the user prompts both policies answer.
         output: directory for ``arena.json`` and ``arena.csv``.
         prompts_file: where the prompts came from (recorded in the summary).
-        prompt_template: the conversation template (``{prompt}`` is replaced).
+        prompt_template: the conversation template: ``safe_rlhf`` (the default), another template containing
+            ``{prompt}``, or ``chat``, each model's own tokenizer's chat template (every one must have one).
         max_new_tokens: longest response.
         temperature: 0 for greedy decoding, else sampling with ``top_p``.
         top_p: nucleus sampling mass.
@@ -169,15 +215,20 @@ def run_arena(
 
     target = start_arena({"policy_a": policy_a, "policy_b": policy_b, "reward_model": reward_model,
                           "cost_model": cost_model}, seed, device)
+    tokenizers = {"a": load_tokenizer(policy_a, padding_side="left"),
+                  "b": load_tokenizer(policy_b, padding_side="left"),
+                  "reward": load_tokenizer(reward_model), "cost": load_tokenizer(cost_model)}
+    for tokenizer in tokenizers.values():  # before any model is loaded: a tokenizer without a chat template fails here
+        prompt_template = check_template(prompt_template, tokenizer)
     answers, scores = {}, {}
     for key, path in (("a", policy_a), ("b", policy_b)):
-        tokenizer = load_tokenizer(path, padding_side="left")
+        tokenizer = tokenizers[key]
         model = AutoModelForCausalLM.from_pretrained(path).to(target).eval()
         answers[key] = generate(model, tokenizer, prompts, prompt_template, max_new_tokens, batch_size, temperature,
                                 top_p)
         del model
     for kind, path in (("reward", reward_model), ("cost", cost_model)):
-        tokenizer = load_tokenizer(path)
+        tokenizer = tokenizers[kind]
         model = ScoreModel.from_pretrained(path).to(target).eval()
         for key in ("a", "b"):
             scores[kind, key] = score(model, tokenizer, prompts, answers[key], prompt_template, max_length, batch_size)

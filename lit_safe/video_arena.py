@@ -28,13 +28,22 @@ from torch import Tensor
 
 from lit_safe.arena import arena_summary, format_summary, generate, start_arena
 from lit_safe.models.frames import encode_mp4, read_video, resize_array, sample_indices
-from lit_safe.models.text import REWRITE_TEMPLATE, encode_prompt_texts, pad_right
+from lit_safe.models.text import (
+    REWRITE_TEMPLATE,
+    check_template,
+    encode_prompt_texts,
+    is_chat,
+    pad_right,
+    rewrite_request,
+)
 
 
 def rewrite(rewriter: str, prompts: list[str], template: str, max_new_tokens: int, batch_size: int,
             temperature: float, device: torch.device) -> list[str]:
     """The rewrites of ``prompts`` by a causal LM, or the prompts themselves for ``none``; an empty rewrite falls back
-    to the user prompt (the generator needs some text)."""
+    to the user prompt (the generator needs some text). With ``template`` ``chat`` the rewriter reads its chat
+    template, the user's turn being the rewrite instruction with the prompt
+    (:func:`~lit_safe.models.text.rewrite_request`), as the SafeSora ``rewrites`` view trains it."""
     if rewriter == "none":
         return list(prompts)
     from transformers import AutoModelForCausalLM
@@ -42,8 +51,10 @@ def rewrite(rewriter: str, prompts: list[str], template: str, max_new_tokens: in
     from lit_safe.models.tokenizer import load_tokenizer
 
     tokenizer = load_tokenizer(rewriter, padding_side="left")
+    template = check_template(template, tokenizer)
     model = AutoModelForCausalLM.from_pretrained(rewriter).to(device).eval()
-    texts = generate(model, tokenizer, prompts, template, max_new_tokens, batch_size, temperature)
+    requests = [rewrite_request(p) for p in prompts] if is_chat(template) else prompts
+    texts = generate(model, tokenizer, requests, template, max_new_tokens, batch_size, temperature)
     return [t.strip() or p for t, p in zip(texts, prompts)]
 
 
@@ -113,7 +124,8 @@ def run_video_arena(
         renderer: draws the video of a text with a seed (``lit-safe video-arena --generator synthetic`` passes the
             synthetic SafeSora renderer); text ``i`` gets seed ``seed + i``.
         prompts_file: where the prompts came from (recorded in the summary).
-        rewrite_template: the rewriters' prompt template (``{prompt}`` is replaced).
+        rewrite_template: the rewriters' prompt template (``{prompt}`` is replaced), or ``chat``: each rewriter's
+            chat template.
         max_new_tokens: longest rewrite.
         temperature: 0 for greedy rewriting.
         num_frames, frame_size: video size of a diffusion generator (the synthetic renderer makes 16 frames of 64 px).

@@ -441,7 +441,7 @@ def test_given_test_split_reports_prompts_shared_with_training(tmp_path):
     # two test prompts also occur in training (with other responses), one does not
     test_rows = [dict(rows[0], response="x"), dict(rows[1], response="y"), rows[5]]
     _write_jsonl(tmp_path / "src" / "test.jsonl", test_rows)
-    dm = BeaverTailsDataModule(source=str(tmp_path / "src"), train_split="train", test_split="test",
+    dm = BeaverTailsDataModule(tokenizer="tiny", source=str(tmp_path / "src"), train_split="train", test_split="test",
                                val_fraction=0.0, prepared_dir=str(tmp_path / "prep"), num_workers=0)
     report = dm.prepare()
     assert report.splits["test"].notes["prompts_shared_with_train"] == 2

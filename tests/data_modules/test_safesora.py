@@ -358,6 +358,38 @@ def test_rewrites_view_is_sft_on_the_winning_rewrite(make, synthetic, tiny_token
         assert count == report.kept
 
 
+def test_rewrites_view_with_a_chat_template(make, synthetic, chat_tokenizer_dir):
+    from transformers import AutoTokenizer
+
+    directory = chat_tokenizer_dir("chatml")
+    tok = AutoTokenizer.from_pretrained(directory)
+    dm = make(view="rewrites", tokenizer=directory, prompt_template="chat")
+    count = 0
+    for split, split_batches in _batches(dm).items():
+        rows = _config(synthetic, split)
+        for batch in split_batches:
+            for i in range(batch["input_ids"].shape[0]):
+                row = rows[int(batch["row"][i])]
+                # the user's turn is the rewrite instruction with the request
+                user = [{"role": "user", "content": REWRITE_TEMPLATE.replace("{prompt}", row["prompt_text"]).rstrip()}]
+                reply = [{"role": "assistant", "content": row[row["helpfulness"]]["video_text"]}]
+                prompt = tok(tok.apply_chat_template(user, tokenize=False, add_generation_prompt=True),
+                             add_special_tokens=False)["input_ids"]
+                whole = tok(tok.apply_chat_template(user + reply, tokenize=False),
+                            add_special_tokens=False)["input_ids"]
+                n = int(batch["attention_mask"][i].sum())
+                assert batch["input_ids"][i, :n].tolist() == whole
+                assert (batch["labels"][i, : len(prompt)] == -100).all()
+                assert batch["labels"][i, len(prompt) : n].tolist() == whole[len(prompt) :]
+                count += 1
+    assert count == sum(report.kept for report in dm.report.splits.values()) > 0
+
+
+def test_video_views_refuse_a_chat_template(make, chat_tokenizer_dir):
+    with pytest.raises(ValueError, match="'chat' is for the text views"):
+        make(view="preference", tokenizer=chat_tokenizer_dir("chatml"), prompt_template="chat")
+
+
 def test_rewrite_pairs_view_is_dpo_on_winning_and_losing_rewrites(make, synthetic, tiny_tokenizer):
     dm = make(view="rewrite_pairs", dimension="harmlessness")
     batches = _batches(dm)

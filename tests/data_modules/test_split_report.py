@@ -21,7 +21,8 @@ def _file(path: Path, rows: list[dict]) -> Path:
 
 def test_a_single_file_names_the_carved_splits(tmp_path, capsys):
     source = _file(tmp_path / "pairs.jsonl", [_pair(i) for i in range(200)])
-    dm = PKUSafeRLHFDataModule(source=str(source), prepared_dir=str(tmp_path / "prepared"), num_workers=0)
+    dm = PKUSafeRLHFDataModule(tokenizer="tiny", source=str(source), prepared_dir=str(tmp_path / "prepared"),
+                               num_workers=0)
     report = dm.prepare()
     printed = capsys.readouterr().out
     assert report.row_format == "prompt_chosen_rejected"
@@ -43,8 +44,8 @@ def test_given_splits_are_named_as_source_splits(tmp_path):
     folder.mkdir()
     _file(folder / "train.jsonl", [_pair(i) for i in range(40)])
     _file(folder / "test.jsonl", [_pair(i) for i in range(100, 120)])
-    dm = PKUSafeRLHFDataModule(source=str(folder), prepared_dir=str(tmp_path / "prepared"), val_fraction=0.0,
-                               num_workers=0)
+    dm = PKUSafeRLHFDataModule(tokenizer="tiny", source=str(folder), prepared_dir=str(tmp_path / "prepared"),
+                               val_fraction=0.0, num_workers=0)
     report = dm.prepare()
     assert report.origins == {"train": "source split 'train'", "test": "source split 'test'"}
     assert "val" not in report.splits

@@ -71,6 +71,30 @@ def test_the_format_round_trips_through_prepare_and_streaming(rows, tmp_path, ti
     assert sorted(seen) == list(range(30))  # every pair once per epoch
 
 
+def test_a_chat_template_renders_tree_pairs(rows, tmp_path, chat_tokenizer_dir):
+    from transformers import AutoTokenizer
+
+    directory = chat_tokenizer_dir("chatml")
+    tok = AutoTokenizer.from_pretrained(directory)
+    data = module(write(rows, tmp_path / "pairs.jsonl"), tmp_path, tokenizer=directory, prompt_template="chat")
+    data.prepare()
+    data.setup("fit")
+    seen = 0
+    for batch in data.train_dataloader():
+        chosen, rejected = batch["input_ids"].chunk(2)
+        c_mask, r_mask = batch["attention_mask"].chunk(2)
+        for i, row_index in enumerate(batch["row"].tolist()):
+            row = rows[row_index]
+            for ids, mask, k in ((chosen, c_mask, row["better_response_id"]),
+                                 (rejected, r_mask, 1 - row["better_response_id"])):
+                text = tok.apply_chat_template([{"role": "user", "content": row["prompt"]},
+                                                {"role": "assistant", "content": row[f"response_{k}"]}],
+                                               tokenize=False)
+                assert ids[i][mask[i].bool()].tolist() == tok(text, add_special_tokens=False)["input_ids"]
+            seen += 1
+    assert seen == 30
+
+
 def test_the_safety_view_reads_the_cost_labels(rows, tmp_path):
     data = module(write(rows, tmp_path / "pairs.jsonl"), tmp_path, view="safety")
     data.prepare()
