@@ -60,7 +60,7 @@ def main(argv: list[str] | None = None) -> None:
     common = {"frame_size": args.frame_size, "num_frames": args.num_frames, "threads": args.threads}
     with tempfile.TemporaryDirectory() as tmp:
         prepared = Path(tmp) / "prepared"
-        base = SafeSoraDataModule(source="synthetic", view="preference", synthetic_rows=args.pairs,
+        base = SafeSoraDataModule(tokenizer="tiny", source="synthetic", view="preference", synthetic_rows=args.pairs,
                                   num_frames=args.num_frames, frame_size=args.frame_size, prepared_dir=str(prepared),
                                   num_workers=0)
         root = base.synthetic_dataset()
@@ -76,9 +76,10 @@ def main(argv: list[str] | None = None) -> None:
               args.out)
         for storage in args.storages:
             for workers in args.num_workers:
-                dm = SafeSoraDataModule(source="synthetic", view="preference", synthetic_rows=args.pairs,
-                                        num_frames=args.num_frames, frame_size=args.frame_size,
-                                        prepared_dir=str(prepared / f"{storage}-{workers}"), video_storage=storage,
+                dm = SafeSoraDataModule(tokenizer="tiny", source="synthetic", view="preference",
+                                        synthetic_rows=args.pairs, num_frames=args.num_frames,
+                                        frame_size=args.frame_size, prepared_dir=str(prepared / f"{storage}-{workers}"),
+                                        video_storage=storage,
                                         num_workers=workers, batch_size=args.batch_size, val_fraction=0.0)
                 start = time.perf_counter()
                 report = dm.prepare()

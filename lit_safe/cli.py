@@ -114,6 +114,7 @@ class LitSafeCLI(LightningCLI):
                 value = init_args.get(key) if init_args is not None else None
                 if isinstance(value, str) and value and not is_preset(value):
                     resolve_pretrained(value, what=key)
+        take_model_tokenizer(config.get("model"), config.get("data"))
 
     def _parse_ckpt_path(self) -> None:
         """Check ``--ckpt_path`` before anything is built, and keep the model's arguments as the config and the
@@ -218,6 +219,45 @@ def read_checkpoint_metadata(ckpt_path: str | os.PathLike) -> dict | None:
         return None
 
 
+def model_tokenizer(model: Any) -> str | None:
+    """The tokenizer a config's model section uses: its ``tokenizer`` argument, else its ``backbone``."""
+    init_args = model.get("init_args") if model is not None and hasattr(model, "get") else None
+    if init_args is None:
+        return None
+    for key in ("tokenizer", "backbone"):
+        value = init_args.get(key)
+        if isinstance(value, str) and value:
+            return value
+    return None
+
+
+def take_model_tokenizer(model: Any, data: Any) -> None:
+    """One tokenizer source of truth, settled before anything is built or prepared: a data section without a
+    ``tokenizer`` takes the model's; one that names another tokenizer than the model's (different ids) is an error.
+
+    Args:
+        model, data: the config's ``model`` and ``data`` sections (``class_path`` + ``init_args``), changed in place.
+    """
+    data_args = data.get("init_args") if data is not None and hasattr(data, "get") else None
+    if data_args is None or "tokenizer" not in data_args:
+        return
+    theirs = model_tokenizer(model)
+    given = data_args.get("tokenizer")
+    if given is None:
+        if theirs is None:
+            raise ValueError("data.tokenizer is not set and the config has no model to take it from: set "
+                             "data.tokenizer (the model's backbone)")
+        data_args["tokenizer"] = theirs
+        return
+    if theirs is None or given == theirs:
+        return
+    from lit_safe.models.tokenizer import load_tokenizer, tokenizer_fingerprint
+
+    if tokenizer_fingerprint(load_tokenizer(given)) != tokenizer_fingerprint(load_tokenizer(theirs)):
+        raise ValueError(f"data.tokenizer {given!r} is not the model's tokenizer ({theirs!r}): its ids differ, so the "
+                         "data would be prepared for another model; leave data.tokenizer unset to use the model's")
+
+
 def prepare_main(argv: list[str]) -> Any:
     """``lit-safe prepare``: build the ``data`` section of a config and prepare its dataset."""
     from jsonargparse import ActionConfigFile, ArgumentParser
@@ -229,6 +269,7 @@ def prepare_main(argv: list[str]) -> Any:
     for ignored in ("seed_everything", "trainer", "model", "ckpt_path", "optimizer", "lr_scheduler"):
         parser.add_argument(f"--{ignored}", type=Any, default=None, help="(ignored by prepare)")
     cfg = parser.parse_args(argv)
+    take_model_tokenizer(cfg.get("model"), cfg.get("data"))
     data = parser.instantiate_classes(cfg).data
     if not hasattr(data, "prepare"):
         raise SystemExit(f"{type(data).__name__} has no prepare(); nothing to prepare")
@@ -324,8 +365,13 @@ def tree_main(command: str, argv: list[str]) -> Any:
 # (its own pytree helper), the IterableDataset-length caution (lit_safe's loaders split the data per worker and rank
 # through litdata, so the length is exact), the caution against passing `args` beside sys.argv (run(args) passes them
 # on purpose, e.g. from Python or tests) and an advertisement for another logger.
+# Lightning's notes that say nothing about a lit_safe run: a deprecation inside Lightning itself, the length of our
+# streaming datasets, run(args) passing its arguments on purpose, the frozen networks (references, scorers) that
+# stay in eval mode by design, and PPO's checkpoints holding the state after its manual optimisation step.
 NOISE_WARNINGS = (r".*isinstance\(treespec, LeafSpec\)` is deprecated", r"Your `IterableDataset` has `__len__` defined",
-                  r"LightningCLI's args parameter is intended to run from within Python")
+                  r"LightningCLI's args parameter is intended to run from within Python",
+                  r"Found \d+ module\(s\) in eval mode at the start of training",
+                  r"Using ModelCheckpoint with manual optimization and every_n_train_steps")
 NOISE_LOG_PREFIXES = ("💡 Tip: For seamless cloud logging",)
 
 
