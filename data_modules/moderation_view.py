@@ -29,15 +29,7 @@ import torch
 
 from lit_safe.data_modules.preparation import SplitReport
 from lit_safe.data_modules.schemas import text_digest
-from lit_safe.data_modules.views import (
-    Valid,
-    View,
-    blank_text,
-    count_duplicate_rows,
-    int_fields,
-    row_text,
-    text_batch,
-)
+from lit_safe.data_modules.views import Valid, View, blank_text, count_duplicate_rows, int_fields, row_text, text_batch
 from lit_safe.models.text import encode_conversations
 
 ENCODE_CHUNK = 8192  # responses tokenised per call

@@ -69,15 +69,7 @@ from lit_safe.data_modules.schemas import (
     text_digest,
 )
 from lit_safe.data_modules.sources import DataValidationError
-from lit_safe.data_modules.views import (
-    Valid,
-    View,
-    blank_text,
-    count_duplicate_rows,
-    int_fields,
-    row_text,
-    text_batch,
-)
+from lit_safe.data_modules.views import Valid, View, blank_text, count_duplicate_rows, int_fields, row_text, text_batch
 from lit_safe.models.text import (
     encode_conversations,
     pack_pair,

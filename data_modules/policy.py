@@ -42,15 +42,7 @@ import torch
 
 from lit_safe.data_modules.preparation import SplitReport
 from lit_safe.data_modules.schemas import is_blank, text_digest
-from lit_safe.data_modules.views import (
-    Valid,
-    View,
-    blank_text,
-    count_duplicate_rows,
-    int_fields,
-    row_text,
-    text_batch,
-)
+from lit_safe.data_modules.views import Valid, View, blank_text, count_duplicate_rows, int_fields, row_text, text_batch
 from lit_safe.models.text import Text, chat_turns, encode_prompt_response, encode_prompts, is_chat, pad_left
 
 IGNORE_INDEX = -100
