@@ -4,9 +4,13 @@ reference schedule, gradient clipping that works under every strategy, per-stage
 end, a guard against non-finite steps and weights, and a private random stream for training that checkpoints save,
 so that a killed run resumes exactly.
 
-Subclasses call :meth:`BackboneModule.save_checked_hyperparameters` in ``__init__``, build ``self.model`` in
-``configure_model`` and call :meth:`BackboneModule.shard` on it; their ``__init__`` takes ``optimizer`` (a
-:class:`lit_safe.optim.OptimizerSettings`: AdamW, its schedule and ``max_grad_norm``) and ``max_nonfinite_steps``.
+Arguments: the ones every trainer takes (``backbone``, ``revision``, ``dtype``, ``optimizer``,
+``gradient_checkpointing``, ``max_nonfinite_steps``) are :class:`BackboneModule`'s, documented there once; a trainer's
+``__init__`` lists only its own (and its own ``optimizer`` default, a :class:`lit_safe.optim.OptimizerSettings`: AdamW,
+its schedule and ``max_grad_norm``), refuses the out-of-range ones (:func:`check_hparams`) and passes the rest on as
+``**kwargs``, as the DataModules do: LightningCLI shows the shared arguments, with their defaults and descriptions,
+under every trainer. The base saves every argument along the class hierarchy as hyperparameters and loads the
+tokenizer. Subclasses build ``self.model`` in ``configure_model`` and call :meth:`BackboneModule.shard` on it.
 
 Statistics: a trainer keeps one stats object per stage it measures (``train_stats``, ``val_stats``, ``test_stats``;
 the :class:`lit_safe.metrics.StageStats` protocol) and, as a :class:`StageStatsModule`, an ``evaluation_step`` (one
@@ -14,8 +18,9 @@ batch into the given stats) for validation and test. At the end of each epoch of
 value of ``stats.compute()`` as ``<stage>/<name>`` (synchronised across ranks already by torchmetrics; ``sync_dist``
 only keeps Lightning consistent), leaving out in training the metrics the trainer logs per step
 (``step_metrics``), keeps the values in ``epoch_metrics[stage]`` for callbacks, and resets the stats.
-Two pairs of trainers share more: :class:`ScoreTrainer` (the reward and cost models) and :class:`ModerationTrainer`
-(the text and video moderation classifiers).
+Trainers of a kind share more: :class:`ScoreTrainer` (the reward and cost models), :class:`ModerationTrainer`
+(the text and video moderation classifiers) and :class:`VideoTextTrainer` (the video-model arguments of the video
+trainers).
 
 Non-finite steps: an optimiser step whose loss or gradient norm is not finite (on any rank) is skipped (its
 gradients are dropped, so AdamW moves neither the weights nor its moments) and counted (``train/nonfinite_steps``);
@@ -34,18 +39,18 @@ uninterrupted one draws.
 
 from __future__ import annotations
 
-import inspect
+from typing import Any, Literal
 
 import torch
 from lightning.pytorch import LightningModule
 from lightning.pytorch.strategies import ModelParallelStrategy
 from lightning.pytorch.utilities import rank_zero_warn
 
-from lit_safe.metrics import ModerationStats, category_pos_weight, category_threshold_tensor
+from lit_safe.metrics import ModerationStats, ScoreStats, StageStats, category_pos_weight, category_threshold_tensor
 from lit_safe.models.moderation_model import validate_decision
-from lit_safe.models.score_model import build_score_model, export_score_model, score_pairs
+from lit_safe.models.score_model import ScoreModel, build_score_model, export_score_model, score_pairs
 from lit_safe.models.sharding import apply_fsdp2, clip_grad_norm, nonfinite_tensors
-from lit_safe.models.tokenizer import tokenizer_fingerprint
+from lit_safe.models.tokenizer import load_tokenizer, tokenizer_fingerprint
 from lit_safe.optim import OptimizerSettings, adamw_with_schedule, total_optimizer_steps
 
 
@@ -72,20 +77,53 @@ def check_max_nonfinite_steps(owner: str, value: int) -> None:
 
 
 class BackboneModule(LightningModule):
-    """A LightningModule whose ``self.model`` holds one or more Hugging Face transformers."""
+    """A LightningModule whose ``self.model`` holds one or more Hugging Face transformers: the arguments every trainer
+    takes (see the module docstring), saved with the trainer's own as hyperparameters, and its tokenizer.
+
+    Args:
+        backbone: the network to train: a preset (``tiny``, ``small``), a hub id or a local directory (each trainer
+            says which kind it reads), or a saved model of the same trainer to continue from.
+        revision: hub revision of the backbone.
+        dtype: parameter dtype (``float32``; use ``bfloat16`` only with ``precision: bf16-true``).
+        optimizer: AdamW, its learning-rate schedule and gradient clipping (each trainer has its reference
+            defaults, its ``DEFAULT_OPTIMIZER``); ``None`` in a trainer with optimisers of its own (PPO-Lagrangian).
+        gradient_checkpointing: recompute activations in backward (for big models).
+        max_nonfinite_steps: optimiser steps in a row whose loss or gradient norm is not finite (each is skipped)
+            before training stops with an error.
+    """
 
     model: torch.nn.Module | None
     tokenizer: object
     default_max_nonfinite_steps = 3
-    #: AdamW, its schedule and gradient clipping: the ``optimizer`` argument, kept by
-    #: :meth:`save_checked_hyperparameters` (``None`` in a trainer with optimisers of its own, PPO-Lagrangian)
+    #: AdamW, its schedule and gradient clipping: the ``optimizer`` argument (``None`` in a trainer with optimisers of
+    #: its own, PPO-Lagrangian)
     optimizer_settings: OptimizerSettings | None = None
     #: the data module views (its ``hparams.view``) this trainer reads; another one is refused in ``setup`` (a pair
     #: view fed to the wrong trainer would train it backwards without an error). Data modules without views pass.
     views: tuple[str, ...] = ()
+    #: arguments of this class that a trainer sets itself in its ``super().__init__`` call: neither its arguments
+    #: (LightningCLI leaves out what the call sets) nor its hyperparameters
+    fixed_arguments: tuple[str, ...] = ()
 
-    def __init__(self, *args, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
+    def __init__(
+        self,
+        *,
+        backbone: str = "tiny",
+        revision: str | None = None,
+        dtype: Literal["float32", "bfloat16", "float16"] = "float32",
+        optimizer: OptimizerSettings | None = None,
+        gradient_checkpointing: bool = False,
+        max_nonfinite_steps: int = 3,
+    ) -> None:
+        check_max_nonfinite_steps(type(self).__name__, max_nonfinite_steps)
+        super().__init__()
+        # The arguments of every __init__ of the class hierarchy, this one's included (Lightning collects them from
+        # their frames; under LightningCLI they are the config's plain values, a dict for ``optimizer``, which is also
+        # what loads a LightningCLI checkpoint back through jsonargparse).
+        self.save_hyperparameters(ignore=list(self.fixed_arguments))
+        self.optimizer_settings = optimizer  # the settings object itself
+        self.tokenizer = self.make_tokenizer(backbone, revision)
+        self.model = None  # the trained network (and what it holds), built in configure_model
         self.nonfinite_steps = 0  # skipped steps of the whole run (saved in checkpoints)
         self.nonfinite_in_a_row = 0
         self._loss_finite: torch.Tensor | None = None  # of the micro-batches since the last optimiser step
@@ -93,20 +131,9 @@ class BackboneModule(LightningModule):
         self._training_rng: dict[str, torch.Tensor] | None = None  # the private stream, between batches
         self._outer_rng: dict[str, torch.Tensor] | None = None  # the global stream, while a batch runs
 
-    def save_checked_hyperparameters(self, non_negative: tuple[str, ...] = (), positive: tuple[str, ...] = ()) -> None:
-        """Save the calling ``__init__``'s arguments as hyperparameters (``self.hparams``), after refusing the first
-        one out of range with a ValueError that names it: the ``non_negative`` ones must be >= 0, the ``positive``
-        ones > 0 (``None`` passes), ``max_nonfinite_steps`` an integer >= 1 (the ``optimizer`` settings check
-        themselves). Call at the top of ``__init__``, before anything is built."""
-        frame = inspect.currentframe().f_back  # the __init__'s, whose arguments save_hyperparameters collects too
-        args = frame.f_locals
-        owner = type(self).__name__
-        check_hparams(owner, non_negative={k: args[k] for k in non_negative}, positive={k: args[k] for k in positive})
-        check_max_nonfinite_steps(owner, args["max_nonfinite_steps"])
-        self.save_hyperparameters(frame=frame)
-        # The settings object itself: under LightningCLI, hparams keep the config's plain values (here a dict, which
-        # is also what loads a LightningCLI checkpoint back through jsonargparse).
-        self.optimizer_settings = args["optimizer"]
+    def make_tokenizer(self, backbone: str, revision: str | None):
+        """The tokenizer of ``backbone`` (right padding, for training on whole sequences)."""
+        return load_tokenizer(backbone, revision=revision)
 
     @property
     def datamodule(self):
@@ -320,8 +347,8 @@ class StageStatsModule(BackboneModule):
     #: leaves out the same ones)
     drop_nan_metrics = False
 
-    def __init__(self, *args, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
         self.epoch_metrics: dict[str, dict[str, torch.Tensor]] = {}  # per stage, every value of its last epoch end
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
@@ -361,13 +388,39 @@ class StageStatsModule(BackboneModule):
 
 
 class ScoreTrainer(StageStatsModule):
-    """What the reward and the cost trainers share (one Bradley-Terry score model, two orders of the pairs): the
-    :class:`~lit_safe.models.score_model.ScoreModel` of type ``score_type`` built from the hyperparameters
-    (``backbone``, ``revision``, ``dtype``, ``normalize_scores``, ``normalizer_momentum``,
-    ``gradient_checkpointing``), the end scores of both responses of a pair batch, the running statistics of the raw
-    scores, and the export."""
+    """What the reward and the cost trainers share (one Bradley-Terry score model, two orders of the pairs): their
+    common arguments, the :class:`~lit_safe.models.score_model.ScoreModel` of type ``score_type`` built from the
+    hyperparameters (``backbone``, ``revision``, ``dtype``, ``normalize_scores``, ``normalizer_momentum``,
+    ``gradient_checkpointing``), one stats object per stage (:meth:`make_stats`), the end scores of both responses of
+    a pair batch, the running statistics of the raw scores, and the export.
 
+    Args:
+        l2_coeff: weight of the L2 term on scores (eta).
+        normalize_scores: normalise the model's scores with running statistics (kept and exported either way; a cost
+            model's normaliser only scales, so the sign is kept).
+        normalizer_momentum: ``None`` for exact running statistics, or an EMA momentum.
+        **kwargs: the arguments every trainer takes, as :class:`BackboneModule`.
+    """
+
+    model: ScoreModel | None
     score_type = "reward"
+
+    def __init__(
+        self,
+        *,
+        l2_coeff: float = 1e-3,
+        normalize_scores: bool = False,
+        normalizer_momentum: float | None = None,
+        **kwargs: Any,
+    ) -> None:
+        check_hparams(type(self).__name__, non_negative={"l2_coeff": l2_coeff})
+        super().__init__(**kwargs)
+        # One metric holder per stage (a ModuleDict cannot have a key named "train": nn.Module.train exists).
+        self.train_stats, self.val_stats, self.test_stats = self.make_stats(), self.make_stats(), self.make_stats()
+
+    def make_stats(self) -> StageStats:
+        """One stage's statistics."""
+        return ScoreStats(self.score_type)
 
     def configure_model(self) -> None:
         if self.model is not None:
@@ -421,8 +474,16 @@ class ModerationTrainer(StageStatsModule):
     rule in ``decision_config()`` (the exported model carries it), build the classifier with that rule in
     ``build_model()`` (its output a :class:`~lit_safe.models.moderation_model.ModerationOutput`, its ``decide`` the
     rule's decisions), run it on a batch in ``classify(batch)`` and compute the loss in
-    ``model_step(batch) -> (loss, parts, output)``. Their ``hparams`` carry ``categories``, ``pos_weight``,
-    ``max_pos_weight`` and ``category_thresholds``.
+    ``model_step(batch) -> (loss, parts, output)``. The rule's arguments (``flag_rule``, ``flag_threshold`` ...) are
+    theirs, checked in ``setup`` once the categories are known.
+
+    Args:
+        categories: harm category names; ``None`` takes them from the data module (saved in checkpoints).
+        pos_weight: weight each category's positive term by negatives / positives of the training split.
+        max_pos_weight: cap of those weights (rare categories would otherwise get weights in the hundreds).
+        category_thresholds: per-category detection thresholds: one number for all, or ``{category: threshold}``
+            (unnamed categories use 0.5).
+        **kwargs: the arguments every trainer takes, as :class:`BackboneModule`.
     """
 
     views = ("moderation",)
@@ -432,8 +493,16 @@ class ModerationTrainer(StageStatsModule):
     #: log the flag rate per true severity level (or safe/unsafe without severity) as ``flag_rate/<group>``
     log_flag_rates = True
 
-    def __init__(self) -> None:
-        super().__init__()
+    def __init__(
+        self,
+        *,
+        categories: list[str] | None = None,
+        pos_weight: bool = True,
+        max_pos_weight: float = 10.0,
+        category_thresholds: float | dict[str, float] = 0.5,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
         # Saved in checkpoints (so that val/loss of a later validate or test weighs as during fit); filled in setup.
         self.register_buffer("pos_weight", None)
         self.val_stats: ModerationStats | None = None
@@ -540,28 +609,62 @@ class ModerationTrainer(StageStatsModule):
         return export_score_model(self.model, self.tokenizer, path, root=self.export_root(), prefix="model.")
 
 
-def video_model_arguments(module: BackboneModule) -> dict:
-    """The keyword arguments of :func:`~lit_safe.models.video_text.build_video_text_model` from a video module's
-    hyperparameters (``num_frames`` 8 where neither the run nor its data module set it)."""
-    hp = module.hparams
-    keys = ("frame_size", "fusion_width", "fusion_layers", "fusion_heads", "fusion_dropout", "freeze_backbone",
-            "dtype", "revision", "gradient_checkpointing")
-    return {"num_frames": hp.num_frames or 8, **{key: hp[key] for key in keys}}
+class VideoTextTrainer(BackboneModule):
+    """The video-model arguments of the trainers of a :class:`~lit_safe.models.video_text.VideoTextModel` (dual
+    encoder + fusion transformer), whose ``backbone`` is ``tiny``/``small`` (random CLIPs for CPUs), a hub id or
+    directory of a dual encoder (``openai/clip-vit-base-patch32``, a SigLIP), or a saved model of the trainer to
+    continue from; ``gradient_checkpointing`` applies to the dual encoder. The frame settings left unset come from the
+    data module in ``setup``. A video trainer derives from this class first, then from the trainer of its kind
+    (``class VideoModerationModule(VideoTextTrainer, ModerationTrainer)``).
 
+    Args:
+        num_frames: frames per video the model's temporal embedding covers; ``None``: the data module's.
+        frame_size: the data's frame size (the presets' vision ``image_size``); ``None``: the data module's.
+        fusion_width: fusion transformer width (``None``: the text encoder's hidden size).
+        fusion_layers: fusion transformer layers.
+        fusion_heads: fusion attention heads.
+        fusion_dropout: fusion dropout.
+        freeze_backbone: train only the fusion transformer and the head(s) (the dual encoder runs without autograd).
+        **kwargs: the arguments every trainer takes, as :class:`BackboneModule`.
+    """
 
-def take_video_settings(module: BackboneModule) -> None:
-    """Fill a video module's unset ``num_frames`` and ``frame_size`` from its trainer's data module
-    (``datamodule.hparams.num_frames`` / ``frame_size``), and refuse data with more frames than the model covers."""
-    data = getattr(module.datamodule, "hparams", None)
-    if data is None:
-        return
-    hp = module.hparams
-    for key in ("num_frames", "frame_size"):
-        if hp.get(key) is None and data.get(key) is not None:
-            hp[key] = int(data[key])
-    if data.get("num_frames") is not None and hp.num_frames is not None and int(data["num_frames"]) > hp.num_frames:
-        raise ValueError(f"the data has {data['num_frames']} frames per video, the model's num_frames is "
-                         f"{hp.num_frames}")
+    def __init__(
+        self,
+        *,
+        num_frames: int | None = None,
+        frame_size: int | None = None,
+        fusion_width: int | None = None,
+        fusion_layers: int = 2,
+        fusion_heads: int = 4,
+        fusion_dropout: float = 0.0,
+        freeze_backbone: bool = False,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+
+    def setup(self, stage: str) -> None:
+        """Check the tokenizer and the view, then fill the unset ``num_frames`` and ``frame_size`` from the data
+        module (``datamodule.hparams.num_frames`` / ``frame_size``), and refuse data with more frames than the model
+        covers."""
+        super().setup(stage)
+        data = getattr(self.datamodule, "hparams", None)
+        if data is None:
+            return
+        hp = self.hparams
+        for key in ("num_frames", "frame_size"):
+            if hp.get(key) is None and data.get(key) is not None:
+                hp[key] = int(data[key])
+        if data.get("num_frames") is not None and hp.num_frames is not None and int(data["num_frames"]) > hp.num_frames:
+            raise ValueError(f"the data has {data['num_frames']} frames per video, the model's num_frames is "
+                             f"{hp.num_frames}")
+
+    def video_model_arguments(self) -> dict:
+        """The keyword arguments of :func:`~lit_safe.models.video_text.build_video_text_model` from the
+        hyperparameters (``num_frames`` 8 where neither the run nor its data module set it)."""
+        hp = self.hparams
+        keys = ("frame_size", "fusion_width", "fusion_layers", "fusion_heads", "fusion_dropout", "freeze_backbone",
+                "dtype", "revision", "gradient_checkpointing")
+        return {"num_frames": hp.num_frames or 8, **{key: hp[key] for key in keys}}
 
 
 def _value(tensor: torch.Tensor | None) -> str:

@@ -15,14 +15,12 @@ Departure: only the sequence-wise loss (the reference's token-wise cost variant 
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any
 
 import torch
 
 from lit_safe.losses import cost_preference_loss, preference_accuracy, sign_accuracy
 from lit_safe.metrics import CostStats
-from lit_safe.models.score_model import ScoreModel
-from lit_safe.models.tokenizer import load_tokenizer
 from lit_safe.modules.base import ScoreTrainer
 from lit_safe.optim import OptimizerSettings
 
@@ -33,43 +31,26 @@ DEFAULT_OPTIMIZER = OptimizerSettings(weight_decay=0.1)
 
 
 class CostModule(ScoreTrainer):
-    """Train a cost model on (less safe, safer) pairs with safety signs (the data module's ``safety`` view).
+    """Train a cost model on (less safe, safer) pairs with safety signs (the data module's ``safety`` view). Its
+    ``backbone`` is the initial model (usually the SFT model) or a saved score model to continue from.
 
     Args:
-        backbone: preset (``tiny``, ``small``), hub id or local path of the initial model (usually the SFT model),
-            or a saved score model to continue from.
-        revision: hub revision of the backbone.
-        dtype: parameter dtype (``float32``; use ``bfloat16`` only with ``precision: bf16-true``).
-        l2_coeff: weight of the L2 term on costs (eta).
         optimizer: AdamW, its learning-rate schedule and gradient clipping (defaults: the reference script's).
-        normalize_scores: scale costs by their running standard deviation (the sign is kept).
-        normalizer_momentum: ``None`` for exact running statistics, or an EMA momentum.
-        gradient_checkpointing: recompute activations in backward (for big models).
-        max_nonfinite_steps: optimiser steps in a row whose loss or gradient norm is not finite (each is skipped)
-            before training stops with an error.
+        **kwargs: ``l2_coeff`` (the L2 term on costs) and the normaliser's settings (it scales costs by their running
+            standard deviation), as :class:`~lit_safe.modules.base.ScoreTrainer`, and the arguments every trainer
+            takes, as :class:`~lit_safe.modules.base.BackboneModule`.
     """
 
     score_type = "cost"
     views = ("safety",)  # the first response of a pair is the less safe one
     step_metrics = ("loss", "accuracy", "accuracy_sign")
 
-    def __init__(
-        self,
-        backbone: str = "tiny",
-        revision: str | None = None,
-        dtype: Literal["float32", "bfloat16", "float16"] = "float32",
-        l2_coeff: float = 1e-3,
-        optimizer: OptimizerSettings = DEFAULT_OPTIMIZER,
-        normalize_scores: bool = False,
-        normalizer_momentum: float | None = None,
-        gradient_checkpointing: bool = False,
-        max_nonfinite_steps: int = 3,
-    ) -> None:
-        super().__init__()
-        self.save_checked_hyperparameters(non_negative=("l2_coeff",))
-        self.tokenizer = load_tokenizer(backbone, revision=revision)
-        self.model: ScoreModel | None = None
-        self.train_stats, self.val_stats, self.test_stats = CostStats(), CostStats(), CostStats()
+    def __init__(self, *, optimizer: OptimizerSettings = DEFAULT_OPTIMIZER, **kwargs: Any) -> None:
+        super().__init__(optimizer=optimizer, **kwargs)
+
+    def make_stats(self) -> CostStats:
+        """One stage's statistics."""
+        return CostStats()
 
     # ------------------------------------------------------------------------------------------------- steps
     def model_step(self, batch: dict):

@@ -43,7 +43,7 @@ import contextlib
 import copy
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from lightning.pytorch.strategies import ModelParallelStrategy
@@ -66,7 +66,7 @@ from lit_safe.models.video_diffusion import (
     sample_noise,
     shard_unet,
 )
-from lit_safe.modules.base import StageStatsModule
+from lit_safe.modules.base import StageStatsModule, check_hparams
 from lit_safe.optim import OptimizerSettings
 
 EVAL_METRICS = ("loss", "dpo_loss", "implicit_accuracy", "error_gap", "reward_margin", "policy_error_w",
@@ -82,11 +82,12 @@ DEFAULT_OPTIMIZER = OptimizerSettings(lr=1e-5, weight_decay=1e-2, betas=(0.9, 0.
 class DiffusionDPOModule(StageStatsModule):
     """Fine-tune a text-to-video UNet on preference pairs with Diffusion-DPO (or SFT on the winners).
 
+    Its ``backbone`` is the video model to fine-tune, also the initial reference: ``tiny`` (random preset), hub id or
+    local directory of a diffusers text-to-video checkpoint (``TextToVideoSDPipeline`` layout: ModelScope T2V,
+    Zeroscope); ``gradient_checkpointing`` applies to the UNet blocks. The model is loaded in float32: there is no
+    ``dtype`` argument.
+
     Args:
-        backbone: the video model to fine-tune, also the initial reference: ``tiny`` (random preset), hub id or local
-            directory of a diffusers text-to-video checkpoint (``TextToVideoSDPipeline`` layout: ModelScope T2V,
-            Zeroscope).
-        revision: hub revision of ``backbone``.
         objective: ``dpo`` (Diffusion-DPO) or ``sft`` (denoising loss on the preferred videos only).
         beta: DPO inverse temperature, in the units of ``beta_convention``.
         beta_convention: ``salesforce`` (``-beta/2`` inside the sigmoid; beta 5000) or ``diffusers`` (``-beta``;
@@ -98,21 +99,21 @@ class DiffusionDPOModule(StageStatsModule):
         lora_alpha: LoRA alpha (default: the rank, i.e. scaling 1).
         optimizer: AdamW, its learning-rate schedule and gradient clipping (defaults: the reference trainers', with
             their sources at ``DEFAULT_OPTIMIZER``).
-        gradient_checkpointing: recompute the UNet blocks' activations in backward.
         diffusion_seed: seed of the ``tiny`` preset, of the LoRA initialisation and of the evaluation noise
             (``diffusion_seed + batch_idx``) (not ``seed``: the data module has that hyperparameter, and Lightning
             refuses two different values under one name).
-        max_nonfinite_steps: optimiser steps in a row whose loss or gradient norm is not finite (each is skipped)
-            before training stops with an error.
+        **kwargs: the arguments every trainer takes, as :class:`~lit_safe.modules.base.BackboneModule`, but
+            ``dtype``.
     """
 
+    model: VideoDiffusion | None
     views = ("preference",)  # winner first (the safety view puts the less safe video first)
     drop_nan_metrics = True  # safe_preference_accuracy when no pair of one safe and one unsafe video was seen
+    fixed_arguments = ("dtype",)
 
     def __init__(
         self,
-        backbone: str = "tiny",
-        revision: str | None = None,
+        *,
         objective: Literal["dpo", "sft"] = "dpo",
         beta: float = 5000.0,
         beta_convention: Literal["salesforce", "diffusers"] = "salesforce",
@@ -121,12 +122,10 @@ class DiffusionDPOModule(StageStatsModule):
         lora_rank: int = 8,
         lora_alpha: float | None = None,
         optimizer: OptimizerSettings = DEFAULT_OPTIMIZER,
-        gradient_checkpointing: bool = False,
         diffusion_seed: int = 0,
-        max_nonfinite_steps: int = 3,
+        **kwargs: Any,
     ) -> None:
-        super().__init__()
-        self.save_checked_hyperparameters(positive=("beta",))
+        check_hparams(type(self).__name__, positive={"beta": beta})
         if objective not in ("dpo", "sft"):
             raise ValueError(f"objective must be 'dpo' or 'sft', got {objective!r}")
         if beta_convention not in DIFFUSION_DPO_BETA_FACTORS:
@@ -136,10 +135,14 @@ class DiffusionDPOModule(StageStatsModule):
             raise ValueError(f"error_reduction must be 'mean' or 'sum', got {error_reduction!r}")
         if reference not in ("copy", "lora"):
             raise ValueError(f"reference must be 'copy' or 'lora', got {reference!r}")
-        self.tokenizer = load_video_tokenizer(backbone, revision=revision)
-        self.model: VideoDiffusion | None = None
+        super().__init__(optimizer=optimizer, dtype="float32", **kwargs)
         self.reference: torch.nn.Module | None = None  # the frozen copy (reference: copy)
         self.val_stats, self.test_stats = MeanStats(EVAL_METRICS), MeanStats(EVAL_METRICS)
+
+    def make_tokenizer(self, backbone: str, revision: str | None):
+        """The text encoder's tokenizer of the video model (replaced by the loaded model's own in
+        ``configure_model``)."""
+        return load_video_tokenizer(backbone, revision=revision)
 
     # ------------------------------------------------------------------------------------------------- model
     def configure_model(self) -> None:

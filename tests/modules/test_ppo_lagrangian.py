@@ -213,4 +213,4 @@ def test_ptx_needs_the_ptx_stream(tiny_models, tmp_path):
     from lit_safe.data_modules.pku_saferlhf import PKUSafeRLHFDataModule
 
     with pytest.raises(ValueError, match="needs view 'prompts'"):
-        PKUSafeRLHFDataModule(view="sft", ptx=True, prepared_dir=str(tmp_path))
+        PKUSafeRLHFDataModule(tokenizer="tiny", view="sft", ptx=True, prepared_dir=str(tmp_path))
