@@ -1,15 +1,19 @@
 """Reward-model training throughput and MFU on the CPU (issue 2, item 10).
 
-Trains ``RewardModule(backbone=preset)`` on ``PKUSafeRLHFDataModule(source="synthetic")`` with a real Lightning
+Trains ``RewardModule(backbone=...)`` on ``PKUSafeRLHFDataModule(source=--data)`` with a real Lightning
 ``Trainer`` (cpu, fp32, no logger, no checkpointing, no progress bar) for ``--warmup-steps`` untimed optimiser
-steps and then ``--steps`` timed ones, once per (preset, threads, layout, group size, repeat), each run in its own
+steps and then ``--steps`` timed ones, once per (backbone, threads, layout, group size, repeat), each run in its own
 subprocess so that thread settings and peak RSS are clean. The layout is the data module's ``pack_pairs``
 (``unpacked``: ``(2B, L)`` rows; ``packed``: one row per pair, the shared prompt computed once). Every run prints
 one JSON line (and appends it to ``--out``):
 
     python benchmarks/reward_throughput.py        # tiny + small, 1 and 2 threads, unpacked:1/64 and packed:64
-    python benchmarks/reward_throughput.py --presets small --threads 1 --group-sizes 64 --repeats 3
-    python benchmarks/reward_throughput.py --presets small --threads 1 --layouts packed --group-sizes 64 --profile
+    python benchmarks/reward_throughput.py --backbones small --threads 1 --group-sizes 64 --repeats 3
+    python benchmarks/reward_throughput.py --backbones small --threads 1 --layouts packed --group-sizes 64 --profile
+    python benchmarks/reward_throughput.py --backbones path/to/my-model --data my_pairs.jsonl --prompt-template chat
+
+A backbone is a preset, a local Hugging Face model folder or a hub id, and the data tokenizer is its own; ``--data``
+is any source the DataModule reads (a JSONL/parquet file in any accepted preference format, a folder, a hub id).
 
 The fields are described in ``benchmarks/README.md``. MFU = 6 * N * real tokens/s / peak, where the peak is the
 best fp32 ``torch.mm`` rate of a square ``--matmul-n`` matrix measured in the same process at the same thread
@@ -135,7 +139,9 @@ def _child(cfg: dict) -> dict:
     if cfg.get("arch"):  # --arch: try other dimensions for a preset without editing backbone.py
         from lit_safe.models import backbone
 
-        backbone.PRESETS[cfg["preset"]] = {**backbone.PRESETS[cfg["preset"]], **cfg["arch"]}
+        if cfg["backbone"] not in backbone.PRESETS:
+            raise ValueError(f"--arch changes a preset's dimensions; {cfg['backbone']!r} is not a preset")
+        backbone.PRESETS[cfg["backbone"]] = {**backbone.PRESETS[cfg["backbone"]], **cfg["arch"]}
     seed_everything(int(cfg["seed"]), verbose=False)
     peak_before = matmul_peak(int(cfg["matmul_n"]), int(cfg["matmul_repeats"]))
 
@@ -143,8 +149,9 @@ def _child(cfg: dict) -> dict:
     if layout not in ("packed", "unpacked"):
         raise ValueError(f"unknown layout {layout!r}")
     data = PKUSafeRLHFDataModule(
-        tokenizer=cfg["preset"],
-        source="synthetic",
+        tokenizer=cfg["backbone"],
+        source=cfg["data"],
+        prompt_template=cfg["prompt_template"],
         synthetic_rows=int(cfg["synthetic_rows"]),
         max_length=int(cfg["max_length"]),
         batch_size=int(cfg["batch_size"]),
@@ -154,7 +161,7 @@ def _child(cfg: dict) -> dict:
         prepared_dir=cfg["prepared_dir"],
         seed=int(cfg["seed"]),
     )
-    module = RewardModule(backbone=cfg["preset"])
+    module = RewardModule(backbone=cfg["backbone"])
     timer = StepTimer(int(cfg["warmup_steps"]), bool(cfg["profile"]))
     trainer = Trainer(
         accelerator="cpu",
@@ -184,7 +191,9 @@ def _child(cfg: dict) -> dict:
     gflop = lambda n, tps: 6 * n * tps / 1e9  # noqa: E731
     config = model.backbone.config
     result = {
-        "preset": cfg["preset"],
+        "backbone": cfg["backbone"],
+        "data": cfg["data"],
+        "prompt_template": cfg["prompt_template"],
         "threads": threads,
         "group_size": int(cfg["group_size"]),
         "layout": layout,
@@ -286,9 +295,15 @@ def _run(cfg: dict, verbose: bool) -> dict:
 
 
 def main(argv: list[str] | None = None) -> None:
+    from lit_safe.models.text import SAFE_RLHF_TEMPLATE
+
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--presets", nargs="+", default=["tiny", "small"])
+    parser.add_argument("--backbones", nargs="+", default=["tiny", "small"],
+                        help="presets, local model folders or hub ids (each run's data uses that model's tokenizer)")
+    parser.add_argument("--data", default="synthetic", help="the data source (default: the synthetic PKU-SafeRLHF)")
+    parser.add_argument("--prompt-template", default=SAFE_RLHF_TEMPLATE,
+                        help="the conversation template ({prompt}), or 'chat' for the tokenizer's chat template")
     parser.add_argument("--threads", nargs="+", type=int, default=[1, 2])
     parser.add_argument("--group-sizes", nargs="+", type=int, default=None,
                         help="length-grouping pool sizes in batches (1: no grouping). Without --layouts and "
@@ -323,15 +338,16 @@ def main(argv: list[str] | None = None) -> None:
     else:
         variants = [(lay, g) for lay in args.layouts or ["unpacked", "packed"] for g in args.group_sizes or [1, 64]]
     with tempfile.TemporaryDirectory(prefix="reward_throughput_") as tmp:
-        prepared = args.prepared_dir or tmp  # shared by the runs: each preset's data is prepared once
+        prepared = args.prepared_dir or tmp  # shared by the runs: each backbone's data is prepared once
         results = []
-        for preset in args.presets:
-            steps = args.steps if args.steps is not None else (30 if preset == "tiny" else 5)
+        for backbone in args.backbones:
+            steps = args.steps if args.steps is not None else (30 if backbone == "tiny" else 5)
             for threads in args.threads:
                 for layout, group in variants:
                     for repeat in range(args.repeats):
                         cfg = dict(
-                            preset=preset, threads=threads, group_size=group, layout=layout, repeat=repeat,
+                            backbone=backbone, data=args.data, prompt_template=args.prompt_template,
+                            threads=threads, group_size=group, layout=layout, repeat=repeat,
                             steps=steps,
                             warmup_steps=args.warmup_steps, batch_size=args.batch_size,
                             max_length=args.max_length, num_workers=args.num_workers,
@@ -356,14 +372,14 @@ def _summary(results: list[dict]) -> None:
 
     groups: dict[tuple, list[dict]] = {}
     for r in results:
-        groups.setdefault((r["preset"], r["threads"], r["layout"], r["group_size"]), []).append(r)
-    for (preset, threads, layout, group), runs in groups.items():
+        groups.setdefault((r["backbone"], r["threads"], r["layout"], r["group_size"]), []).append(r)
+    for (backbone, threads, layout, group), runs in groups.items():
         stats = {}
         for key in ("mfu", "mfu_nonembed", "pairs_per_s"):
             values = [r[key] for r in runs]
             stats[key] = f"best {max(values):.3f} median {statistics.median(values):.3f}"
         sys.stderr.write(
-            f"{preset:>6} threads={threads} {layout:>8} group={group:<3} runs={len(runs)}  "
+            f"{backbone:>6} threads={threads} {layout:>8} group={group:<3} runs={len(runs)}  "
             + "  ".join(f"{k} {v}" for k, v in stats.items())
             + "\n"
         )
