@@ -16,7 +16,8 @@ Text: ``--prompt_template`` is a ``{prompt}`` template (``safe_rlhf``, the defau
 conversation rendered by its own tokenizer's chat template. A policy generates from its template's generation prompt
 and stops at EOS or its end-of-turn token; a score model reads (prompt, answer) the way it was trained: a lit_safe
 score model as its pair view encoded it (:func:`~lit_safe.models.text.encode_conversations`), a Hugging Face reward
-model (``text_encoding: tokenizer``) the rendered conversation in its tokenizer's own encoding.
+model (``text_encoding: tokenizer``) the rendered conversation in its tokenizer's own encoding. ``--cost_model_sign``
+says what the cost model's positive scores mean (``positive means safe``: a harmlessness reward model, negated).
 """
 
 from __future__ import annotations
@@ -24,21 +25,17 @@ from __future__ import annotations
 import csv
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import Tensor
 
-from lit_safe.models.score_model import score_texts
+from lit_safe.models.score_model import COST_SIGNS, score_conversations
 from lit_safe.models.text import (
     SAFE_RLHF_TEMPLATE,
     check_template,
-    conversations,
-    encode_conversations,
     encode_prompts,
-    is_chat,
     pad_left,
-    pad_right,
     stop_token_ids,
 )
 
@@ -117,14 +114,13 @@ def generate(model, tokenizer, prompts: list[str], template: str, max_new_tokens
     return responses
 
 
-@torch.no_grad()
 def score(model, tokenizer, prompts: list[str], responses: list[str], template: str, max_length: int,
           batch_size: int) -> Tensor:
-    """End scores ``(N,)`` (float32, on the CPU) of a score model on (prompt, response) texts, tokenised as it was
-    trained: for a ``{prompt}`` template or a Hugging Face reward model (``text_encoding: tokenizer``), the
-    conversation text (``chat``: rendered by ``tokenizer``'s chat template) through
-    :func:`~lit_safe.models.score_model.score_texts`; a lit_safe score model under ``chat`` reads the ids its pair
-    view trained it on (:func:`~lit_safe.models.text.encode_conversations`).
+    """End scores ``(N,)`` (float32, on the CPU) of a score model on (prompt, response) texts, read as it was trained
+    (:func:`~lit_safe.models.score_model.score_conversations`, which PPO's rollouts share): for a ``{prompt}``
+    template or a Hugging Face reward model (``text_encoding: tokenizer``), the conversation text (``chat``: rendered
+    by ``tokenizer``'s chat template); a lit_safe score model under ``chat`` reads the ids its pair view trained it
+    on (:func:`~lit_safe.models.text.encode_conversations`).
 
     Args:
         model: a :class:`~lit_safe.models.score_model.ScoreModel`.
@@ -134,20 +130,7 @@ def score(model, tokenizer, prompts: list[str], responses: list[str], template: 
         max_length: longest sequence the model reads (capped at its ``max_position_embeddings``).
         batch_size: texts per forward pass.
     """
-    if not is_chat(template) or getattr(model, "text_encoding", "append_eos") == "tokenizer":
-        texts = conversations(prompts, responses, template, tokenizer)
-        return score_texts(model, tokenizer, texts, max_length, batch_size).float().cpu()
-    config = getattr(getattr(model, "backbone", None), "config", None)
-    positions = getattr(config.get_text_config(), "max_position_embeddings", None) if config is not None else None
-    max_length = min(max_length, int(positions)) if positions else max_length
-    device = next(model.parameters()).device
-    scores = [torch.zeros(0)]
-    for start in range(0, len(prompts), batch_size):
-        ids, _ = encode_conversations(tokenizer, prompts[start : start + batch_size],
-                                      responses[start : start + batch_size], template, max_length)
-        ids, mask = pad_right(ids, tokenizer.pad_token_id)
-        scores.append(model(ids.to(device), mask.to(device)).end_scores.float().cpu())
-    return torch.cat(scores)
+    return score_conversations(model, tokenizer, prompts, responses, template, max_length, batch_size).cpu()
 
 
 def check_model(option: str, value: str) -> None:
@@ -186,6 +169,7 @@ def run_arena(
     batch_size: int = 16,
     seed: int = 42,
     device: str = "auto",
+    cost_model_sign: Literal["positive means unsafe", "positive means safe"] | None = None,
 ) -> dict[str, Any]:
     """Generate with both policies, score with both models, write ``arena.json`` and ``arena.csv``, print the table.
 
@@ -204,6 +188,10 @@ def run_arena(
         batch_size: prompts per generation and scoring batch.
         seed: seeds sampling.
         device: ``auto`` (CUDA when available), ``cpu`` or ``cuda``.
+        cost_model_sign: what the cost model's positive scores mean: ``positive means unsafe`` (lit_safe's
+            convention) or ``positive means safe`` (a harmlessness reward model as judge: its scores are negated, so
+            that cost > 0 still means unsafe); ``None``: the cost model's ``config.json`` ``cost_sign``, else
+            ``positive means unsafe``.
 
     Returns:
         The summary (:func:`arena_summary`).
@@ -227,15 +215,20 @@ def run_arena(
         answers[key] = generate(model, tokenizer, prompts, prompt_template, max_new_tokens, batch_size, temperature,
                                 top_p)
         del model
+    if cost_model_sign is not None and cost_model_sign not in COST_SIGNS:
+        raise ValueError(f"cost_model_sign must be one of {COST_SIGNS}, got {cost_model_sign!r}")
     for kind, path in (("reward", reward_model), ("cost", cost_model)):
         tokenizer = tokenizers[kind]
-        model = ScoreModel.from_pretrained(path).to(target).eval()
+        sign = cost_model_sign if kind == "cost" else None
+        model = ScoreModel.from_pretrained(path, cost_sign=sign).to(target).eval()
         for key in ("a", "b"):
             scores[kind, key] = score(model, tokenizer, prompts, answers[key], prompt_template, max_length, batch_size)
+        if kind == "cost":
+            cost_sign_used = model.cost_sign
         del model
     summary = arena_summary(scores["reward", "a"], scores["cost", "a"], scores["reward", "b"], scores["cost", "b"])
     summary.update({"policy_a": policy_a, "policy_b": policy_b, "reward_model": reward_model,
-                    "cost_model": cost_model, "prompts_file": prompts_file})
+                    "cost_model": cost_model, "cost_model_sign": cost_sign_used, "prompts_file": prompts_file})
     rows = [{"prompt": p, "response_a": answers["a"][i], "reward_a": float(scores["reward", "a"][i]),
              "cost_a": float(scores["cost", "a"][i]), "response_b": answers["b"][i],
              "reward_b": float(scores["reward", "b"][i]), "cost_b": float(scores["cost", "b"][i])}

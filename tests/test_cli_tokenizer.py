@@ -69,3 +69,16 @@ def test_prepare_takes_the_models_tokenizer_and_a_mismatch_stops_before_preparin
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "is not the model's tokenizer ('tiny')" in err
     assert not other.exists()
+
+
+def test_a_trainers_tokenizer_argument_replaces_the_backbones_and_is_exported(tmp_path):
+    from lit_safe.models.tokenizer import load_tokenizer, tokenizer_fingerprint
+    from lit_safe.modules.reward import RewardModule
+
+    module = RewardModule(backbone="tiny", tokenizer="small")
+    assert tokenizer_fingerprint(module.tokenizer) == tokenizer_fingerprint(load_tokenizer("small"))
+    assert tokenizer_fingerprint(module.tokenizer) != tokenizer_fingerprint(load_tokenizer("tiny"))
+    module.configure_model()
+    assert module.model.backbone.get_input_embeddings().num_embeddings >= len(module.tokenizer)
+    module.export_pretrained(tmp_path / "export")
+    assert tokenizer_fingerprint(load_tokenizer(str(tmp_path / "export"))) == tokenizer_fingerprint(module.tokenizer)

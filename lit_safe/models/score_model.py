@@ -44,7 +44,7 @@ from torch import Tensor, nn
 from transformers import AutoConfig, AutoModel, PreTrainedModel, PreTrainedTokenizerBase
 
 from lit_safe.models.backbone import DTYPES, hidden_size, is_encoder
-from lit_safe.models.text import encode_with_eos, pad_right
+from lit_safe.models.text import Text, conversations, encode_conversations, encode_with_eos, is_chat, pad_right
 
 ScoreType = Literal["reward", "cost", "critic"]
 TextEncoding = Literal["append_eos", "tokenizer"]
@@ -785,6 +785,41 @@ def score_texts(model: nn.Module, tokenizer: PreTrainedTokenizerBase, texts: lis
         encoded = encode_score_texts(tokenizer, texts[start : start + size], max_length, encoding)
         ids, mask = pad_right(encoded, tokenizer.pad_token_id)
         scores.append(model(ids.to(device), mask.to(device)).end_scores)
+    return torch.cat(scores)
+
+
+@torch.no_grad()
+def score_conversations(model: nn.Module, tokenizer: PreTrainedTokenizerBase, prompts: list[Text],
+                        responses: list[str], template: str, max_length: int, batch_size: int | None = None) -> Tensor:
+    """End scores ``(N,)`` (float32, on the model's device) of a score model on (prompt, response) pairs, each read
+    the way the model reads a conversation: for a ``{prompt}`` template or a Hugging Face reward model
+    (``text_encoding: tokenizer``), the conversation text (``chat``: rendered by ``tokenizer``'s own chat template)
+    through :func:`score_texts`; a lit_safe score model under ``chat`` reads the ids its pair view trained it on
+    (:func:`~lit_safe.models.text.encode_conversations`: prompt, reply and the template's end-of-turn ids).
+
+    Args:
+        model: a :class:`ScoreModel`.
+        tokenizer: its tokenizer (for ``chat``, with a chat template).
+        prompts: user prompts (strings, or for ``chat`` lists of ``{"role", "content"}`` turns).
+        responses: the assistant's replies.
+        template: a ``{prompt}`` template or ``chat``.
+        max_length: longest sequence the model reads (capped at its ``max_position_embeddings``).
+        batch_size: conversations per forward pass (``None``: all at once).
+    """
+    if not is_chat(template) or getattr(model, "text_encoding", "append_eos") == "tokenizer":
+        texts = conversations(prompts, responses, template, tokenizer)
+        return score_texts(model, tokenizer, texts, max_length, batch_size).float()
+    config = getattr(getattr(model, "backbone", None), "config", None)
+    positions = getattr(config.get_text_config(), "max_position_embeddings", None) if config is not None else None
+    max_length = min(max_length, int(positions)) if positions else max_length
+    device = next(model.parameters()).device
+    size = batch_size or max(1, len(prompts))
+    scores = [torch.zeros(0, device=device)]
+    for start in range(0, len(prompts), size):
+        ids, _ = encode_conversations(tokenizer, prompts[start : start + size], responses[start : start + size],
+                                      template, max_length)
+        ids, mask = pad_right(ids, tokenizer.pad_token_id)
+        scores.append(model(ids.to(device), mask.to(device)).end_scores.float())
     return torch.cat(scores)
 
 

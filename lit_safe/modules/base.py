@@ -4,7 +4,7 @@ reference schedule, gradient clipping that works under every strategy, per-stage
 end, a guard against non-finite steps and weights, and a private random stream for training that checkpoints save,
 so that a killed run resumes exactly.
 
-Arguments: the ones every trainer takes (``backbone``, ``revision``, ``dtype``, ``optimizer``,
+Arguments: the ones every trainer takes (``backbone``, ``revision``, ``tokenizer``, ``dtype``, ``optimizer``,
 ``gradient_checkpointing``, ``max_nonfinite_steps``) are :class:`BackboneModule`'s, documented there once; a trainer's
 ``__init__`` lists only its own (and its own ``optimizer`` default, a :class:`lit_safe.optim.OptimizerSettings`: AdamW,
 its schedule and ``max_grad_norm``), refuses the out-of-range ones (:func:`check_hparams`) and passes the rest on as
@@ -84,6 +84,8 @@ class BackboneModule(LightningModule):
         backbone: the network to train: a preset (``tiny``, ``small``), a hub id or a local directory (each trainer
             says which kind it reads), or a saved model of the same trainer to continue from.
         revision: hub revision of the backbone.
+        tokenizer: the tokenizer to use (a preset, hub id or directory); default the backbone's own. Exports save the
+            tokenizer used, with its chat template.
         dtype: parameter dtype (``float32``; use ``bfloat16`` only with ``precision: bf16-true``).
         optimizer: AdamW, its learning-rate schedule and gradient clipping (each trainer has its reference
             defaults, its ``DEFAULT_OPTIMIZER``); ``None`` in a trainer with optimisers of its own (PPO-Lagrangian).
@@ -110,6 +112,7 @@ class BackboneModule(LightningModule):
         *,
         backbone: str = "tiny",
         revision: str | None = None,
+        tokenizer: str | None = None,
         dtype: Literal["float32", "bfloat16", "float16"] = "float32",
         optimizer: OptimizerSettings | None = None,
         gradient_checkpointing: bool = False,
@@ -120,9 +123,13 @@ class BackboneModule(LightningModule):
         # The arguments of every __init__ of the class hierarchy, this one's included (Lightning collects them from
         # their frames; under LightningCLI they are the config's plain values, a dict for ``optimizer``, which is also
         # what loads a LightningCLI checkpoint back through jsonargparse).
-        self.save_hyperparameters(ignore=list(self.fixed_arguments))
+        # An unset ``tokenizer`` is no hyperparameter: the data module's ``tokenizer`` (always set) would clash with it
+        # when a logger merges the two (Lightning refuses one name with two values).
+        self.save_hyperparameters(ignore=[*self.fixed_arguments, *(["tokenizer"] if tokenizer is None else [])])
         self.optimizer_settings = optimizer  # the settings object itself
-        self.tokenizer = self.make_tokenizer(backbone, revision)
+        # the backbone's revision pins the backbone's own tokenizer, not another one
+        self.tokenizer = self.make_tokenizer(backbone, revision) if tokenizer is None else self.make_tokenizer(
+            tokenizer, None)
         self.model = None  # the trained network (and what it holds), built in configure_model
         self.nonfinite_steps = 0  # skipped steps of the whole run (saved in checkpoints)
         self.nonfinite_in_a_row = 0
@@ -131,9 +138,10 @@ class BackboneModule(LightningModule):
         self._training_rng: dict[str, torch.Tensor] | None = None  # the private stream, between batches
         self._outer_rng: dict[str, torch.Tensor] | None = None  # the global stream, while a batch runs
 
-    def make_tokenizer(self, backbone: str, revision: str | None):
-        """The tokenizer of ``backbone`` (right padding, for training on whole sequences)."""
-        return load_tokenizer(backbone, revision=revision)
+    def make_tokenizer(self, name: str, revision: str | None):
+        """The tokenizer ``name`` (the ``tokenizer`` argument, else the backbone), with right padding, for training on
+        whole sequences."""
+        return load_tokenizer(name, revision=revision)
 
     @property
     def datamodule(self):

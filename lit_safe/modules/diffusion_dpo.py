@@ -103,13 +103,13 @@ class DiffusionDPOModule(StageStatsModule):
             (``diffusion_seed + batch_idx``) (not ``seed``: the data module has that hyperparameter, and Lightning
             refuses two different values under one name).
         **kwargs: the arguments every trainer takes, as :class:`~lit_safe.modules.base.BackboneModule`, but
-            ``dtype``.
+            ``dtype`` and ``tokenizer`` (the video model's text encoder brings its own).
     """
 
     model: VideoDiffusion | None
     views = ("preference",)  # winner first (the safety view puts the less safe video first)
     drop_nan_metrics = True  # safe_preference_accuracy when no pair of one safe and one unsafe video was seen
-    fixed_arguments = ("dtype",)
+    fixed_arguments = ("dtype", "tokenizer")
 
     def __init__(
         self,
@@ -135,7 +135,7 @@ class DiffusionDPOModule(StageStatsModule):
             raise ValueError(f"error_reduction must be 'mean' or 'sum', got {error_reduction!r}")
         if reference not in ("copy", "lora"):
             raise ValueError(f"reference must be 'copy' or 'lora', got {reference!r}")
-        super().__init__(optimizer=optimizer, dtype="float32", **kwargs)
+        super().__init__(optimizer=optimizer, dtype="float32", tokenizer=None, **kwargs)
         self.reference: torch.nn.Module | None = None  # the frozen copy (reference: copy)
         self.val_stats, self.test_stats = MeanStats(EVAL_METRICS), MeanStats(EVAL_METRICS)
 

@@ -9,12 +9,16 @@ recent rollouts exceeds the threshold and shrinks once it does not (ALGORITHMS.m
 One training step takes a batch of prompts (the data module's ``prompts`` view) and:
 
 1. **rolls out**: the actor samples responses (KV cache, ``temperature``/``top_p``); the frozen reference gives the
-   per-token KL, the frozen reward and cost models score the responses (decoding and re-encoding when their
-   tokenizer is not the actor's), the reward and cost critics give values; both streams are KL-shaped and go
-   through GAE;
+   per-token KL, the frozen reward and cost models score the responses (a model with another tokenizer, or a
+   Hugging Face reward model, reads the decoded conversation its own way), the reward and cost critics give
+   values; both streams are KL-shaped and go through GAE;
 2. **moves lambda** once, on the all-ranks window of episode costs (after ``lambda_update_delay`` rollouts);
 3. **updates** actor and critics for ``ppo_epochs`` passes over ``num_minibatches`` minibatches of the rollout,
    so that the PPO clip can act (with one pass over one minibatch the ratio is always 1).
+
+Text: the prompts come in the data module's ``prompt_template``. Under ``chat`` a response ends at EOS or the chat
+template's end-of-turn token (generation stops there, and so does the response mask), and a scorer that reads text
+gets the conversation (the batch's ``prompt_turns`` and the decoded response) rendered by its own chat template.
 
 ``algorithm`` selects the same machinery as plain PPO (``ppo``: reward only, no cost model) or PPO with fixed
 reward shaping (``reward_shaping``: the score is ``R - shaping_lambda * C``). Optimisation is manual: the actor's
@@ -37,8 +41,9 @@ from transformers import LogitsProcessor, LogitsProcessorList
 
 from lit_safe.losses import sft_loss
 from lit_safe.models.backbone import load_backbone
-from lit_safe.models.score_model import ScoreModel, build_score_model, score_texts
+from lit_safe.models.score_model import COST_SIGNS, ScoreModel, build_score_model, score_conversations, score_texts
 from lit_safe.models.sharding import clip_grad_norm, export_causal_lm, nonfinite_tensors
+from lit_safe.models.text import SAFE_RLHF_TEMPLATE, check_template, end_ids, is_chat, resolve_template, stop_token_ids
 from lit_safe.models.tokenizer import load_tokenizer, tokenizer_fingerprint
 from lit_safe.modules.base import BackboneModule, NonFiniteError, check_hparams
 from lit_safe.optim import adamw_with_schedule
@@ -55,6 +60,7 @@ from lit_safe.rl import (
 )
 
 Algorithm = Literal["ppo_lagrangian", "ppo", "reward_shaping"]
+CostSign = Literal["positive means unsafe", "positive means safe"]
 
 
 @dataclass
@@ -104,15 +110,22 @@ def positions_from_mask(attention_mask: Tensor) -> Tensor:
     return (attention_mask.long().cumsum(-1) - 1).clamp_min(0)
 
 
-def response_masks(sequences: Tensor, prompt_mask: Tensor, eos_id: int) -> tuple[Tensor, Tensor]:
+def response_masks(sequences: Tensor, prompt_mask: Tensor, stop_ids: int | list[int]) -> tuple[Tensor, Tensor]:
     """Attention mask ``(B, L)`` and action mask ``(B, L - 1)`` of generated sequences.
 
-    A response runs from the first generated token up to and including its first EOS (everything after is
+    A response runs from the first generated token up to and including its first stop token (EOS, or under a chat
+    template also its end-of-turn token, :func:`~lit_safe.models.text.stop_token_ids`; everything after is
     padding, also when the pad token is the EOS); action ``t`` generates token ``t + 1``.
+
+    Args:
+        sequences: ``(B, L)`` prompts (left-padded, ``P`` tokens) followed by the generated tokens.
+        prompt_mask: ``(B, P)`` attention mask of the prompts.
+        stop_ids: the id, or ids, that end a response.
     """
     prompt_length = prompt_mask.size(1)
     response = sequences[:, prompt_length:]
-    is_eos = (response == eos_id).long()
+    stops = torch.as_tensor([stop_ids] if isinstance(stop_ids, int) else list(stop_ids), device=sequences.device)
+    is_eos = torch.isin(response, stops).long()
     in_response = (is_eos.cumsum(-1) - is_eos) == 0  # no EOS strictly before this token
     attention = torch.cat([prompt_mask.long(), in_response.long()], dim=1)
     actions = torch.cat([torch.zeros_like(prompt_mask[:, 1:]).bool(), in_response], dim=1)
@@ -130,11 +143,18 @@ class PPOLagrangianModule(BackboneModule):
     optimisers have arguments of their own, ``actor_lr`` ...) and no ``revision``.
 
     Args:
-        reward_model: a saved reward score model (lit_safe export or a reference ``beaver-7b-*-reward``).
-        cost_model: a saved cost model (cost > 0 = unsafe). With ``algorithm: ppo`` it is optional and only
+        reward_model: a saved reward score model: a lit_safe export, a reference ``beaver-7b-*-reward``, or a
+            Hugging Face ``*ForSequenceClassification`` reward model with one label (its head, tokenizer and chat
+            template kept; it reads the decoded conversation in its tokenizer's own encoding, as its forward expects).
+        cost_model: a saved cost model, of the same kinds. With ``algorithm: ppo`` it is optional and only
             scores responses for the logs (``train/cost``, ``train/episode_cost``); it never enters the objective.
+        cost_model_sign: what the cost model's positive scores mean: ``positive means unsafe`` (lit_safe's
+            convention) or ``positive means safe`` (e.g. a harmlessness reward model: its scores are negated, for the
+            objective and for a cost critic initialised from it). ``None``: the cost model's ``config.json``
+            ``cost_sign`` when it has one, else ``positive means unsafe``.
         reward_critic: initialises the reward critic (default: the reward model when it shares the actor's
-            tokenizer, else the initial policy with a new head).
+            tokenizer, else the initial policy with a new head). A critic reads the actor's ids: an encoder (BERT)
+            initialises one only when its tokenizer is the actor's.
         cost_critic: the same for the cost critic.
         algorithm: ``ppo_lagrangian``, ``ppo`` or ``reward_shaping``.
         max_new_tokens: longest response.
@@ -177,6 +197,7 @@ class PPOLagrangianModule(BackboneModule):
         *,
         reward_model: str = "runs/quickstart/reward_model",
         cost_model: str | None = "runs/quickstart/cost_model",
+        cost_model_sign: CostSign | None = None,
         reward_critic: str | None = None,
         cost_critic: str | None = None,
         algorithm: Algorithm = "ppo_lagrangian",
@@ -219,6 +240,8 @@ class PPOLagrangianModule(BackboneModule):
             raise ValueError(f"{name}: top_p must be in (0, 1], got {top_p}")
         if algorithm not in ("ppo_lagrangian", "ppo", "reward_shaping"):
             raise ValueError(f"algorithm must be ppo_lagrangian, ppo or reward_shaping, got {algorithm!r}")
+        if cost_model_sign is not None and cost_model_sign not in COST_SIGNS:
+            raise ValueError(f"{name}: cost_model_sign must be one of {COST_SIGNS}, got {cost_model_sign!r}")
         if algorithm != "ppo" and cost_model is None:
             raise ValueError(f"algorithm {algorithm!r} needs a cost_model")
         if not lambda_init > 0:
@@ -230,10 +253,11 @@ class PPOLagrangianModule(BackboneModule):
         self.episode_costs: deque[float] = deque(maxlen=episode_window)
         self.rollouts_done = 0
         self.timings: dict[str, float] = {}
+        self.prompt_template = SAFE_RLHF_TEMPLATE  # the data module's, in setup
 
-    def make_tokenizer(self, backbone: str, revision: str | None):
-        """The actor's tokenizer, padding on the left for generation."""
-        return load_tokenizer(backbone, revision=revision, padding_side="left")
+    def make_tokenizer(self, name: str, revision: str | None):
+        """The actor's tokenizer (``tokenizer``, else the backbone's), padding on the left for generation."""
+        return load_tokenizer(name, revision=revision, padding_side="left")
 
     @property
     def uses_cost(self) -> bool:
@@ -245,15 +269,54 @@ class PPOLagrangianModule(BackboneModule):
     def lagrangian(self) -> bool:
         return self.hparams.algorithm == "ppo_lagrangian"
 
+    def setup(self, stage: str) -> None:
+        """The base checks, and the data module's ``prompt_template`` (one source of truth: the prompts were rendered
+        with it; ``safe_rlhf`` without a data module or one without the setting)."""
+        super().setup(stage)
+        template = getattr(getattr(self.datamodule, "hparams", None), "prompt_template", None)
+        self.prompt_template = resolve_template(template or SAFE_RLHF_TEMPLATE)
+
+    @property
+    def stop_ids(self) -> list[int]:
+        """The ids that end a response: EOS, and under a chat template its end-of-turn token."""
+        return stop_token_ids(self.tokenizer, self.prompt_template)
+
     # ------------------------------------------------------------------------------------------------ models
-    def _frozen_scorer(self, path: str) -> tuple[ScoreModel, Any, bool]:
+    def _frozen_scorer(self, path: str, cost_sign: str | None = None) -> tuple[ScoreModel, Any, bool]:
+        """A frozen reward or cost model, its tokenizer, and whether that is the actor's."""
         tokenizer = load_tokenizer(path)
-        model = ScoreModel.from_pretrained(path, dtype=self.hparams.dtype).eval().requires_grad_(False)
+        model = ScoreModel.from_pretrained(path, dtype=self.hparams.dtype, cost_sign=cost_sign)
+        model.eval().requires_grad_(False)
         return model, tokenizer, tokenizer_fingerprint(tokenizer) == tokenizer_fingerprint(self.tokenizer)
 
-    def _critic(self, init: str | None, scorer_path: str, same_tokenizer: bool) -> ScoreModel:
+    def reads_ids(self, model: ScoreModel, same_tokenizer: bool) -> bool:
+        """Whether a scorer reads the actor's ids as they are: the same tokenizer, a lit_safe encoding (not a Hugging
+        Face reward model's own, ``text_encoding: tokenizer``) and, under a chat template, an end of turn of a single
+        token (the one generation stops at). Any other scorer reads the decoded conversation."""
+        return same_tokenizer and model.text_encoding != "tokenizer" and (
+            not is_chat(self.prompt_template) or len(end_ids(self.tokenizer, self.prompt_template)) == 1)
+
+    def on_fit_start(self) -> None:
+        """Under a chat template, every scorer that reads text needs a chat template of its own (named if not)."""
+        if is_chat(self.prompt_template):
+            for model, tokenizer, same in ((self.reward_model, self.reward_tokenizer, self.reward_same_tokenizer),
+                                           (self.cost_model, self.cost_tokenizer, self.cost_same_tokenizer)):
+                if model is not None and not self.reads_ids(model, same):
+                    check_template(self.prompt_template, tokenizer)
+
+    def _critic(self, init: str | None, scorer_path: str, same_tokenizer: bool,
+                cost_sign: str | None = None) -> ScoreModel:
+        """A critic on the actor's ids: from ``init``, else the scorer when it shares the actor's tokenizer, else the
+        initial policy with a new head; ``cost_sign`` applies when it starts from a score checkpoint."""
         source = init or (scorer_path if same_tokenizer else self.hparams.backbone)
-        critic = build_score_model(source, self.tokenizer, "critic", dtype=self.hparams.dtype)
+        critic = build_score_model(source, self.tokenizer, "critic", dtype=self.hparams.dtype,
+                                   cost_sign=cost_sign if source != self.hparams.backbone else None)
+        if critic.is_encoder and not (same_tokenizer if source == scorer_path else tokenizer_fingerprint(
+                load_tokenizer(source)) == tokenizer_fingerprint(self.tokenizer)):
+            raise ValueError(f"{type(self).__name__}: the critic initialisation {source} is an encoder with another "
+                             f"tokenizer than the policy's ({self.hparams.backbone}); a critic reads the policy's "
+                             f"token ids: give an encoder critic only with the policy's tokenizer, or leave the "
+                             f"critic unset (the policy with a new head)")
         if self.hparams.gradient_checkpointing:
             critic.backbone.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
         return critic
@@ -270,10 +333,13 @@ class PPOLagrangianModule(BackboneModule):
         self.reward_model, self.reward_tokenizer, self.reward_same_tokenizer = self._frozen_scorer(hp.reward_model)
         self.reward_critic = self._critic(hp.reward_critic, hp.reward_model, self.reward_same_tokenizer)
         self.cost_model = self.cost_tokenizer = self.cost_critic = None
+        self.cost_same_tokenizer = False
         if self.uses_cost:
-            self.cost_model, self.cost_tokenizer, self.cost_same_tokenizer = self._frozen_scorer(hp.cost_model)
+            self.cost_model, self.cost_tokenizer, self.cost_same_tokenizer = self._frozen_scorer(
+                hp.cost_model, hp.cost_model_sign)
             if self.lagrangian:
-                self.cost_critic = self._critic(hp.cost_critic, hp.cost_model, self.cost_same_tokenizer)
+                self.cost_critic = self._critic(hp.cost_critic, hp.cost_model, self.cost_same_tokenizer,
+                                                hp.cost_model_sign)
         for network in (self.model, self.reference, self.reward_model, self.reward_critic, self.cost_model,
                         self.cost_critic):
             if network is not None:
@@ -302,14 +368,25 @@ class PPOLagrangianModule(BackboneModule):
         """Gradients are clipped per network in :meth:`_step` (manual optimisation)."""
 
     # ------------------------------------------------------------------------------------------------ rollout
-    def _score(self, model: ScoreModel, tokenizer, same: bool, sequences: Tensor, attention: Tensor,
-               positions: Tensor) -> Tensor:
-        """End scores of the generated sequences; a scorer with another tokenizer reads decoded, re-encoded text."""
-        if same:
+    def _score(self, model: ScoreModel, tokenizer, same_tokenizer: bool, sequences: Tensor, attention: Tensor,
+               positions: Tensor, prompt_length: int, prompt_turns: list | None) -> Tensor:
+        """End scores ``(B,)`` of the generated sequences. A scorer that reads the actor's ids scores them as they
+        are; any other (another tokenizer, or a Hugging Face reward model, ``text_encoding: tokenizer``) reads decoded
+        text: under a ``{prompt}`` template the whole decoded sequence, re-encoded its way; under ``chat`` the decoded
+        response after the batch's ``prompt_turns``, rendered with the scorer's own chat template
+        (:func:`~lit_safe.models.score_model.score_conversations`)."""
+        if self.reads_ids(model, same_tokenizer):
             return model(sequences, attention, position_ids=positions).end_scores
-        texts = self.tokenizer.batch_decode(sequences.masked_fill(attention == 0, self.tokenizer.pad_token_id),
-                                            skip_special_tokens=True)
-        return score_texts(model, tokenizer, texts, 4096)
+        pad = self.tokenizer.pad_token_id
+        if not is_chat(self.prompt_template):
+            texts = self.tokenizer.batch_decode(sequences.masked_fill(attention == 0, pad), skip_special_tokens=True)
+            return score_texts(model, tokenizer, texts, 4096)
+        if prompt_turns is None:
+            raise ValueError("prompt_template 'chat': a scorer that reads text needs the batch's prompt_turns (the "
+                             "data module's prompts view writes them under chat)")
+        response = sequences[:, prompt_length:].masked_fill(attention[:, prompt_length:] == 0, pad)
+        responses = self.tokenizer.batch_decode(response, skip_special_tokens=True)
+        return score_conversations(model, tokenizer, prompt_turns, responses, self.prompt_template, 4096)
 
     @torch.no_grad()
     def rollout(self, batch: dict) -> Rollout:
@@ -323,11 +400,13 @@ class PPOLagrangianModule(BackboneModule):
                                  f"({', '.join(bad[:3]) or 'on another rank'}); cannot sample. Lower the learning "
                                  f"rate ({self._lr_text()}).")
         guard = FiniteLogits(self.tokenizer.eos_token_id)
+        stops = self.stop_ids
         self.model.eval()
         sequences = self.model.generate(
             input_ids=prompt_ids, attention_mask=prompt_mask, do_sample=True, temperature=hp.temperature,
             top_p=hp.top_p, max_new_tokens=hp.max_new_tokens, pad_token_id=self.tokenizer.pad_token_id,
-            eos_token_id=self.tokenizer.eos_token_id, use_cache=True, logits_processor=LogitsProcessorList([guard]),
+            eos_token_id=stops if len(stops) > 1 else stops[0], use_cache=True,
+            logits_processor=LogitsProcessorList([guard]),
         )
         self.model.train()
         if not self.all_ranks_agree(not guard.hit):
@@ -335,17 +414,19 @@ class PPOLagrangianModule(BackboneModule):
                                  f"{self.global_step} (rollout {self.rollouts_done + 1}): its logits overflow; "
                                  f"training stopped. Lower the learning rate ({self._lr_text()}).")
         generated = self._clock()
-        attention, actions = response_masks(sequences, prompt_mask, self.tokenizer.eos_token_id)
+        attention, actions = response_masks(sequences, prompt_mask, stops)
         positions = positions_from_mask(attention)
         old_log_probs = gather_log_probs(self._logits(self.model, sequences, attention, positions), sequences)
         ref_log_probs = gather_log_probs(self._logits(self.reference, sequences, attention, positions), sequences)
         kl = old_log_probs - ref_log_probs
-        reward = self._score(self.reward_model, self.reward_tokenizer, self.reward_same_tokenizer, sequences, attention,
-                             positions)
+        turns = batch.get("prompt_turns")
+        length = prompt_ids.size(1)
+        reward = self._score(self.reward_model, self.reward_tokenizer, self.reward_same_tokenizer, sequences,
+                             attention, positions, length, turns)
         cost = None
         if self.uses_cost:
-            cost = self._score(self.cost_model, self.cost_tokenizer, self.cost_same_tokenizer, sequences, attention,
-                               positions)
+            cost = self._score(self.cost_model, self.cost_tokenizer, self.cost_same_tokenizer, sequences,
+                               attention, positions, length, turns)
         score = reward - hp.shaping_lambda * cost if hp.algorithm == "reward_shaping" else reward
         reward_values = self._values(self.reward_critic, sequences, attention, positions)
         rewards = shaped_rewards(kl, score, actions, hp.kl_coeff, -1.0, hp.score_clip)

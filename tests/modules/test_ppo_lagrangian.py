@@ -31,6 +31,17 @@ def test_response_masks_stop_at_the_first_eos_and_shift_actions_by_one():
     assert attention.tolist() == [[1, 1, 1, 1, 0, 0]] and actions.long().tolist() == [[0, 1, 1, 0, 0]]
 
 
+
+def test_response_masks_end_a_response_at_any_stop_id():
+    eos, eot, pad = 2, 9, 0
+    prompt_mask = torch.tensor([[1, 1], [1, 1], [1, 1]])
+    sequences = torch.tensor([[4, 5, 6, eot, 7, pad], [4, 5, eos, 6, eot, pad], [4, 5, 6, 7, 8, 3]])
+    attention, actions = response_masks(sequences, prompt_mask, [eos, eot])
+    assert attention.tolist() == [[1, 1, 1, 1, 0, 0], [1, 1, 1, 0, 0, 0], [1, 1, 1, 1, 1, 1]]
+    assert actions.long().tolist() == [[0, 1, 1, 0, 0], [0, 1, 0, 0, 0], [0, 1, 1, 1, 1]]
+    # with EOS alone, the end-of-turn id is an ordinary token
+    assert response_masks(sequences[:1], prompt_mask[:1], eos)[0].tolist() == [[1, 1, 1, 1, 1, 1]]
+
 @pytest.fixture(scope="module")
 def tiny_models(tmp_path_factory, tiny_tokenizer):
     root = tmp_path_factory.mktemp("ppo_models")
