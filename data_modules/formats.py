@@ -490,7 +490,10 @@ def _labels(row: dict[str, Any], out: dict[str, Any], needs: LabelNeeds) -> Prob
     elif out.get("is_response_0_safe") is not None and out.get("is_response_1_safe") is not None:
         if out["is_response_0_safe"] != out["is_response_1_safe"]:
             out["safer_response_id"] = 0 if out["is_response_0_safe"] else 1
-    if needs.safer and not problems and "safer_response_id" not in out:
+    labelled = out.get("is_response_0_safe") is not None and out.get("is_response_1_safe") is not None
+    # Two responses labelled alike, without `safer`: a valid row that the safety view cannot order; it drops and counts
+    # it (`safer_unknown`). Other readers of the safer response need the field.
+    if needs.safer and not problems and "safer_response_id" not in out and not (labelled and needs.safety):
         problems.append(("safer", "missing required field: chosen_safe and rejected_safe do not tell which response "
                                   "is safer (equal or absent), so 'safer' must ('chosen' or 'rejected')"))
     return problems

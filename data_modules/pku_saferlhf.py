@@ -198,13 +198,18 @@ class SafetyView(PairView):
     ``unsafer_sign`` / ``safer_sign``: +1 if it is labelled unsafe, -1 if safe (cost > 0 means unsafe).
 
     Rows whose safer response is labelled unsafe while the other is labelled safe contradict themselves (the
-    reference crashed on them mid-epoch): they are dropped and counted as ``safety_label_contradiction``.
+    reference crashed on them mid-epoch): they are dropped and counted as ``safety_label_contradiction``. Rows of the
+    other formats whose two responses carry the same safety label and no ``safer`` cannot be ordered: dropped and
+    counted as ``safer_unknown``.
     """
 
     name = "safety"
     first, second = "unsafer", "safer"
 
     def rank(self, row: dict[str, Any], report: SplitReport) -> tuple[int, dict[str, int]] | None:
+        if "safer_response_id" not in row:  # both responses labelled alike and no `safer` given: no order to learn
+            report.dropped["safer_unknown"] += 1
+            return None
         safer = row["safer_response_id"]
         safer_is_safe, other_is_safe = row[f"is_response_{safer}_safe"], row[f"is_response_{1 - safer}_safe"]
         if not safer_is_safe and other_is_safe:

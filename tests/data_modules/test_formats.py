@@ -432,8 +432,13 @@ def test_the_safer_response_is_implied_by_differing_labels():
     out, problems = normalise_row({**row, "chosen_safe": True, "rejected_safe": True, "safer": "rejected"},
                                   "prompt_chosen_rejected", safety)
     assert problems == [] and out["safer_response_id"] == 1
-    # equal labels and no 'safer': the safety view cannot rank the pair; the preference view does not care
-    _, problems = normalise_row({**row, "chosen_safe": True, "rejected_safe": True}, "prompt_chosen_rejected", safety)
+    # equal labels and no 'safer': a valid row that the safety view cannot rank (it drops and counts it, see below);
+    # the sft view's `safer` responses need the field; the preference view does not care
+    out, problems = normalise_row({**row, "chosen_safe": True, "rejected_safe": True}, "prompt_chosen_rejected",
+                                  safety)
+    assert problems == [] and "safer_response_id" not in out
+    _, problems = normalise_row({**row, "chosen_safe": True, "rejected_safe": True}, "prompt_chosen_rejected",
+                                label_needs("sft", "safer"))
     assert [field for field, _ in problems] == ["safer"]
     out, problems = normalise_row({**row, "chosen_safe": True, "rejected_safe": True}, "prompt_chosen_rejected")
     assert problems == [] and "safer_response_id" not in out
@@ -452,13 +457,14 @@ def test_bad_labelled_rows_are_named_or_counted(rows, tmp_path):
     with pytest.raises(DataValidationError) as err:
         _module(path, tmp_path, view="safety", **ONE_SPLIT).prepare()
     message = str(err.value)
-    assert "4 invalid row(s)" in message
+    assert "3 invalid row(s)" in message
     assert f"{path}: line 9: field 'rejected': expected str, got int 3" in message
     assert f"{path}: line 10: field 'chosen_safe': expected bool, got str 'yes'" in message
-    assert f"{path}: line 11: field 'safer': missing required field" in message
+    assert "line 11" not in message  # both labelled safe, no `safer`: valid, but the safety view cannot order it
     assert f"{path}: line 12: field 'safer': expected 'chosen' or 'rejected'" in message
     train = _module(path, tmp_path, view="safety", on_bad_row="skip", **ONE_SPLIT).prepare().splits["train"]
-    assert dict(train.dropped) == {"invalid:rejected": 1, "invalid:chosen_safe": 1, "invalid:safer": 2,
+    assert dict(train.dropped) == {"invalid:rejected": 1, "invalid:chosen_safe": 1, "invalid:safer": 1,
+                                   "safer_unknown": 1,  # line 11: the view's drop
                                    "safety_label_contradiction": 1}  # the safer one labelled unsafe: a view's drop
     assert train.notes["safety_label_contradiction"] == 1
     assert train.rows_read == 13 and train.kept == 8
