@@ -8,6 +8,8 @@ own offline tokenizer (:mod:`lit_safe.models.tokenizer`), so they save with ``sa
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 from torch import nn
 from transformers import (
@@ -86,13 +88,13 @@ def load_backbone(
     if is_preset(name_or_path):
         config = preset_config(name_or_path, tokenizer)
         model = auto.from_config(config, dtype=DTYPES[dtype], attn_implementation=attn_implementation)
-    else:
-        model = auto.from_pretrained(
-            resolve_pretrained(name_or_path, what="backbone"),
-            revision=revision,
-            dtype=DTYPES[dtype],
-            attn_implementation=attn_implementation,
-        )
+    elif causal_lm:
+        model = auto.from_pretrained(resolve_pretrained(name_or_path, what="backbone"), revision=revision,
+                                     dtype=DTYPES[dtype], attn_implementation=attn_implementation)
+    else:  # the bare transformer of a causal LM: its language-model head is left behind on purpose
+        model = load_backbone_beside_heads(resolve_pretrained(name_or_path, what="backbone"), ("lm_head.",),
+                                           revision=revision, dtype=DTYPES[dtype],
+                                           attn_implementation=attn_implementation)
     if len(tokenizer) > model.get_input_embeddings().num_embeddings:
         model.resize_token_embeddings(len(tokenizer), mean_resizing=True)
     model.config.pad_token_id = tokenizer.pad_token_id
@@ -131,3 +133,34 @@ def transformer_blocks(model: nn.Module) -> list[nn.Module]:
     if not blocks:
         raise ValueError(f"{type(model).__name__} declares no _no_split_modules: cannot find its transformer blocks")
     return blocks
+
+
+def load_backbone_beside_heads(path: str, heads: tuple[str, ...], **kwargs) -> PreTrainedModel:
+    """``AutoModel.from_pretrained`` of a checkpoint that saves a backbone beside lit_safe's own heads (score,
+    moderation and video models): transformers' load report, which lists the heads' weights as unexpected on every
+    load, is not printed; a backbone weight the checkpoint lacks (it would start random) or an unknown extra weight is
+    still said, in one warning.
+
+    Args:
+        path: local directory or hub id.
+        heads: prefixes of the head weights saved beside the backbone (``"score_head."``).
+        kwargs: passed to ``from_pretrained`` (revision, dtype, attn_implementation).
+    """
+    from transformers import AutoModel
+    from transformers.utils import logging as hf_logging
+
+    level = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        backbone, info = AutoModel.from_pretrained(path, output_loading_info=True, **kwargs)
+    finally:
+        hf_logging.set_verbosity(level)
+    prefix = f"{backbone.base_model_prefix}." if backbone.base_model_prefix else ""
+    missing = sorted(info.get("missing_keys") or ())
+    unknown = sorted(k for k in info.get("unexpected_keys") or () if not k.removeprefix(prefix).startswith(heads)
+                     and not k.startswith(heads))
+    if missing or unknown:
+        said = [f"missing (they start random): {', '.join(missing[:5])}" if missing else "",
+                f"not used: {', '.join(unknown[:5])}" if unknown else ""]
+        warnings.warn(f"{path}: backbone weights {'; '.join(x for x in said if x)}", stacklevel=2)
+    return backbone

@@ -25,9 +25,9 @@ from typing import Literal, NamedTuple
 
 import torch
 from torch import Tensor, nn
-from transformers import AutoConfig, AutoModel, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import AutoConfig, PreTrainedModel, PreTrainedTokenizerBase
 
-from lit_safe.models.backbone import DTYPES, hidden_size
+from lit_safe.models.backbone import DTYPES, hidden_size, load_backbone_beside_heads
 from lit_safe.models.score_model import last_attended_index, read_tensors, save_with_heads
 
 Pooling = Literal["auto", "last", "mean", "cls"]
@@ -252,8 +252,8 @@ class ModerationModel(nn.Module):
         saved = getattr(config, "moderation", None)
         if not saved:
             raise ValueError(f"{path} is not a moderation model: its config.json has no 'moderation' entry")
-        backbone = AutoModel.from_pretrained(str(path), revision=revision, dtype=DTYPES[dtype],
-                                             attn_implementation=attn_implementation)
+        backbone = load_backbone_beside_heads(str(path), tuple(f"{h}." for h in HEADS), revision=revision,
+                                              dtype=DTYPES[dtype], attn_implementation=attn_implementation)
         decision = {k: v for k, v in saved.items() if k not in ("categories", "severity_levels", "pooling")}
         model = cls(backbone, saved["categories"], saved["severity_levels"], saved["pooling"], decision)
         keys = tuple(f"{h}.{p}" for h in HEADS for p in ("weight", "bias"))

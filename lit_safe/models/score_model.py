@@ -41,9 +41,9 @@ from typing import Literal, NamedTuple
 import numpy as np
 import torch
 from torch import Tensor, nn
-from transformers import AutoConfig, AutoModel, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import AutoConfig, PreTrainedModel, PreTrainedTokenizerBase
 
-from lit_safe.models.backbone import DTYPES, hidden_size, is_encoder
+from lit_safe.models.backbone import DTYPES, hidden_size, is_encoder, load_backbone_beside_heads
 from lit_safe.models.text import Text, conversations, encode_conversations, encode_with_eos, is_chat, pad_right
 
 ScoreType = Literal["reward", "cost", "critic"]
@@ -478,9 +478,8 @@ class ScoreModel(nn.Module):
             model = _load_sequence_classification(str(path), config, revision, dtype, attn_implementation, options,
                                                   text_encoding or saved_encoding or "tokenizer")
         else:
-            backbone = AutoModel.from_pretrained(
-                str(path), revision=revision, dtype=DTYPES[dtype], attn_implementation=attn_implementation
-            )
+            backbone = load_backbone_beside_heads(str(path), ("score_head.",), revision=revision, dtype=DTYPES[dtype],
+                                                  attn_implementation=attn_implementation)
             model = cls(backbone, text_encoding=text_encoding or saved_encoding or "append_eos", **options)
             head = read_tensors(str(path), ("score_head.weight", "score_head.bias"), revision)
             if "score_head.weight" not in head:

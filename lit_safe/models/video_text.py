@@ -44,7 +44,7 @@ import torch
 from torch import Tensor, nn
 from transformers import AutoConfig, AutoModel, CLIPConfig, PreTrainedModel, PreTrainedTokenizerBase
 
-from lit_safe.models.backbone import DTYPES
+from lit_safe.models.backbone import DTYPES, load_backbone_beside_heads
 from lit_safe.models.frames import frames_to_float, resize_frames
 from lit_safe.models.moderation_model import ModerationOutput, moderation_decisions, validate_decision
 from lit_safe.models.score_model import read_tensors, save_with_heads
@@ -382,8 +382,8 @@ class VideoTextModel(nn.Module):
         saved = getattr(config, CONFIG_KEY, None)
         if not saved:
             raise ValueError(f"{path} is not a lit_safe video model: its config.json has no '{CONFIG_KEY}' entry")
-        backbone = AutoModel.from_pretrained(str(path), revision=revision, dtype=DTYPES[dtype],
-                                             attn_implementation=attn_implementation)
+        backbone = load_backbone_beside_heads(str(path), HEAD_PREFIXES, revision=revision, dtype=DTYPES[dtype],
+                                              attn_implementation=attn_implementation)
         model = cls(
             backbone, saved["head"], score_type=saved.get("score_type", "reward"), categories=saved.get("categories"),
             decision=saved.get("decision"), num_frames=saved["num_frames"], frame_size=saved["frame_size"],

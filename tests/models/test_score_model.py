@@ -455,3 +455,33 @@ def test_raw_end_scores_are_the_unnormalised_ones(tiny_tokenizer):
         plain = model(ids, mask)
     torch.testing.assert_close(out.raw_end_scores, plain.end_scores)
     torch.testing.assert_close(out.end_scores, (plain.end_scores - 3.0) / (8.0 / 3.0 + 1e-8) ** 0.5)
+
+
+def test_loading_a_saved_score_model_prints_no_load_report_and_says_missing_backbone_weights(tmp_path, tiny_tokenizer,
+                                                                                              capfd):
+    """transformers lists the saved head as UNEXPECTED on every AutoModel load of a score checkpoint: lit_safe's
+    loader keeps that off the screen, but a backbone weight the checkpoint lacks is still said."""
+    import json
+    import warnings
+
+    from safetensors.torch import load_file, save_file
+
+    from lit_safe.models.score_model import ScoreModel, build_score_model
+
+    model = build_score_model("tiny", tiny_tokenizer, "reward")
+    model.save_pretrained(tmp_path / "rm", tokenizer=tiny_tokenizer)
+    capfd.readouterr()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        ScoreModel.from_pretrained(tmp_path / "rm")
+    out = capfd.readouterr()
+    assert "LOAD REPORT" not in out.out + out.err
+    assert not [w for w in caught if "backbone weights" in str(w.message)]
+
+    weights = load_file(tmp_path / "rm" / "model.safetensors")
+    dropped = sorted(k for k in weights if k.endswith("layers.1.mlp.up_proj.weight"))
+    save_file({k: v for k, v in weights.items() if k not in dropped}, tmp_path / "rm" / "model.safetensors",
+              metadata={"format": "pt"})
+    assert json.loads((tmp_path / "rm" / "config.json").read_text())["score_type"] == "reward"
+    with pytest.warns(UserWarning, match=r"backbone weights missing \(they start random\): layers.1.mlp.up_proj"):
+        ScoreModel.from_pretrained(tmp_path / "rm")
