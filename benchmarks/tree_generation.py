@@ -1,6 +1,7 @@
 """Tree generation with KV-cache reuse against independent sampling, on the CPU (Qiu et al., arXiv 2402.10184).
 
-For each preset (``tiny``, ``small``; randomly initialised, seeded, eval mode, fp32) and each ``(depth, branching,
+For each model (a preset, ``tiny`` or ``small``, randomly initialised and seeded; or a local causal LM folder or hub
+id: eval mode, fp32) and each ``(depth, branching,
 segment_tokens)`` setting, grows one response tree per prompt with :func:`lit_safe.models.tree_generation.grow_tree`
 and then samples as many independent responses as the tree has leaves, two ways:
 
@@ -10,10 +11,10 @@ and then samples as many independent responses as the tree has leaves, two ways:
   it is slow), which is what ``independent_tokens`` counts.
 
 Prompts are the ``prompt`` fields of the synthetic PKU-SafeRLHF rows (``generate_pku_saferlhf_rows``) in the Safe RLHF
-conversation template (``format_prompt``), tokenised with the preset's tokenizer (BOS included). A random model
+conversation template (``format_prompt``), tokenised with the model's tokenizer (BOS included). A random model
 rarely emits EOS, so nearly every response runs to ``--max-new-tokens``: the figures are for full-length responses.
 
-One JSON line per (preset, setting), also appended to ``--out``:
+One JSON line per (model, setting), also appended to ``--out``:
 
 * ``leaves_per_tree``, ``response_tokens_per_leaf`` (tree and independent), ``finished_fraction``;
 * forwarded tokens per leaf: ``tree_forwarded_per_leaf`` (prefill + every decode position, wasted rows included),
@@ -60,7 +61,8 @@ def _setting(text: str) -> tuple[int, int, int]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--presets", nargs="+", default=["tiny", "small"], choices=("tiny", "small"))
+    parser.add_argument("--presets", nargs="+", default=["tiny", "small"],
+                        help="presets (tiny, small), local causal LM folders or hub ids")
     parser.add_argument("--prompts", type=int, default=3, help="prompts (one tree each) per setting")
     parser.add_argument("--settings", nargs="+", type=_setting, default=[(2, 4, 16), (3, 3, 12), (3, 2, 16)],
                         metavar="D,B,S", help="depth,branching,segment_tokens")
