@@ -53,6 +53,36 @@ def tiny_tokenizer():
 
 
 @pytest.fixture(scope="session")
+def tiny_ppo_models(tmp_path_factory, tiny_tokenizer):
+    """A factory: ``make(cost_bias)`` saves (once per bias) a random tiny actor (seed 0) with its tokenizer and tiny
+    reward and cost score models (seeds 1 and 2), the cost head's bias set to ``cost_bias`` (3.0: every answer
+    unsafe), under ``actor``, ``reward`` and ``cost`` of the folder it returns."""
+    import torch
+
+    from lit_safe.models.backbone import load_backbone
+    from lit_safe.models.score_model import ScoreModel
+
+    made: dict[float, Path] = {}
+
+    def make(cost_bias: float = 0.0) -> Path:
+        if cost_bias not in made:
+            root = tmp_path_factory.mktemp("ppo_models")
+            torch.manual_seed(0)
+            load_backbone("tiny", tiny_tokenizer, causal_lm=True).save_pretrained(root / "actor")
+            tiny_tokenizer.save_pretrained(root / "actor")
+            for seed, kind in ((1, "reward"), (2, "cost")):
+                torch.manual_seed(seed)
+                model = ScoreModel(load_backbone("tiny", tiny_tokenizer), score_type=kind)
+                if kind == "cost":
+                    model.score_head.bias.data.fill_(cost_bias)
+                model.save_pretrained(root / kind, tokenizer=tiny_tokenizer)
+            made[cost_bias] = root
+        return made[cost_bias]
+
+    return make
+
+
+@pytest.fixture(scope="session")
 def quickstart_config():
     """A factory: ``make(name, tmp, **data_args)`` writes the shipped ``configs/quickstart/<name>.yaml`` with its
     outputs moved under ``tmp`` (runs/, checkpoints/, ``<name>_model/``, prepared/), one short epoch, no progress bar,

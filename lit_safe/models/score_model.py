@@ -58,6 +58,14 @@ SEQUENCE_CLASSIFICATION = "ForSequenceClassification"
 CheckpointLayout = Literal["score_head", "sequence_classification"]
 
 
+def _attended_positions(attention_mask: Tensor) -> tuple[Tensor, Tensor]:
+    """``(mask (B, L) bool, positions (B, L))`` of a padded batch, refusing a row without an attended token."""
+    mask = attention_mask.bool()
+    if not bool(mask.any(dim=-1).all()):
+        raise ValueError("a sequence has no attended token (an all-zero attention-mask row)")
+    return mask, torch.arange(mask.size(-1), device=mask.device).expand_as(mask)
+
+
 def last_attended_index(attention_mask: Tensor) -> Tensor:
     """Index of the last attended token of each sequence, under left or right padding.
 
@@ -67,10 +75,7 @@ def last_attended_index(attention_mask: Tensor) -> Tensor:
     Returns:
         ``(B,)`` long tensor. A row with no attended token is an error.
     """
-    mask = attention_mask.bool()
-    if not bool(mask.any(dim=-1).all()):
-        raise ValueError("a sequence has no attended token (an all-zero attention-mask row)")
-    positions = torch.arange(mask.size(-1), device=mask.device).expand_as(mask)
+    mask, positions = _attended_positions(attention_mask)
     return torch.where(mask, positions, -1).max(dim=-1).values
 
 
@@ -83,10 +88,7 @@ def first_attended_index(attention_mask: Tensor) -> Tensor:
     Returns:
         ``(B,)`` long tensor. A row with no attended token is an error.
     """
-    mask = attention_mask.bool()
-    if not bool(mask.any(dim=-1).all()):
-        raise ValueError("a sequence has no attended token (an all-zero attention-mask row)")
-    positions = torch.arange(mask.size(-1), device=mask.device).expand_as(mask)
+    mask, positions = _attended_positions(attention_mask)
     return torch.where(mask, positions, mask.size(-1)).min(dim=-1).values
 
 

@@ -17,7 +17,6 @@ from lit_safe.callbacks.export import ExportPretrained
 from lit_safe.cli import run
 from lit_safe.data_modules.pku_saferlhf import PKUSafeRLHFDataModule
 from lit_safe.models.backbone import load_backbone
-from lit_safe.models.score_model import ScoreModel
 from lit_safe.modules.base import NonFiniteError
 from lit_safe.modules.cost import CostModule
 from lit_safe.modules.diffusion_dpo import DiffusionDPOModule
@@ -148,16 +147,8 @@ def test_finite_logits_guard_turns_a_broken_row_into_eos_and_remembers_it():
 
 
 @pytest.fixture(scope="module")
-def tiny_models(tmp_path_factory, tiny_tokenizer):
-    root = tmp_path_factory.mktemp("ppo_models")
-    torch.manual_seed(0)
-    load_backbone("tiny", tiny_tokenizer, causal_lm=True).save_pretrained(root / "actor")
-    tiny_tokenizer.save_pretrained(root / "actor")
-    for seed, kind in ((1, "reward"), (2, "cost")):
-        torch.manual_seed(seed)
-        ScoreModel(load_backbone("tiny", tiny_tokenizer), score_type=kind).save_pretrained(root / kind,
-                                                                                            tokenizer=tiny_tokenizer)
-    return root
+def tiny_models(tiny_ppo_models):
+    return tiny_ppo_models(cost_bias=0.0)
 
 
 class Break(Callback):

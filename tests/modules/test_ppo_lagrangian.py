@@ -42,18 +42,10 @@ def test_response_masks_end_a_response_at_any_stop_id():
     # with EOS alone, the end-of-turn id is an ordinary token
     assert response_masks(sequences[:1], prompt_mask[:1], eos)[0].tolist() == [[1, 1, 1, 1, 1, 1]]
 
+
 @pytest.fixture(scope="module")
-def tiny_models(tmp_path_factory, tiny_tokenizer):
-    root = tmp_path_factory.mktemp("ppo_models")
-    torch.manual_seed(0)
-    load_backbone("tiny", tiny_tokenizer, causal_lm=True).save_pretrained(root / "actor")
-    tiny_tokenizer.save_pretrained(root / "actor")
-    for seed, kind in ((1, "reward"), (2, "cost")):
-        torch.manual_seed(seed)
-        model = ScoreModel(load_backbone("tiny", tiny_tokenizer), score_type=kind)
-        model.score_head.bias.data.fill_(3.0 if kind == "cost" else 0.0)  # every answer unsafe: lambda must rise
-        model.save_pretrained(root / kind, tokenizer=tiny_tokenizer)
-    return root
+def tiny_models(tiny_ppo_models):
+    return tiny_ppo_models(cost_bias=3.0)  # every answer unsafe: lambda must rise
 
 
 SAMPLES = "lit_safe.callbacks.samples.PPOSamples"

@@ -16,8 +16,6 @@ import yaml
 from lightning.pytorch.callbacks import Callback
 
 from lit_safe.cli import LitSafeCLI
-from lit_safe.models.backbone import load_backbone
-from lit_safe.models.score_model import ScoreModel
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -121,17 +119,8 @@ def test_a_killed_run_resumes_bit_exactly(name, data, model, tmp_path):
 
 
 @pytest.fixture(scope="module")
-def tiny_models(tmp_path_factory, tiny_tokenizer):
-    root = tmp_path_factory.mktemp("ppo_models")
-    torch.manual_seed(0)
-    load_backbone("tiny", tiny_tokenizer, causal_lm=True).save_pretrained(root / "actor")
-    tiny_tokenizer.save_pretrained(root / "actor")
-    for seed, kind in ((1, "reward"), (2, "cost")):
-        torch.manual_seed(seed)
-        model = ScoreModel(load_backbone("tiny", tiny_tokenizer), score_type=kind)
-        model.score_head.bias.data.fill_(1.0 if kind == "cost" else 0.0)
-        model.save_pretrained(root / kind, tokenizer=tiny_tokenizer)
-    return root
+def tiny_models(tiny_ppo_models):
+    return tiny_ppo_models(cost_bias=1.0)
 
 
 @pytest.mark.slow
