@@ -167,7 +167,8 @@ class LitSafeCLI(LightningCLI):
                 _class_name(saved_data["_class_path"]) != _class_name(data.get("class_path")):
             changed["class_path"] = (saved_data["_class_path"], data.get("class_path"))
         for key, value in dict(data.get("init_args") or {}).items():
-            if key in saved_data and key not in DATA_KEYS_NOT_RESUMED and _text(value) != _text(saved_data[key]):
+            if key in saved_data and key not in DATA_KEYS_NOT_RESUMED and value is not None \
+                    and _text(value) != _text(saved_data[key]):  # None: unset (the tokenizer comes from the model)
                 changed[key] = (saved_data[key], value)
         if changed:
             listed = ", ".join(f"{k}: {old!r} -> {new!r}" for k, (old, new) in sorted(changed.items()))
