@@ -13,6 +13,7 @@ from lit_safe.data_modules.prompts import read_prompts
 from lit_safe.data_modules.sources import DataValidationError
 from lit_safe.models.backbone import load_backbone
 from lit_safe.models.score_model import ScoreModel
+from lit_safe.models.tokenizer import load_tokenizer
 
 
 def test_arena_summary_against_a_hand_count():
@@ -97,22 +98,7 @@ def test_lit_safe_arena_names_a_missing_model(tiny_models, pku_real_file, tmp_pa
 
 
 # ------------------------------------------------------------------------------------------------ chat templates
-# Meta-Llama-3-8B-Instruct's template (it writes BOS, trims the content, ends a turn with <|eot_id|>).
-LLAMA3 = ("{% set loop_messages = messages %}{% for message in loop_messages %}{% set content = "
-          "'<|start_header_id|>' + message['role'] + '<|end_header_id|>\n\n'+ message['content'] | trim + "
-          "'<|eot_id|>' %}{% if loop.index0 == 0 %}{% set content = bos_token + content %}{% endif %}{{ content }}"
-          "{% endfor %}{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\n\n' }}"
-          "{% endif %}")
 CHAT_PROMPTS = ["How do I bake bread?", "Say hi", "What is two plus two?"]
-
-
-def _llama3_tokenizer():
-    from lit_safe.models.tokenizer import load_tokenizer
-
-    tok = load_tokenizer("tiny")
-    tok.add_special_tokens({"additional_special_tokens": ["<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"]})
-    tok.chat_template = LLAMA3
-    return tok
 
 
 def _chat_ids(tok, messages, generation=False) -> list[int]:
@@ -125,13 +111,13 @@ def _conversation(prompt: str, response: str) -> list[dict]:
 
 
 @pytest.fixture(scope="module")
-def chat_models(tmp_path_factory):
+def chat_models(tmp_path_factory, chat_tokenizer_dir):
     """Two tiny policies, a lit_safe reward model and a Hugging Face LlamaForSequenceClassification cost model, all
     saved with the tiny tokenizer given the Llama-3 chat template."""
     from transformers import LlamaConfig, LlamaForSequenceClassification
 
     root = tmp_path_factory.mktemp("arena_chat_models")
-    tok = _llama3_tokenizer()
+    tok = load_tokenizer(chat_tokenizer_dir("llama3"))
     for seed, name in ((0, "policy_a"), (1, "policy_b")):
         torch.manual_seed(seed)
         load_backbone("tiny", tok, causal_lm=True).save_pretrained(root / name)
@@ -162,10 +148,10 @@ class _Replying(torch.nn.Module):
         return torch.cat([input_ids, self.reply.expand(input_ids.size(0), -1)], dim=1)
 
 
-def test_generate_with_a_chat_template_starts_from_the_generation_prompt_and_stops_at_end_of_turn():
+def test_generate_with_a_chat_template_starts_from_the_generation_prompt_and_stops_at_end_of_turn(chat_tokenizer_dir):
     from lit_safe.arena import generate
 
-    tok = _llama3_tokenizer()
+    tok = load_tokenizer(chat_tokenizer_dir("llama3"))
     tok.padding_side = "left"
     eot = tok.convert_tokens_to_ids("<|eot_id|>")
     policy = _Replying(tok("Knead it.", add_special_tokens=False)["input_ids"] + [eot, tok.pad_token_id])
@@ -187,7 +173,6 @@ def test_score_reads_the_conversation_each_model_was_trained_on(chat_models):
     from transformers import AutoModelForSequenceClassification
 
     from lit_safe.arena import score
-    from lit_safe.models.tokenizer import load_tokenizer
 
     responses = ["Mix flour and water.  ", "hi", "Four."]
     tok = load_tokenizer(str(chat_models / "reward"))
@@ -214,7 +199,6 @@ def test_score_reads_the_conversation_each_model_was_trained_on(chat_models):
 
 def test_lit_safe_arena_with_chat_templates(chat_models, tmp_path):
     from lit_safe.arena import score
-    from lit_safe.models.tokenizer import load_tokenizer
 
     prompts = tmp_path / "prompts.jsonl"
     prompts.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in CHAT_PROMPTS))

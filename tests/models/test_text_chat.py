@@ -31,30 +31,11 @@ from lit_safe.models.text import (
 )
 from lit_safe.models.tokenizer import load_tokenizer
 
-CHATML = ("{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>'"
-          " + '\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}")
-LLAMA3 = ("{% set loop_messages = messages %}{% for message in loop_messages %}{% set content = "
-          "'<|start_header_id|>' + message['role'] + '<|end_header_id|>\n\n'+ message['content'] | trim + "
-          "'<|eot_id|>' %}{% if loop.index0 == 0 %}{% set content = bos_token + content %}{% endif %}{{ content }}"
-          "{% endfor %}{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\n\n' }}"
-          "{% endif %}")
-SPECIAL = {"chatml": ["<|im_start|>", "<|im_end|>"], "llama3": ["<|start_header_id|>", "<|end_header_id|>",
-                                                                "<|eot_id|>"]}
-
-
-def save_chat_tokenizer(kind: str, directory) -> str:
-    """The tiny preset tokenizer with the ``kind`` chat template and its special tokens, saved in ``directory``."""
-    tokenizer = load_tokenizer("tiny")
-    tokenizer.add_special_tokens({"additional_special_tokens": SPECIAL[kind]})
-    tokenizer.chat_template = CHATML if kind == "chatml" else LLAMA3
-    tokenizer.save_pretrained(directory)
-    return str(directory)
-
 
 @pytest.fixture(scope="module", params=["chatml", "llama3"])
-def chat(request, tmp_path_factory):
+def chat(request, chat_tokenizer_dir):
     """(kind, tokenizer) for each template, loaded back from its saved directory as a model's tokenizer is."""
-    return request.param, load_tokenizer(save_chat_tokenizer(request.param, tmp_path_factory.mktemp(request.param)))
+    return request.param, load_tokenizer(chat_tokenizer_dir(request.param))
 
 
 # (prompt turns, response turns) as the chosen/rejected formats give them
@@ -113,10 +94,10 @@ def test_template_names_and_errors(tiny_tokenizer):
     assert template_setting("safe_rlhf", tiny_tokenizer) == SAFE_RLHF_TEMPLATE  # the default's fingerprint
 
 
-def test_template_setting_of_chat_is_the_tokenizers_template(chat):
+def test_template_setting_of_chat_is_the_tokenizers_template(chat, chat_templates):
     kind, tok = chat
     assert check_template("chat", tok) == CHAT
-    assert template_setting("chat", tok) == {"chat": CHATML if kind == "chatml" else LLAMA3}
+    assert template_setting("chat", tok) == {"chat": chat_templates[kind][0]}
 
 
 def test_a_template_that_changes_the_prompt_once_a_reply_follows_is_refused(tmp_path):

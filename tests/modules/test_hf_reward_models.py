@@ -33,8 +33,6 @@ from lit_safe.modules.reward import RewardModule
 MINILM = "sentence-transformers/all-MiniLM-L6-v2"
 ATOL = dict(atol=1e-4, rtol=0)
 # ChatML (the actor's) and a plain template (the Hugging Face reward model's own) for the chat test
-CHATML = ("{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>'"
-          " + '\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}")
 PLAIN = "{{ bos_token }}{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}\n{% endfor %}"
 
 
@@ -202,10 +200,9 @@ def test_an_encoder_critic_needs_the_policys_tokenizer(models):
         module.configure_model()
 
 
-def test_ppo_under_a_chat_template_stops_at_the_end_of_turn_and_scorers_read_their_own_template(tmp_path):
-    chat = load_tokenizer("tiny")
-    chat.add_special_tokens({"additional_special_tokens": ["<|im_start|>", "<|im_end|>"]})
-    chat.chat_template = CHATML
+def test_ppo_under_a_chat_template_stops_at_the_end_of_turn_and_scorers_read_their_own_template(
+        tmp_path, chat_tokenizer_dir):
+    chat = load_tokenizer(chat_tokenizer_dir("chatml"))
     im_end = chat.convert_tokens_to_ids("<|im_end|>")
     actor = _save_actor(tmp_path / "actor", chat, 4)
     judge_tok = load_tokenizer(actor)
