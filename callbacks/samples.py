@@ -30,20 +30,18 @@ def rollout_rows(rollout: Any, tokenizer: Any, count: int) -> list[tuple[str, st
     """``(prompt, response, reward, cost)`` of the first ``count`` sequences of a PPO rollout, decoded.
 
     Args:
-        rollout: anything with ``sequences``, ``attention_mask`` ``(B, L)`` (left-padded prompts, then responses),
-            ``action_mask`` ``(B, L - 1)`` (action ``t`` generates token ``t + 1``), ``reward`` ``(B,)`` and ``cost``
-            ``(B,)`` or ``None``.
+        rollout: anything with ``sequences``, ``attention_mask`` ``(B, L)`` (``prompt_length`` left-padded prompt
+            tokens, then the responses), ``prompt_length``, ``reward`` ``(B,)`` and ``cost`` ``(B,)`` or ``None``.
         tokenizer: the policy's tokenizer.
         count: rows at most.
     """
     rows = []
     for i in range(min(count, rollout.sequences.size(0))):
-        tokens = rollout.sequences[i][rollout.attention_mask[i].bool()]
-        start = int(rollout.action_mask[i].long().argmax()) + 1  # the first response token
-        start -= int((rollout.attention_mask[i] == 0)[:start].sum())  # minus the left padding before it
+        kept = rollout.sequences[i][rollout.attention_mask[i].bool()]
+        start = int(rollout.attention_mask[i, :rollout.prompt_length].sum())  # the prompt's tokens, without padding
         cost = None if rollout.cost is None else float(rollout.cost[i])
-        rows.append((tokenizer.decode(tokens[:start], skip_special_tokens=True),
-                     tokenizer.decode(tokens[start:], skip_special_tokens=True), float(rollout.reward[i]), cost))
+        rows.append((tokenizer.decode(kept[:start], skip_special_tokens=True),
+                     tokenizer.decode(kept[start:], skip_special_tokens=True), float(rollout.reward[i]), cost))
     return rows
 
 

@@ -30,6 +30,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
+from lit_safe.models.backbone import sampling_config
 from lit_safe.models.score_model import COST_SIGNS, score_conversations
 from lit_safe.models.text import (
     SAFE_RLHF_TEMPLATE,
@@ -105,11 +106,9 @@ def generate(model, tokenizer, prompts: list[str], template: str, max_new_tokens
     for start in range(0, len(prompts), batch_size):
         ids, mask = pad_left(encode_prompts(tokenizer, prompts[start : start + batch_size], template),
                              tokenizer.pad_token_id)
-        sampling = {"do_sample": True, "temperature": temperature, "top_p": top_p} if temperature > 0 else {
-            "do_sample": False}
-        out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), max_new_tokens=max_new_tokens,
-                             pad_token_id=tokenizer.pad_token_id, eos_token_id=stops if len(stops) > 1 else stops[0],
-                             **sampling)
+        out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device),
+                             generation_config=sampling_config(max_new_tokens, temperature, top_p,
+                                                               tokenizer.pad_token_id, stops))
         responses += tokenizer.batch_decode(out[:, ids.size(1):], skip_special_tokens=True)
     return responses
 

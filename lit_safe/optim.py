@@ -104,10 +104,19 @@ def adamw_with_schedule(
     warmup_ratio: float,
     schedule: Schedule = "cosine",
 ) -> tuple[torch.optim.AdamW, torch.optim.lr_scheduler.LambdaLR]:
-    """AdamW over decay groups plus a per-step warm-up schedule (for ``configure_optimizers``)."""
+    """AdamW over decay groups plus a per-step warm-up schedule (for ``configure_optimizers``).
+
+    The AdamW is torch's fused kernel when every parameter is a plain tensor on a CPU or CUDA device (the same update
+    in one pass over all parameters: on a CPU about 3x faster than the default per-tensor loop, which costs a PPO
+    iteration with three trained networks a quarter of its time on small models); sharded (FSDP2 ``DTensor``)
+    parameters keep torch's default implementation.
+    """
     if schedule not in LR_SCHEDULES:
         raise ValueError(f"lr schedule must be one of {', '.join(LR_SCHEDULES)}, got {schedule!r}")
-    optimizer = torch.optim.AdamW(decay_groups(named_parameters, weight_decay), lr=lr, betas=betas)
+    groups = decay_groups(named_parameters, weight_decay)
+    params = [param for group in groups for param in group["params"]]
+    fused = bool(params) and all(type(p.data) is torch.Tensor and p.device.type in ("cpu", "cuda") for p in params)
+    optimizer = torch.optim.AdamW(groups, lr=lr, betas=betas, fused=fused or None)
     warmup = int(round(warmup_ratio * total_steps))
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: warmup_schedule_factor(step, total_steps, warmup, schedule)
@@ -116,20 +125,24 @@ def adamw_with_schedule(
 
 
 def total_optimizer_steps(
-    max_steps: int, max_epochs: int | None, batches_per_epoch: int, accumulate_grad_batches: int = 1
+    max_steps: int, max_epochs: int | None, batches_per_epoch: int, accumulate_grad_batches: int = 1,
+    steps_per_batch: int = 1,
 ) -> int:
     """Optimiser steps a run will take, for the length of a learning-rate schedule.
 
     Args:
-        max_steps: the trainer's ``max_steps`` (-1: unbounded).
+        max_steps: the trainer's ``max_steps`` (-1: unbounded), in optimiser steps (what ``global_step`` counts).
         max_epochs: the trainer's ``max_epochs`` (``None`` or -1: unbounded).
         batches_per_epoch: training batches per epoch on this rank (after ``limit_train_batches``).
         accumulate_grad_batches: batches per optimiser step.
+        steps_per_batch: optimiser steps per training batch (PPO: epochs x minibatches of each rollout); the trainer
+            checks ``max_steps`` between batches, so a run ends on a whole batch: ``max_steps`` rounds up to one.
     """
-    per_epoch = math.ceil(batches_per_epoch / max(1, accumulate_grad_batches))
+    per_epoch = math.ceil(batches_per_epoch / max(1, accumulate_grad_batches)) * steps_per_batch
+    limit = math.ceil(max_steps / steps_per_batch) * steps_per_batch if max_steps >= 0 else -1
     if max_epochs is None or max_epochs < 0:
-        if max_steps < 0:
+        if limit < 0:
             raise ValueError("a learning-rate schedule needs max_steps or max_epochs")
-        return max_steps
+        return limit
     total = per_epoch * max(1, max_epochs)
-    return min(total, max_steps) if max_steps >= 0 else total
+    return min(total, limit) if limit >= 0 else total

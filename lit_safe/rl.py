@@ -15,9 +15,12 @@ costs averaged across ranks once per update (not per micro-batch on rank 0).
 from __future__ import annotations
 
 import math
+from typing import Literal
 
 import torch
 from torch import Tensor
+
+Averaging = Literal["sequence", "token"]
 
 
 def masked_mean(x: Tensor, mask: Tensor, dim: int | None = None) -> Tensor:
@@ -32,6 +35,29 @@ def masked_mean(x: Tensor, mask: Tensor, dim: int | None = None) -> Tensor:
     if dim is None:
         return (x * mask).sum() / mask.sum().clamp_min(1)
     return (x * mask).sum(dim) / mask.sum(dim).clamp_min(1)
+
+
+def response_mean(x: Tensor, mask: Tensor, averaging: Averaging = "sequence") -> Tensor:
+    """The mean of a per-action quantity over a batch of responses, the way the PPO losses average.
+
+    ``sequence`` (the default, Safe RLHF's and ALGORITHMS.md's): each response's mean over its own actions, then the
+    mean over the responses (rows without any action do not count), so a long response weighs as much as a short
+    one. ``token``: one mean over every response action of the batch (TRL's), so long responses weigh more.
+
+    Args:
+        x: ``(B, T)`` per-action values.
+        mask: ``(B, T)`` response actions, 0/1 or boolean.
+        averaging: ``sequence`` or ``token``.
+
+    Returns:
+        A scalar (0 when no row has an action).
+    """
+    if averaging == "token":
+        return masked_mean(x, mask)
+    if averaging != "sequence":
+        raise ValueError(f"averaging must be 'sequence' or 'token', got {averaging!r}")
+    rows = mask.bool().any(dim=-1)
+    return masked_mean(masked_mean(x, mask, dim=-1), rows)
 
 
 def gather_log_probs(logits: Tensor, ids: Tensor) -> Tensor:
@@ -126,11 +152,13 @@ def combined_advantage(reward_advantages: Tensor, cost_advantages: Tensor, lagra
 
 
 def ppo_actor_loss(
-    log_probs: Tensor, old_log_probs: Tensor, advantages: Tensor, mask: Tensor, clip_eps: float = 0.2
+    log_probs: Tensor, old_log_probs: Tensor, advantages: Tensor, mask: Tensor, clip_eps: float = 0.2,
+    averaging: Averaging = "sequence",
 ) -> tuple[Tensor, Tensor]:
     """PPO-clip policy loss over response actions.
 
-    ``L = -masked_mean(min(rho A, clip(rho, 1 - eps, 1 + eps) A))`` with ``rho = exp(log pi - log pi_old)``.
+    ``L = -mean(min(rho A, clip(rho, 1 - eps, 1 + eps) A))`` with ``rho = exp(log pi - log pi_old)``, the mean taken
+    by :func:`response_mean` (each response's mean, then the batch's, by default).
 
     Args:
         log_probs: ``(B, T)`` under the current policy (with gradient).
@@ -138,20 +166,26 @@ def ppo_actor_loss(
         advantages: ``(B, T)``.
         mask: ``(B, T)`` response actions.
         clip_eps: epsilon.
+        averaging: ``sequence`` or ``token`` (:func:`response_mean`).
 
     Returns:
-        ``(loss, clip_fraction)``: the share of response actions where the clipped term was the one taken.
+        ``(loss, clip_fraction)``: the share of response actions where the clipped term was the one taken (averaged
+        the same way).
     """
     ratio = torch.exp(log_probs - old_log_probs)
     unclipped = ratio * advantages
     clipped = ratio.clamp(1 - clip_eps, 1 + clip_eps) * advantages
-    loss = -masked_mean(torch.minimum(unclipped, clipped), mask)
-    clip_fraction = masked_mean((clipped < unclipped).to(log_probs.dtype), mask)
+    loss = -response_mean(torch.minimum(unclipped, clipped), mask, averaging)
+    clip_fraction = response_mean((clipped < unclipped).to(log_probs.dtype), mask, averaging)
     return loss, clip_fraction.detach()
 
 
-def critic_loss(values: Tensor, old_values: Tensor, returns: Tensor, mask: Tensor, clip: float = 5.0) -> Tensor:
-    """Clipped value loss: ``0.5 masked_mean(max((V - G)^2, (clip(V, V_old - c, V_old + c) - G)^2))``.
+def critic_loss(
+    values: Tensor, old_values: Tensor, returns: Tensor, mask: Tensor, clip: float = 5.0,
+    averaging: Averaging = "sequence",
+) -> Tensor:
+    """Clipped value loss: ``0.5 mean(max((V - G)^2, (clip(V, V_old - c, V_old + c) - G)^2))``, the mean taken by
+    :func:`response_mean`.
 
     Args:
         values: ``(B, T)`` current critic values (with gradient).
@@ -159,9 +193,10 @@ def critic_loss(values: Tensor, old_values: Tensor, returns: Tensor, mask: Tenso
         returns: ``(B, T)`` GAE returns.
         mask: ``(B, T)`` response actions.
         clip: c.
+        averaging: ``sequence`` or ``token`` (:func:`response_mean`).
     """
     clipped = old_values + (values - old_values).clamp(-clip, clip)
-    return 0.5 * masked_mean(torch.maximum((values - returns) ** 2, (clipped - returns) ** 2), mask)
+    return 0.5 * response_mean(torch.maximum((values - returns) ** 2, (clipped - returns) ** 2), mask, averaging)
 
 
 def lagrange_loss(log_lambda: Tensor, episode_cost: Tensor | float, threshold: float) -> Tensor:
@@ -182,6 +217,7 @@ def clamp_log_lambda(log_lambda: Tensor, lambda_max: float | None) -> None:
 
 
 __all__ = [
+    "Averaging",
     "clamp_log_lambda",
     "combined_advantage",
     "critic_loss",
@@ -191,5 +227,6 @@ __all__ = [
     "lagrange_loss",
     "masked_mean",
     "ppo_actor_loss",
+    "response_mean",
     "shaped_rewards",
 ]

@@ -158,13 +158,13 @@ def test_generate_with_a_chat_template_starts_from_the_generation_prompt_and_sto
     answers = generate(policy, tok, CHAT_PROMPTS, "chat", max_new_tokens=8, batch_size=2)
     assert answers == ["Knead it."] * 3  # the end of turn and padding are not part of the answer
     call = policy.calls[0]
-    assert call["eos_token_id"] == [tok.eos_token_id, eot]
+    assert call["generation_config"].eos_token_id == [tok.eos_token_id, eot]
     for row, prompt in enumerate(CHAT_PROMPTS[:2]):
         n = int(call["attention_mask"][row].sum())
         assert call["input_ids"][row, -n:].tolist() == _chat_ids(tok, [{"role": "user", "content": prompt}], True)
     # the Safe RLHF template as before: the prompt in the template with BOS, stopping at EOS alone
     generate(policy, tok, CHAT_PROMPTS[:1], "safe_rlhf", max_new_tokens=8, batch_size=2)
-    assert policy.calls[-1]["eos_token_id"] == tok.eos_token_id
+    assert policy.calls[-1]["generation_config"].eos_token_id == tok.eos_token_id
     assert policy.calls[-1]["input_ids"][0].tolist() == tok(
         "BEGINNING OF CONVERSATION: USER: How do I bake bread? ASSISTANT:")["input_ids"]
 

@@ -120,6 +120,7 @@ def test_adamw_with_schedule():
     assert [g["weight_decay"] for g in optimizer.param_groups] == [0.05, 0.0]
     assert len(optimizer.param_groups[0]["params"]) == 1  # the Linear weight
     assert len(optimizer.param_groups[1]["params"]) == 3  # Linear bias, LayerNorm weight and bias
+    assert all(g["fused"] for g in optimizer.param_groups)  # CPU tensors: torch's fused AdamW kernel
 
     lrs = []
     x = torch.randn(5, 3)
@@ -170,6 +171,28 @@ def test_adamw_with_constant_schedule_and_bad_schedule():
         )
 
 
+def test_fused_adamw_takes_the_default_steps_within_rounding():
+    """The fused kernel is the same AdamW update (decay groups, betas, weight decay) as torch's default loop."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 4), nn.LayerNorm(4))
+    twin = nn.Sequential(nn.Linear(3, 4), nn.LayerNorm(4))
+    twin.load_state_dict(model.state_dict())
+    fused, _ = adamw_with_schedule(model.named_parameters(), lr=1e-2, weight_decay=0.05, betas=(0.9, 0.95),
+                                   total_steps=10, warmup_ratio=0.0, schedule="constant")
+    plain = torch.optim.AdamW([{"params": [twin[0].weight], "weight_decay": 0.05},
+                               {"params": [twin[0].bias, *twin[1].parameters()], "weight_decay": 0.0}],
+                              lr=1e-2, betas=(0.9, 0.95), foreach=False)
+    x = torch.randn(5, 3)
+    for _ in range(5):
+        for net, optimizer in ((model, fused), (twin, plain)):
+            optimizer.zero_grad()
+            net(x).pow(2).sum().backward()
+            optimizer.step()
+    for a, b in zip(model.parameters(), twin.parameters()):
+        assert not torch.equal(a, torch.zeros_like(a))
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
+
+
 def test_total_optimizer_steps():
     from lit_safe.optim import total_optimizer_steps
 
@@ -179,6 +202,13 @@ def test_total_optimizer_steps():
     assert total_optimizer_steps(max_steps=50, max_epochs=-1, batches_per_epoch=10) == 50
     with pytest.raises(ValueError, match="max_steps or max_epochs"):
         total_optimizer_steps(max_steps=-1, max_epochs=None, batches_per_epoch=10)
+    # PPO: 4 optimiser steps per rollout batch; max_steps counts optimiser steps (10 rollouts x 4 = 40), not batches
+    assert total_optimizer_steps(max_steps=40, max_epochs=-1, batches_per_epoch=100, steps_per_batch=4) == 40
+    assert total_optimizer_steps(max_steps=40, max_epochs=1, batches_per_epoch=100, steps_per_batch=4) == 40
+    assert total_optimizer_steps(max_steps=-1, max_epochs=2, batches_per_epoch=5, steps_per_batch=4) == 40
+    assert total_optimizer_steps(max_steps=100, max_epochs=1, batches_per_epoch=5, steps_per_batch=4) == 20
+    # the trainer stops between batches: 41 steps end after the 11th rollout
+    assert total_optimizer_steps(max_steps=41, max_epochs=-1, batches_per_epoch=100, steps_per_batch=4) == 44
 
 
 @pytest.mark.parametrize("field, value, message", [

@@ -23,6 +23,7 @@ from lit_safe.rl import (
     lagrange_loss,
     masked_mean,
     ppo_actor_loss,
+    response_mean,
     shaped_rewards,
 )
 
@@ -78,6 +79,19 @@ def test_masked_mean_ignores_huge_values_outside_mask():
     # (1 + 3) / 2 = 2
     assert masked_mean(x, mask).item() == pytest.approx(2.0, abs=1e-12)
     assert_rows(masked_mean(x, mask, dim=1), [1.0, 3.0])
+
+
+def test_response_mean_weighs_every_response_alike():
+    x = t64([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0], [7.0, 8.0, 9.0]])
+    mask = torch.tensor([[1, 1, 1], [0, 1, 0], [0, 0, 0]])
+    # sequence: row means 2 and 5 (the row without actions does not count): (2 + 5) / 2 = 3.5
+    assert response_mean(x, mask).item() == pytest.approx(3.5, abs=1e-12)
+    assert response_mean(x, mask.bool(), "sequence").item() == pytest.approx(3.5, abs=1e-12)
+    # token: (1 + 2 + 3 + 5) / 4 = 2.75: the 3-action response weighs three times the 1-action one
+    assert response_mean(x, mask, "token").item() == pytest.approx(2.75, abs=1e-12)
+    assert response_mean(x, torch.zeros(3, 3)).item() == 0.0
+    with pytest.raises(ValueError, match="averaging must be 'sequence' or 'token'"):
+        response_mean(x, mask, "tokens")
 
 
 # ----------------------------------------------------------------------------------------------- gather_log_probs
@@ -408,6 +422,22 @@ def test_ppo_actor_loss_ignores_masked_positions():
     assert_rows(lp.grad, [[-2.2 / 4, 0.0, 0.0, 2.7 / 4, 0.0], [0.0] * 5], tol=1e-9)
 
 
+def test_ppo_actor_loss_averages_each_response_first():
+    # two responses of 1 and 3 actions, ratio 1 everywhere (log pi = log pi_old), advantages 2 and 1, 1, 1
+    log_probs = torch.zeros(2, 3, dtype=F64, requires_grad=True)
+    advs = t64([[2.0, 0.0, 0.0], [1.0, 1.0, 1.0]])
+    mask = torch.tensor([[1, 0, 0], [1, 1, 1]])
+    loss, frac = ppo_actor_loss(log_probs, torch.zeros(2, 3, dtype=F64), advs, mask, clip_eps=0.2)
+    # sequence: -(2 / 1 + 3 / 3) / 2 = -1.5 (a token mean would give -(2 + 3) / 4 = -1.25)
+    assert loss.item() == pytest.approx(-1.5, abs=1e-12)
+    assert frac.item() == 0.0
+    loss.backward()
+    # d/d log pi at rho = 1: -A / (n_i * B): row 0: -2 / 2 = -1; row 1: -1 / 6 each
+    assert_rows(log_probs.grad, [[-1.0, 0.0, 0.0], [-1 / 6, -1 / 6, -1 / 6]], tol=1e-12)
+    token, _ = ppo_actor_loss(log_probs.detach(), torch.zeros(2, 3, dtype=F64), advs, mask, 0.2, averaging="token")
+    assert token.item() == pytest.approx(-1.25, abs=1e-12)
+
+
 # ----------------------------------------------------------------------------------------------- critic_loss
 
 
@@ -448,6 +478,15 @@ def test_critic_loss_ignores_masked_positions():
     mask = torch.tensor([[1, 1, 1, 1, 0], [0, 0, 0, 0, 0]])
     # same four positions as test_critic_loss_by_hand: 21.125
     assert critic_loss(values, old, returns, mask, clip=5.0).item() == pytest.approx(21.125, abs=1e-9)
+
+
+def test_critic_loss_averages_each_response_first():
+    values = t64([[1.0, 0.0, 0.0], [2.0, 2.0, 2.0]])
+    returns = torch.zeros(2, 3, dtype=F64)
+    mask = torch.tensor([[1, 0, 0], [1, 1, 1]])
+    # squared errors 1 and 4, 4, 4 (inside the clip): sequence 0.5 * (1 + 4) / 2 = 1.25; token 0.5 * 13 / 4 = 1.625
+    assert critic_loss(values, values, returns, mask).item() == pytest.approx(1.25, abs=1e-12)
+    assert critic_loss(values, values, returns, mask, averaging="token").item() == pytest.approx(1.625, abs=1e-12)
 
 
 # ----------------------------------------------------------------------------------------------- lagrange multiplier

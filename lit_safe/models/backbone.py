@@ -15,6 +15,7 @@ from torch import nn
 from transformers import (
     AutoModel,
     AutoModelForCausalLM,
+    GenerationConfig,
     LlamaConfig,
     PreTrainedModel,
     PreTrainedTokenizerBase,
@@ -100,6 +101,18 @@ def load_backbone(
     model.config.pad_token_id = tokenizer.pad_token_id
     model.train()
     return model
+
+
+def sampling_config(max_new_tokens: int, temperature: float, top_p: float, pad_token_id: int,
+                    stop_ids: list[int]) -> GenerationConfig:
+    """Generation settings that sample from exactly the policy at ``temperature`` within nucleus ``top_p`` (greedy at
+    temperature 0), stopping at any of ``stop_ids``: a complete configuration, so that nothing of a model's own
+    ``generation_config.json`` (a ``top_k``, ``repetition_penalty`` or ``min_p`` of its release, or transformers'
+    default ``top_k = 50``) silently changes the distribution the responses are drawn from."""
+    sampling = {"do_sample": True, "temperature": temperature, "top_p": top_p, "top_k": 0} if temperature > 0 else {
+        "do_sample": False}
+    return GenerationConfig(max_new_tokens=max_new_tokens, pad_token_id=pad_token_id,
+                            eos_token_id=stop_ids if len(stop_ids) > 1 else stop_ids[0], **sampling)
 
 
 def hidden_size(model: PreTrainedModel) -> int:

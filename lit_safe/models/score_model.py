@@ -338,6 +338,23 @@ class ScoreModel(nn.Module):
             return first_attended_index(attention_mask)
         return last_non_pad_index(input_ids, attention_mask, self.backbone.config.get_text_config().pad_token_id)
 
+    def features(self, input_ids: Tensor, attention_mask: Tensor, position_ids: Tensor | None = None) -> Tensor:
+        """What the score head reads: ``(B, L, H)`` last hidden states (through a sequence-classification encoder's
+        pooler, token by token, and the head's dropout). A second head on the same features (PPO's shared critic)
+        costs no second backbone pass."""
+        hidden = self.backbone(
+            input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False
+        ).last_hidden_state
+        if self.pooler is not None:  # poolers read position 0 of (N, L, H): give each token its own row
+            batch, length, width = hidden.shape
+            hidden = self.pooler(hidden.reshape(batch * length, 1, width)).reshape(batch, length, -1)
+        return self.head_dropout(hidden)
+
+    def head_scores(self, features: Tensor) -> Tensor:
+        """Float32 ``(B, L)`` scores of the head on :meth:`features` (negated under ``positive means safe``)."""
+        scores = self.score_head(features.to(self.score_head.weight.dtype)).squeeze(-1).float()
+        return -scores if self.cost_sign == OPPOSITE_SIGN else scores
+
     def forward(
         self,
         input_ids: Tensor,
@@ -368,16 +385,7 @@ class ScoreModel(nn.Module):
                                  f"block-causal mask would change; set pack_pairs: false")
             if end_index is None or position_ids is None:
                 raise ValueError("a 4-D (packed) attention mask needs explicit position_ids and end_index")
-        hidden = self.backbone(
-            input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False
-        ).last_hidden_state
-        if self.pooler is not None:  # poolers read position 0 of (N, L, H): give each token its own row
-            batch, length, width = hidden.shape
-            hidden = self.pooler(hidden.reshape(batch * length, 1, width)).reshape(batch, length, -1)
-        hidden = self.head_dropout(hidden)
-        scores = self.score_head(hidden.to(self.score_head.weight.dtype)).squeeze(-1).float()
-        if self.cost_sign == OPPOSITE_SIGN:
-            scores = -scores
+        scores = self.head_scores(self.features(input_ids, attention_mask, position_ids))
         if end_index is None:
             end_index = self.end_index(input_ids, attention_mask)
         raw_end_scores = end_scores = scores.gather(1, end_index.reshape(len(end_index), -1)).reshape(end_index.shape)
@@ -640,6 +648,32 @@ def read_tensors(path: str, keys: tuple[str, ...], revision: str | None) -> dict
                 out.update({k: state[k] for k in keys if k in state})
         return out
     raise FileNotFoundError(f"{path}: no model.safetensors(.index.json) or pytorch_model.bin(.index.json) found")
+
+
+class SharedCritic(nn.Module):
+    """Two value heads on one score model's features: PPO-Lagrangian's reward and cost critics sharing a backbone.
+
+    The reward values are ``critic``'s own head; the cost values a second ``Linear(hidden, 1)`` (initialised as a
+    new score head is) on the same :meth:`ScoreModel.features`, so one backbone pass gives both.
+
+    Args:
+        critic: the reward critic (its backbone and head are kept).
+    """
+
+    def __init__(self, critic: ScoreModel) -> None:
+        super().__init__()
+        self.critic = critic
+        width = hidden_size(critic.backbone)
+        self.cost_head = nn.Linear(width, 1, bias=True, dtype=critic.score_head.weight.dtype)
+        nn.init.normal_(self.cost_head.weight, std=1.0 / math.sqrt(width + 1))
+        nn.init.zeros_(self.cost_head.bias)
+
+    def forward(self, input_ids: Tensor, attention_mask: Tensor, position_ids: Tensor | None = None
+                ) -> tuple[Tensor, Tensor]:
+        """Float32 ``(B, L)`` reward values and cost values at every token."""
+        features = self.critic.features(input_ids, attention_mask, position_ids)
+        cost = self.cost_head(features.to(self.cost_head.weight.dtype)).squeeze(-1).float()
+        return self.critic.head_scores(features), cost
 
 
 def build_score_model(

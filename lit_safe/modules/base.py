@@ -39,6 +39,7 @@ uninterrupted one draws.
 
 from __future__ import annotations
 
+import math
 from typing import Any, Literal
 
 import torch
@@ -186,9 +187,10 @@ class BackboneModule(LightningModule):
             warmup_ratio=settings.warmup_ratio, schedule=settings.lr_schedule)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
-    def optimizer_steps(self) -> int:
-        """Optimiser steps (training batches over gradient accumulation) this run will take, for the length of a
-        learning-rate schedule (call from ``configure_optimizers``).
+    def optimizer_steps(self, steps_per_batch: int = 1) -> int:
+        """Optimiser steps (training batches over gradient accumulation, times ``steps_per_batch`` for a trainer
+        that steps several times per batch) this run will take, for the length of a learning-rate schedule (call
+        from ``configure_optimizers``).
 
         Counted from the DataModule's ``train_batches()`` (or the length of its training loader) rather than with
         ``trainer.estimated_stepping_batches``, which sets up the fit loop's loader before a checkpoint is restored
@@ -197,13 +199,16 @@ class BackboneModule(LightningModule):
         """
         trainer = self.trainer
         datamodule = trainer.datamodule
-        if datamodule is None:
-            return int(trainer.estimated_stepping_batches)
+        if datamodule is None:  # Lightning's estimate counts batches, capped by max_steps (which counts steps)
+            estimate = int(trainer.estimated_stepping_batches) * steps_per_batch
+            limit = trainer.max_steps
+            return estimate if limit < 0 else min(estimate, math.ceil(limit / steps_per_batch) * steps_per_batch)
         count = getattr(datamodule, "train_batches", None)
         batches = count() if callable(count) else len(datamodule.train_dataloader())
         limit = trainer.limit_train_batches
         batches = min(batches, int(limit) if isinstance(limit, int) else int(batches * limit))
-        return total_optimizer_steps(trainer.max_steps, trainer.max_epochs, batches, trainer.accumulate_grad_batches)
+        return total_optimizer_steps(trainer.max_steps, trainer.max_epochs, batches, trainer.accumulate_grad_batches,
+                                     steps_per_batch)
 
     # ------------------------------------------------------------------------------------- non-finite guard
     @property

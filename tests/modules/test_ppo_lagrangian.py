@@ -13,7 +13,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from lit_safe.cli import run
 from lit_safe.models.backbone import load_backbone
 from lit_safe.models.score_model import ScoreModel
-from lit_safe.modules.ppo_lagrangian import response_masks
+from lit_safe.modules.ppo_lagrangian import PPOLagrangianModule, response_masks
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -105,6 +105,65 @@ def test_ppo_lagrangian_updates_actor_critics_and_lambda(tiny_models, tmp_path):
                                                                                       "model.safetensors")
     assert before.keys() == after.keys()
     assert any(not torch.equal(before[k], after[k]) for k in before)
+
+
+def test_the_actor_follows_the_lambda_moved_by_its_own_rollout(tiny_models, tmp_path, monkeypatch):
+    """Reference order: lambda moves on the window that holds this rollout's costs, then the advantages are combined
+    with the new lambda (not the one from before the step)."""
+    import lit_safe.modules.ppo_lagrangian as ppo
+
+    used, combine = [], ppo.combined_advantage
+
+    def spy(reward_advantages, cost_advantages, lagrange):
+        used.append(float(lagrange))
+        return combine(reward_advantages, cost_advantages, lagrange)
+
+    monkeypatch.setattr(ppo, "combined_advantage", spy)
+    cli = run(["fit", "--config", ppo_config(tmp_path, tiny_models)])
+    events = sorted((tmp_path / "runs").rglob("events.out.tfevents.*"))
+    lam = [e.value for e in EventAccumulator(str(events[-1].parent)).Reload().Scalars("train/lambda")]
+    assert len(used) == 2 and lam[0] > 1.0  # lambda_init 1 moved up by the unsafe first rollout
+    assert used == pytest.approx(lam, rel=1e-6)
+    assert used[-1] == pytest.approx(math.exp(float(cli.model.log_lambda)), rel=1e-6)
+
+
+def test_the_actor_schedule_is_sized_from_its_real_optimizer_steps(tiny_models, tmp_path):
+    """max_steps 8 = 2 rollouts x 2 epochs x 2 minibatches: the cosine schedule spans those 8 actor updates and ends
+    at 0 (it was sized for 32 and ended at 0.85 of the peak); the critics keep their constant learning rate."""
+    cli = run(["fit", "--config", ppo_config(tmp_path, tiny_models, warmup_ratio=0.0)])
+    assert cli.trainer.global_step == 8
+    actor, reward_critic, cost_critic, _ = cli.model.optimizers(use_pl_optimizer=False)
+    assert cli.model.lr_schedulers().last_epoch == 8
+    assert actor.param_groups[0]["lr"] == pytest.approx(0.0, abs=1e-12)
+    for critic in (reward_critic, cost_critic):
+        assert critic.param_groups[0]["lr"] == cli.model.hparams.critic_lr
+
+
+def test_a_shared_critic_gives_both_values_from_one_backbone(tiny_models, tmp_path):
+    from lit_safe.models.score_model import SharedCritic
+
+    cli = run(["fit", "--config", ppo_config(tmp_path, tiny_models, shared_critic=True)])
+    module = cli.model
+    assert isinstance(module.reward_critic, SharedCritic) and module.cost_critic is None
+    assert len(module.optimizers(use_pl_optimizer=False)) == 3  # actor, the shared critic, lambda
+    start = torch.load(tmp_path / "ckpt" / "last.ckpt", weights_only=False)["state_dict"]
+    head = module.reward_critic.cost_head.weight
+    assert head.shape == (1, module.reward_critic.critic.backbone.config.hidden_size)
+    events = sorted((tmp_path / "runs").rglob("events.out.tfevents.*"))
+    acc = EventAccumulator(str(events[-1].parent)).Reload()
+    assert len(acc.Scalars("train/cost_critic_loss")) == 2 and len(acc.Scalars("train/reward_critic_loss")) == 2
+    assert acc.Scalars("train/lambda")[-1].value > 1.0
+    # the cost head and the shared backbone were trained (the reward critic started from the reward model)
+    initial = dict(ScoreModel.from_pretrained(str(tiny_models / "reward")).backbone.named_parameters())
+    trained = dict(module.reward_critic.critic.backbone.named_parameters())
+    assert initial.keys() == trained.keys() and any(not torch.equal(initial[k], trained[k]) for k in initial)
+    critic_state = module.optimizers(use_pl_optimizer=False)[1].state
+    assert float(critic_state[head]["exp_avg"].abs().sum()) > 0  # the cost head got gradients and steps
+    assert torch.equal(start["reward_critic.cost_head.weight"], head.detach())  # and is checkpointed
+    with pytest.raises(ValueError, match="shared_critic puts the cost values on a second head"):
+        PPOLagrangianModule(backbone=str(tiny_models / "actor"), reward_model=str(tiny_models / "reward"),
+                            cost_model=str(tiny_models / "cost"), shared_critic=True,
+                            cost_critic=str(tiny_models / "cost"))
 
 
 def test_plain_ppo_needs_no_cost_model_and_keeps_lambda(tiny_models, tmp_path):
