@@ -16,6 +16,7 @@ from torch import nn
 from torch.distributed.fsdp.wrap import ModuleWrapPolicy
 
 from lit_safe.models.backbone import transformer_blocks
+from lit_safe.models.lora import merge_lora_state_dict
 
 
 def apply_fsdp2(model: nn.Module, mesh, param_dtype: torch.dtype | None = None, reshard_after_forward: bool = True):
@@ -155,7 +156,8 @@ def is_writer() -> bool:
     return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
 
 
-def export_causal_lm(model: nn.Module, tokenizer, path: str | Path, *, root: nn.Module, prefix: str) -> Path | None:
+def export_causal_lm(model: nn.Module, tokenizer, path: str | Path, *, root: nn.Module, prefix: str,
+                     lora_scaling: float | None = None) -> Path | None:
     """Write a (possibly sharded) causal LM in the Hugging Face format with its tokenizer; call on every rank
     (gathering is a collective), rank 0 writes.
 
@@ -166,10 +168,14 @@ def export_causal_lm(model: nn.Module, tokenizer, path: str | Path, *, root: nn.
         root: the module holding ``model`` as the strategy wrapped it (a LightningModule, or the trainer's
             ``model`` under FSDP1).
         prefix: ``model``'s name inside ``root`` with a trailing dot (``"model."``).
+        lora_scaling: the model carries LoRA adapters (:mod:`lit_safe.models.lora`) of this scaling: they are folded
+            into plain weights, so that the export loads without peft.
     """
     state = full_state_dict(model, root, prefix=prefix)
     if not is_writer():
         return None
+    if lora_scaling is not None:
+        state = merge_lora_state_dict(state, lora_scaling)
     path = Path(path)
     model.save_pretrained(path, state_dict=state)
     tokenizer.save_pretrained(path)

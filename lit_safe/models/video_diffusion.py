@@ -29,13 +29,14 @@ from __future__ import annotations
 import contextlib
 import copy
 import json
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from lit_safe.models.lora import adapters_disabled, add_lora, merge_lora_state_dict
 from lit_safe.models.tokenizer import is_preset, load_tokenizer
 
 # The repeated blocks of a UNet3DConditionModel: FSDP units and activation-checkpointing units.
@@ -43,7 +44,6 @@ UNET_BLOCK_CLASSES: tuple[str, ...] = ("ResnetBlock2D", "TemporalConvLayer", "Tr
                                        "TransformerTemporalModel")
 # Attention projections that get LoRA adapters (spatial, cross and temporal attention alike).
 LORA_TARGETS: tuple[str, ...] = ("to_q", "to_k", "to_v", "to_out.0")
-LORA_ADAPTER = "default"
 COMPONENTS: tuple[str, ...] = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
 
 # The ``tiny`` preset: the diffusers unit-test UNet3D widened to (32, 64) channels (about 1.3M parameters), a
@@ -313,39 +313,13 @@ class VideoDiffusion(nn.Module):
     # ------------------------------------------------------------------------------------------------- LoRA
     def add_lora(self, rank: int = 8, alpha: float | None = None,
                  target_modules: Sequence[str] = LORA_TARGETS) -> None:
-        """Inject LoRA adapters (peft; ``B`` starts at 0, so the output is unchanged) into the UNet's attention
-        projections and make them the only trainable parameters. ``alpha`` defaults to ``rank`` (scaling 1)."""
-        from peft import LoraConfig, inject_adapter_in_model
+        """Inject LoRA adapters (:func:`lit_safe.models.lora.add_lora`; the output is unchanged at first) into the
+        UNet's attention projections and make them the only trainable parameters. ``alpha`` defaults to ``rank``."""
+        self.lora_scaling = add_lora(self.unet, rank, alpha, target_modules)
 
-        if self.lora_scaling is not None:
-            raise ValueError("the UNet already has LoRA adapters")
-        alpha = float(rank if alpha is None else alpha)
-        config = LoraConfig(r=rank, lora_alpha=alpha, target_modules=list(target_modules),
-                            init_lora_weights="gaussian")
-        inject_adapter_in_model(config, self.unet, adapter_name=LORA_ADAPTER)
-        for name, param in self.unet.named_parameters():
-            param.requires_grad_(".lora_" in name)
-        self.lora_scaling = alpha / rank
-
-    @contextlib.contextmanager
-    def adapters_disabled(self) -> Iterator[None]:
-        """Run the UNet without its LoRA adapters (the base weights: the DPO reference), then switch them back
-        on. peft's toggle also flips the adapters' ``requires_grad``; it is restored exactly on exit."""
-        from peft.tuners.tuners_utils import BaseTunerLayer
-
-        layers = [m for m in self.unet.modules() if isinstance(m, BaseTunerLayer)]
-        if not layers:
-            raise ValueError("the UNet has no LoRA adapters to disable")
-        trainable = {name: p.requires_grad for name, p in self.unet.named_parameters()}
-        for layer in layers:
-            layer.enable_adapters(False)
-        try:
-            yield
-        finally:
-            for layer in layers:
-                layer.enable_adapters(True)
-            for name, param in self.unet.named_parameters():
-                param.requires_grad_(trainable[name])
+    def adapters_disabled(self) -> contextlib.AbstractContextManager[None]:
+        """Run the UNet without its LoRA adapters (the base weights: the DPO reference), then switch them back on."""
+        return adapters_disabled(self.unet)
 
     # --------------------------------------------------------------------------------------------- training
     def enable_gradient_checkpointing(self) -> None:
@@ -454,27 +428,6 @@ def _save_diffusers_config(module: nn.Module, folder: Path) -> None:
     config = {**json.loads(module.to_json_string()), "_class_name": name}
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
-
-
-def merge_lora_state_dict(state: dict[str, Tensor], scaling: float,
-                          adapter: str = LORA_ADAPTER) -> dict[str, Tensor]:
-    """Fold peft LoRA adapters into plain weights: ``W = W_base + scaling * B @ A`` for every
-    ``<name>.base_layer.weight`` with ``<name>.lora_A.<adapter>.weight`` ``(r, in)`` and
-    ``<name>.lora_B.<adapter>.weight`` ``(out, r)``; ``<name>.base_layer.bias`` becomes ``<name>.bias``; adapter
-    tensors are dropped. Keys without adapters pass through."""
-    merged: dict[str, Tensor] = {}
-    for key, value in state.items():
-        if ".lora_" in key:
-            continue
-        if ".base_layer." not in key:
-            merged[key] = value
-            continue
-        name, param = key.split(".base_layer.")
-        if param == "weight":
-            a, b = state[f"{name}.lora_A.{adapter}.weight"], state[f"{name}.lora_B.{adapter}.weight"]
-            value = (value.float() + scaling * (b.float() @ a.float())).to(value.dtype)
-        merged[f"{name}.{param}"] = value
-    return merged
 
 
 def component_state_dicts(state: dict[str, Tensor], lora_scaling: float | None = None) -> dict[str, dict]:

@@ -42,6 +42,7 @@ from transformers import LogitsProcessor, LogitsProcessorList
 
 from lit_safe.losses import sft_loss
 from lit_safe.models.backbone import load_backbone, sampling_config
+from lit_safe.models.lora import adapters_disabled, add_lora
 from lit_safe.models.score_model import (
     COST_SIGNS,
     ScoreModel,
@@ -177,6 +178,13 @@ class PPOLagrangianModule(BackboneModule):
             tokenizer, else the initial policy with a new head). A critic reads the actor's ids: an encoder (BERT)
             initialises one only when its tokenizer is the actor's.
         cost_critic: the same for the cost critic.
+        reference: ``copy`` (a frozen copy of the initial policy; the policy is trained in full) or ``lora`` (LoRA
+            adapters on every linear layer of the policy's transformer blocks are all that trains, and the reference
+            is the same network with its adapters switched off: no second policy in memory, no gradients or optimiser
+            state for the base weights). Off by default: training only adapters changes results. The export folds
+            the adapters into plain weights.
+        lora_rank: LoRA rank (``reference: lora``).
+        lora_alpha: LoRA alpha (default: the rank, i.e. scaling 1).
         shared_critic: (PPO-Lagrangian) the cost values are a second head on the reward critic's backbone instead of
             a critic of their own: one backbone pass and one optimiser step give both values (a third fewer network
             passes in every PPO update, one network less in memory). Off by default: the two value functions then
@@ -229,6 +237,9 @@ class PPOLagrangianModule(BackboneModule):
         cost_model_sign: CostSign | None = None,
         reward_critic: str | None = None,
         cost_critic: str | None = None,
+        reference: Literal["copy", "lora"] = "copy",
+        lora_rank: int = 8,
+        lora_alpha: float | None = None,
         shared_critic: bool = False,
         algorithm: Algorithm = "ppo_lagrangian",
         max_new_tokens: int = 128,
@@ -275,6 +286,8 @@ class PPOLagrangianModule(BackboneModule):
             raise ValueError(f"algorithm must be ppo_lagrangian, ppo or reward_shaping, got {algorithm!r}")
         if cost_model_sign is not None and cost_model_sign not in COST_SIGNS:
             raise ValueError(f"{name}: cost_model_sign must be one of {COST_SIGNS}, got {cost_model_sign!r}")
+        if reference not in ("copy", "lora"):
+            raise ValueError(f"{name}: reference must be 'copy' or 'lora', got {reference!r}")
         if shared_critic and cost_critic is not None:
             raise ValueError(f"{name}: shared_critic puts the cost values on a second head of the reward critic; "
                              f"cost_critic ({cost_critic}) would initialise a separate one: set one or the other")
@@ -364,8 +377,12 @@ class PPOLagrangianModule(BackboneModule):
         self.model = load_backbone(hp.backbone, self.tokenizer, causal_lm=True, dtype=hp.dtype)
         if hp.gradient_checkpointing:
             self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        self.reference = load_backbone(hp.backbone, self.tokenizer, causal_lm=True, dtype=hp.dtype)
-        self.reference.eval().requires_grad_(False)
+        self.reference = self.lora_scaling = None
+        if hp.reference == "lora":
+            self.lora_scaling = add_lora(self.model, hp.lora_rank, hp.lora_alpha, "all-linear")
+        else:
+            self.reference = load_backbone(hp.backbone, self.tokenizer, causal_lm=True, dtype=hp.dtype)
+            self.reference.eval().requires_grad_(False)
         self.reward_model, self.reward_tokenizer, self.reward_same_tokenizer = self._frozen_scorer(hp.reward_model)
         self.reward_critic = self._critic(hp.reward_critic, hp.reward_model, self.reward_same_tokenizer)
         self.cost_model = self.cost_tokenizer = self.cost_critic = None
@@ -469,7 +486,11 @@ class PPOLagrangianModule(BackboneModule):
             cost = self._score(self.cost_model, self.cost_tokenizer, self.cost_same_tokenizer, sequences,
                                attention, positions, length, turns)
         rollout = Rollout(sequences, attention, positions, length, actions[:, length - 1:], reward, cost)
-        rollout.reference_log_probs = self._log_probs(self.reference, rollout)
+        if self.reference is None:  # reference: lora
+            with adapters_disabled(self.model):
+                rollout.reference_log_probs = self._log_probs(self.model, rollout)
+        else:
+            rollout.reference_log_probs = self._log_probs(self.reference, rollout)
         if hp.num_minibatches > 1:
             self.estimate(rollout, self._log_probs(self.model, rollout), *self._critic_values(rollout).values())
         scored = self._clock()
@@ -702,4 +723,5 @@ class PPOLagrangianModule(BackboneModule):
     def export_pretrained(self, path) -> Any:
         """Write the trained policy as a Hugging Face causal LM (config, safetensors, tokenizer). Call on every
         rank."""
-        return export_causal_lm(self.model, self.tokenizer, path, root=self.export_root(), prefix="model.")
+        return export_causal_lm(self.model, self.tokenizer, path, root=self.export_root(), prefix="model.",
+                                lora_scaling=self.lora_scaling)

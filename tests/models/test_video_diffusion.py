@@ -12,12 +12,12 @@ import json
 import pytest
 import torch
 
+from lit_safe.models.lora import merge_lora_state_dict
 from lit_safe.models.tokenizer import load_tokenizer, tokenizer_fingerprint
 from lit_safe.models.video_diffusion import (
     UNET_BLOCK_CLASSES,
     fsdp_blocks,
     load_video_diffusion,
-    merge_lora_state_dict,
     pair_noise,
     sample_noise,
     tokenizer_path,

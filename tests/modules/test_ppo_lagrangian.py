@@ -166,6 +166,32 @@ def test_a_shared_critic_gives_both_values_from_one_backbone(tiny_models, tmp_pa
                             cost_critic=str(tiny_models / "cost"))
 
 
+def test_a_lora_reference_is_the_policy_with_its_adapters_off(tiny_models, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    cli = run(["fit", "--config", ppo_config(tmp_path, tiny_models, reference="lora", lora_rank=4, lora_alpha=8.0)])
+    module = cli.model
+    assert module.reference is None and module.lora_scaling == 2.0
+    trainable = [n for n, p in module.model.named_parameters() if p.requires_grad]
+    assert trainable and all(".lora_" in n for n in trainable)
+    events = sorted((tmp_path / "runs").rglob("events.out.tfevents.*"))
+    kl = [e.value for e in EventAccumulator(str(events[-1].parent)).Reload().Scalars("train/kl")]
+    assert kl[0] == pytest.approx(0.0, abs=1e-6) and kl[1] != 0.0  # B starts at 0: the first rollout has no KL
+    # the base weights stay the initial policy's; the export folds the adapters in and loads without peft
+    initial = AutoModelForCausalLM.from_pretrained(tiny_models / "actor")
+    exported = AutoModelForCausalLM.from_pretrained(tmp_path / "actor_out")
+    ids = torch.tensor([[1, 5, 9, 14, 3, 7]])
+    with torch.no_grad():
+        adapted = module.model(input_ids=ids).logits
+        from lit_safe.models.lora import adapters_disabled
+
+        with adapters_disabled(module.model):
+            base = module.model(input_ids=ids).logits
+        torch.testing.assert_close(base, initial(input_ids=ids).logits)
+        torch.testing.assert_close(exported(input_ids=ids).logits, adapted, rtol=1e-4, atol=1e-5)
+    assert not torch.allclose(adapted, base)
+
+
 def test_plain_ppo_needs_no_cost_model_and_keeps_lambda(tiny_models, tmp_path):
     config = ppo_config(tmp_path, tiny_models, algorithm="ppo", cost_model=None)
     cli = run(["fit", "--config", config])
