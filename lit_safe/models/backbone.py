@@ -106,12 +106,12 @@ def load_backbone(
 def sampling_config(max_new_tokens: int, temperature: float, top_p: float, pad_token_id: int,
                     stop_ids: list[int]) -> GenerationConfig:
     """Generation settings that sample from exactly the policy at ``temperature`` within nucleus ``top_p`` (greedy at
-    temperature 0), stopping at any of ``stop_ids``: a complete configuration, so that nothing of a model's own
-    ``generation_config.json`` (a ``top_k``, ``repetition_penalty`` or ``min_p`` of its release, or transformers'
-    default ``top_k = 50``) silently changes the distribution the responses are drawn from."""
+    temperature 0), stopping at any of ``stop_ids``, with the KV cache: a complete configuration, so that nothing of
+    a model's own ``generation_config.json`` (a ``top_k``, ``repetition_penalty`` or ``min_p`` of its release, or
+    transformers' default ``top_k = 50``) silently changes the distribution the responses are drawn from."""
     sampling = {"do_sample": True, "temperature": temperature, "top_p": top_p, "top_k": 0} if temperature > 0 else {
         "do_sample": False}
-    return GenerationConfig(max_new_tokens=max_new_tokens, pad_token_id=pad_token_id,
+    return GenerationConfig(max_new_tokens=max_new_tokens, pad_token_id=pad_token_id, use_cache=True,
                             eos_token_id=stop_ids if len(stop_ids) > 1 else stop_ids[0], **sampling)
 
 

@@ -464,7 +464,7 @@ class PPOLagrangianModule(BackboneModule):
         stops = self.stop_ids
         self.model.eval()
         sequences = self.model.generate(
-            input_ids=prompt_ids, attention_mask=prompt_mask, use_cache=True,
+            input_ids=prompt_ids, attention_mask=prompt_mask,
             generation_config=sampling_config(hp.max_new_tokens, hp.temperature, hp.top_p,
                                               self.tokenizer.pad_token_id, stops),
             logits_processor=LogitsProcessorList([guard]),
