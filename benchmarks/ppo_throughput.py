@@ -59,6 +59,11 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=16, help="prompts per iteration (rollout)")
     parser.add_argument("--max-new-tokens", type=int, default=64)
     parser.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (top_p 1)")
+    parser.add_argument("--reference", default="copy", choices=("copy", "lora"),
+                        help="the module's reference option: a frozen copy, or LoRA adapters switched off")
+    parser.add_argument("--lora-rank", type=int, default=8, help="LoRA rank with --reference lora")
+    parser.add_argument("--shared-critic", action="store_true",
+                        help="(ppo_lagrangian) the cost values as a second head on the reward critic")
     parser.add_argument("--ppo-epochs", type=int, default=2)
     parser.add_argument("--num-minibatches", type=int, default=2)
     parser.add_argument("--warmup", type=int, default=1, help="untimed first iterations")
@@ -133,6 +138,7 @@ def main() -> None:
         "backbone": networks["actor"], "reward_model": networks["reward"], "cost_model": networks["cost"],
         "algorithm": args.algorithm, "max_new_tokens": args.max_new_tokens, "temperature": args.temperature,
         "top_p": 1.0, "ppo_epochs": args.ppo_epochs, "num_minibatches": args.num_minibatches,
+        "reference": args.reference, "lora_rank": args.lora_rank, "shared_critic": args.shared_critic,
     })
     # every prompt of --data trains (nothing carved for validation or test): the run needs iterations x batch
     config["data"]["init_args"].update({"source": args.data, "batch_size": args.batch, "num_workers": 0,
@@ -172,6 +178,10 @@ def main() -> None:
 
     initial = AutoModelForCausalLM.from_pretrained(networks["actor"]).state_dict()
     trained = cli.model.model.state_dict()
+    if cli.model.lora_scaling is not None:  # the adapted policy as its export writes it
+        from lit_safe.models.lora import merge_lora_state_dict
+
+        trained = merge_lora_state_dict(trained, cli.model.lora_scaling)
     change = max(float((trained[k] - v).abs().max()) for k, v in initial.items())
     params = sum(v.numel() for v in initial.values())
     result = {
@@ -181,7 +191,9 @@ def main() -> None:
         "data": args.data, "prompt_template": args.prompt_template, "actor_params": params, "threads": args.threads,
         "dtype": "float32", "batch_prompts": args.batch, "max_new_tokens": args.max_new_tokens,
         "temperature": args.temperature, "top_p": 1.0, "ppo_epochs": args.ppo_epochs,
-        "num_minibatches": args.num_minibatches, "kl_coeff": config["model"]["init_args"]["kl_coeff"],
+        "num_minibatches": args.num_minibatches, "reference": args.reference,
+        "lora_rank": args.lora_rank if args.reference == "lora" else None, "shared_critic": args.shared_critic,
+        "kl_coeff": config["model"]["init_args"]["kl_coeff"],
         "actor_lr": config["model"]["init_args"]["actor_lr"], "critic_lr": config["model"]["init_args"]["critic_lr"],
         "warmup_iterations": args.warmup, "timed_iterations": args.iterations,
         "updates_per_iteration": sorted(set(updates)), "global_steps": clock.steps[-1],

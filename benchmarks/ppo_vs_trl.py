@@ -41,6 +41,10 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 SIDES = ("trl", "ppo", "ppo_lagrangian")
+# lit_safe's options that change results (off by default), as further sides: --sides ... ppo_lagrangian_shared
+OPTION_SIDES = {"ppo_lora": ("ppo", ["--reference", "lora"]),
+                "ppo_lagrangian_shared": ("ppo_lagrangian", ["--shared-critic"]),
+                "ppo_lagrangian_lora_shared": ("ppo_lagrangian", ["--shared-critic", "--reference", "lora"])}
 # per run: wall-clock rollouts/s (the figure), rollouts per CPU second of the process and the best iteration's
 # rollouts/s (both less moved by other jobs on a shared machine), peak RSS
 FIGURES = ("rollouts_per_s", "cpu_rollouts_per_s", "best_iteration_rollouts_per_s", "peak_rss_gb")
@@ -112,10 +116,11 @@ def run_side(side: str, work: Path, args: argparse.Namespace, log: Path) -> dict
                    "--reward-model", str(work / "reward"), "--prompts", str(work / "prompts_rendered.json"),
                    "--kl-coef", str(args.kl_coeff), "--learning-rate", str(args.learning_rate), *common]
     else:
-        command = [sys.executable, str(ROOT / "benchmarks" / "ppo_throughput.py"), "--algorithm", side,
+        algorithm, options = OPTION_SIDES.get(side, (side, []))
+        command = [sys.executable, str(ROOT / "benchmarks" / "ppo_throughput.py"), "--algorithm", algorithm,
                    "--actor", str(work / "actor"), "--reward-model", str(work / "reward"),
-                   "--data", str(work / "prompts.jsonl"), *common]
-        if side == "ppo_lagrangian":
+                   "--data", str(work / "prompts.jsonl"), *options, *common]
+        if algorithm == "ppo_lagrangian":
             command += ["--cost-model", str(work / "cost")]
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads),
            "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
@@ -145,7 +150,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--trl-python", required=True, help="the python of an environment with trl 1.12.0")
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--sides", nargs="+", default=list(SIDES), choices=SIDES, help="which runs, in round order")
+    parser.add_argument("--sides", nargs="+", default=list(SIDES), choices=[*SIDES, *OPTION_SIDES],
+                        help="which runs, in round order (the option sides run lit_safe with --reference lora and/or "
+                             "--shared-critic)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--batch", type=int, default=8, help="prompts per iteration")
     parser.add_argument("--max-new-tokens", type=int, default=32)

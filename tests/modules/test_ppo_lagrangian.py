@@ -192,6 +192,31 @@ def test_a_lora_reference_is_the_policy_with_its_adapters_off(tiny_models, tmp_p
     assert not torch.allclose(adapted, base)
 
 
+def test_with_one_minibatch_the_first_update_estimates_the_rollout_with_its_own_forward_passes(
+        tiny_models, tmp_path, monkeypatch):
+    """num_minibatches 1: the rollout runs no actor or critic pass; the first update's passes (with gradient) give
+    the old log-probs and the values, equal to separate passes over the same sequences before any step."""
+    import lit_safe.modules.ppo_lagrangian as ppo
+
+    checked, update = [], ppo.PPOLagrangianModule._update
+
+    def spy(self, mb, log_probs, values, *rest):
+        if log_probs is not None:  # the first update of a rollout
+            assert log_probs.requires_grad and all(v.requires_grad for v in values.values())
+            with torch.no_grad():
+                torch.testing.assert_close(mb.old_log_probs, self._log_probs(self.model, mb))
+                for name, separate in self._critic_values(mb).items():
+                    torch.testing.assert_close(getattr(mb, f"{name}_values"), separate)
+                torch.testing.assert_close(mb.kl, mb.old_log_probs - mb.reference_log_probs)
+            checked.append(mb.old_log_probs.shape)
+        return update(self, mb, log_probs, values, *rest)
+
+    monkeypatch.setattr(ppo.PPOLagrangianModule, "_update", spy)
+    cli = run(["fit", "--config", ppo_config(tmp_path, tiny_models, num_minibatches=1, ppo_epochs=2)])
+    assert cli.trainer.global_step == 8 and len(checked) == 4  # 4 rollouts x 2 epochs of one minibatch
+    assert checked[0] == (4, 8)  # 4 prompts, 8 response actions (max_new_tokens)
+
+
 def test_plain_ppo_needs_no_cost_model_and_keeps_lambda(tiny_models, tmp_path):
     config = ppo_config(tmp_path, tiny_models, algorithm="ppo", cost_model=None)
     cli = run(["fit", "--config", config])
