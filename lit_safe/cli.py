@@ -68,7 +68,8 @@ NAME_OPTIONS = ("backbone", "tokenizer", "actor", "reward_model", "cost_model", 
 SPECIAL_CKPT_PATHS = ("best", "last", "hpc", "registry")
 # Data settings that do not change which training batches come next (where prepared data is cached, evaluation and
 # prediction inputs): not reported when a resumed fit changes them.
-DATA_KEYS_NOT_RESUMED = ("prepared_dir", "predict_file", "eval_batch_size")
+DATA_KEYS_NOT_RESUMED = ("prepared_dir", "predict_file", "eval_batch_size", "prepare_workers", "prepare_nodes",
+                         "prepare_node_rank")
 
 
 class LitSafeCLI(LightningCLI):
