@@ -14,6 +14,15 @@ class does the rest, identically for every dataset:
   ``manifest.json`` of every file's size and checksum; a prepared directory is verified before it is streamed (never
   a pickled item, never a truncated chunk; a damaged reused preparation is prepared again, see
   :func:`~lit_safe.data_modules.preparation.verify_prepared`);
+- preparation streams, in two passes over each source split cut into blocks (``prepare_block_rows`` rows), each
+  block done by one of ``prepare_workers`` forked processes (:class:`~lit_safe.data_modules.preparation.Workers`):
+  the first reads, checks and counts every row, keeping only 16-byte digests (of each row, of each view unit, of
+  prompts where a given held-out split is compared with training), so that invalid rows are named before anything
+  is written and the split's repeats are known; the second encodes each block less its repeats and the items are
+  written in row order as they come. Memory holds a few blocks per worker, one chunk of items per split and the
+  digests, whatever the size of the source; the items, their order and the report are the same for any number of
+  workers and any block size. Across nodes (``prepare_nodes``): every node does the first pass, encodes its share of
+  the blocks into a shard, and the last to finish merges the shards (:meth:`~PreparedDataModule._prepare_shard`);
 - object storage: ``prepared_dir: s3://bucket/prefix`` prepares locally and uploads, manifest last (reused by
   fingerprint when the bucket already holds it); an ``s3://`` source is streamed once its manifest and file sizes
   check out (:func:`~lit_safe.data_modules.preparation.verify_remote`); ``storage_options`` or the ``AWS_*``
@@ -37,11 +46,14 @@ at the whole source before any row is validated: format detection, labels the vi
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import os
 import shutil
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections import Counter
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
 from numbers import Integral
 from pathlib import Path
 from typing import Any, Literal
@@ -55,37 +67,52 @@ from lit_safe.data_modules import sources
 from lit_safe.data_modules.preparation import (
     META_FILE,
     REPORT_FILE,
+    SHARD_FILE,
     SPLITS,
+    Block,
     EmptySplitError,
     PreparedDatasetError,
     PrepareReport,
     RemoteAccessError,
     SplitReport,
+    SplitWriter,
+    Workers,
+    add_counts,
+    add_report,
     allow_plain_http,
+    available_cores,
     check_remote_index,
     clean_stale_staging,
+    cut_blocks,
+    digest_array,
     fingerprint,
+    first_occurrences,
     is_prepared,
     is_remote,
+    merge_shards,
     parse_report,
     publish,
     read_remote,
+    read_shard,
+    report_from_dict,
     s3_parts,
+    shard_name,
     staging_dir,
+    unclaim_staging,
     upload_prepared,
     verify_prepared,
     verify_remote,
-    write_split,
 )
-from lit_safe.data_modules.schemas import not_an_object
+from lit_safe.data_modules.schemas import not_an_object, row_digest, text_digest
 from lit_safe.data_modules.sources import DataValidationError
 from lit_safe.data_modules.streaming import LengthGroupedLoader
-from lit_safe.data_modules.views import Valid, View, int_fields, text_batch
+from lit_safe.data_modules.views import Units, Valid, View, int_fields, text_batch
 from lit_safe.models.text import SAFE_RLHF_TEMPLATE, check_template, resolve_template, template_setting
 from lit_safe.models.tokenizer import load_tokenizer, tokenizer_fingerprint
 
 MAX_LISTED_PROBLEMS = 10
 Row = tuple[str, dict[str, Any]]  # (location, row) as read from the source
+PREPARE_SPREAD = ("prepare_workers", "prepare_nodes", "prepare_node_rank")  # change where work runs, not its result
 
 
 def prompt_bucket(prompt: str, seed: int) -> float:
@@ -132,6 +159,144 @@ def split_origins(hp: Any, carve_test: bool, val_cut: float, test_cut: float) ->
     return origins
 
 
+def _invalid_rows(problems: list[str], n_problems: int, source: Any) -> DataValidationError:
+    """The error naming the first invalid rows (file, row, field) of a source under ``on_bad_row: error``."""
+    more = f"\n  ... and {n_problems - len(problems)} more" if n_problems > len(problems) else ""
+    return DataValidationError(f"{n_problems} invalid row(s) in {source}:\n  " + "\n  ".join(problems) + more
+                               + "\n(set on_bad_row: skip to drop and count them instead)")
+
+
+@dataclass
+class SourcePass:
+    """One source split read by preparation: its name, the rule that sends its rows to output splits (``("carve",
+    val_cut, test_cut)``: by the seeded prompt hash; ``("split", name)``: all to one), and, once the first pass has
+    read it, per block and output split ``(units before the block, units in it)``."""
+
+    split: str
+    rule: tuple
+    units: list[dict[str, tuple[int, int]]] = field(default_factory=list)
+
+
+@dataclass
+class ScanPart:
+    """What the first pass found in one block for one output split: counts and 16-byte digests (of its valid rows,
+    of their prompts where asked, and of the units that carry one, with their numbers in the block)."""
+
+    report: SplitReport = field(default_factory=SplitReport)
+    rows: list[bytes] = field(default_factory=list)
+    prompts: list[bytes] = field(default_factory=list)
+    units: int = 0
+    keyed: list[int] = field(default_factory=list)
+    keys: list[bytes] = field(default_factory=list)
+
+
+@dataclass
+class BlockScan:
+    """The first pass's answer for one block: its parts per output split and its invalid rows (the first ten named)."""
+
+    splits: dict[str, ScanPart]
+    problems: list[str]
+    n_problems: int
+
+
+class SplitScan:
+    """What the first pass keeps of one output split: its counts, and digests until :meth:`finish` has turned them
+    into the sorted numbers of its repeated units (the split's units numbered in row order)."""
+
+    def __init__(self) -> None:
+        self.report = SplitReport()
+        self.units = 0
+        self.rows: list[bytes] = []
+        self.prompts: list[bytes] = []
+        self.keyed: list[np.ndarray] = []
+        self.keys: list[bytes] = []
+        self.repeats = np.empty(0, dtype=np.int64)
+        self.done = False
+
+    def add(self, part: ScanPart) -> None:
+        add_report(self.report, part.report)
+        self.rows.append(b"".join(part.rows))
+        self.prompts.append(b"".join(part.prompts))
+        if part.keyed:
+            self.keyed.append(np.asarray(part.keyed, dtype=np.int64) + self.units)
+            self.keys.append(b"".join(part.keys))
+        self.units += part.units
+
+    def finish(self, repeat_reason: str) -> None:
+        """Note the rows repeated whole (``duplicate_rows``) and drop every unit whose digest an earlier unit of the
+        split had (counted as ``repeat_reason``)."""
+        rows = digest_array(self.rows)
+        repeated_rows = len(rows) - int(first_occurrences(rows).sum())
+        if repeated_rows:
+            self.report.notes["duplicate_rows"] += repeated_rows
+        keys = digest_array(self.keys)
+        if len(keys):
+            self.repeats = np.concatenate(self.keyed)[~first_occurrences(keys)]
+            if len(self.repeats):
+                self.report.dropped[repeat_reason] += len(self.repeats)
+        self.rows, self.keyed, self.keys, self.done = [], [], [], True
+
+
+def _scan_block(dm: PreparedDataModule, task: tuple[Block, tuple, set[str]]) -> BlockScan:
+    """First pass over one block (in a worker): rows decoded and checked, sent to their output split, counted, and
+    digested (prompts only for the splits in the task's set)."""
+    block, rule, prompt_splits = task
+    parts: dict[str, ScanPart] = {}
+    problems: list[str] = []
+    n_problems = 0
+    for where, raw in block.rows:
+        row, found = dm.read_row(sources.parse_line(raw) if block.lines else raw)
+        split = dm._split_of(rule, row)
+        part = parts.get(split)
+        if part is None:
+            part = parts[split] = ScanPart()
+        part.report.rows_read += 1
+        if found:
+            n_problems += 1
+            if len(problems) < MAX_LISTED_PROBLEMS:
+                problems.append(f"{where}: field '{found[0][0]}': {found[0][1]}")
+            part.report.dropped[f"invalid:{found[0][0]}"] += 1
+            continue
+        for note in dm.row_notes(row):
+            part.report.notes[note] += 1
+        part.rows.append(row_digest(row))
+        if split in prompt_splits and dm.prompt_field in row:
+            part.prompts.append(text_digest(str(row[dm.prompt_field])))
+        for digest, _ in dm.view.units(row, part.report):
+            if digest is not None:
+                part.keyed.append(part.units)
+                part.keys.append(digest)
+            part.units += 1
+    return BlockScan(parts, problems, n_problems)
+
+
+def _encode_block(dm: PreparedDataModule,
+                  task: tuple[Block, tuple, dict[str, np.ndarray]]) -> dict[str, tuple[list, SplitReport, Any]]:
+    """Second pass over one block (in a worker): per output split, the items of its valid rows' units less the
+    repeats the first pass found (numbered within the block), what encoding counted, and the view's label summary."""
+    block, rule, repeats = task
+    skip = {split: set(numbers.tolist()) for split, numbers in repeats.items()}
+    counted_before = SplitReport()  # the first pass counted what units() drops
+    units: dict[str, Units] = {}
+    numbers: Counter = Counter()
+    for offset, (_, raw) in enumerate(block.rows):
+        row, found = dm.read_row(sources.parse_line(raw) if block.lines else raw)
+        if found:
+            continue
+        split = dm._split_of(rule, row)
+        for k, (_, value) in enumerate(dm.view.units(row, counted_before)):
+            number = numbers[split]
+            numbers[split] += 1
+            if number not in skip.get(split, ()):
+                units.setdefault(split, []).append((block.position + offset, k, value))
+    out = {}
+    for split, split_units in units.items():
+        report = SplitReport()
+        items = list(dm.view.encode_units(split_units, dm.tokenizer, dm.template, dm.hparams.max_length, report))
+        out[split] = (items, report, dm.view.label_summary())
+    return out
+
+
 class PreparedDataModule(LightningDataModule, ABC):
     """Base class of the text DataModules (see the module docstring). Subclasses define ``dataset_name``,
     :meth:`check_row`, :meth:`make_view` and an ``__init__`` that lists only what is their own (their source,
@@ -164,7 +329,7 @@ class PreparedDataModule(LightningDataModule, ABC):
             longer responses are cut before that end.
         batch_size: items (pairs, responses, prompts) per training batch (per device).
         eval_batch_size: per validation/test/predict batch; defaults to ``batch_size``.
-        num_workers: litdata loader workers.
+        num_workers: litdata loader workers (streaming batches; preparation has its own, ``prepare_workers``).
         group_size: batches per length-grouping pool (1 turns grouping off).
         pad_to_multiple_of: round padded lengths up (8 helps tensor cores on GPUs).
         pack_pairs: (pair views) one row per pair with the shared prefix (the prompt; for tree pairs also the shared
@@ -176,6 +341,18 @@ class PreparedDataModule(LightningDataModule, ABC):
             Its ``(B, 1, L, L)`` mask grows with the square of the length; it does not combine with
             ``loss_type: token``.
         on_bad_row: ``error`` stops at invalid rows and names them; ``skip`` drops and counts them.
+        prepare_workers: processes that prepare the data (decode, check, tokenise), forked from this one; ``None``:
+            one per core this process may use; 0 or 1: in this process. Preparation streams: memory holds a few
+            blocks of rows per worker, one chunk of items per split and 16-byte digests of the rows, whatever the
+            size of the source. The prepared items are the same, in the same order and bytes, for any number of
+            workers (the fingerprint does not include it, so a preparation is reused whatever the workers).
+        prepare_nodes: nodes that prepare one dataset together (a ``prepared_dir`` every node sees, e.g. NFS or
+            Lustre): each node reads and checks every row (the cheap first pass), encodes its share of the blocks
+            into ``<prepared>.shards/node-<rank>-of-<nodes>/``, and the node that finishes last merges the shards
+            into the one prepared dataset, with one report and manifest (the same items as one node prepares). Run
+            ``lit-safe prepare --config C.yaml --data.init_args.prepare_nodes N --data.init_args.prepare_node_rank
+            K`` on node ``K`` of ``N``, then train.
+        prepare_node_rank: which node this is, from 0 (with ``prepare_nodes`` > 1).
         prepared_dir: where prepared datasets are written (default ``$LIT_SAFE_CACHE/prepared`` or
             ``~/.cache/lit_safe/prepared``), or ``s3://bucket/prefix``: prepared locally (staged under
             ``$LIT_SAFE_CACHE/uploads``), uploaded, and streamed from there.
@@ -195,6 +372,7 @@ class PreparedDataModule(LightningDataModule, ABC):
     has_synthetic = False
     prompt_field = "prompt"  # the row field whose hash carves held-out splits (SafeSora: prompt_text)
     format_version = 3  # of the prepared layout; 2: item 'row' is the position in the source split; 3: manifest.json
+    prepare_block_rows = 512  # rows a preparation worker takes at a time (the items do not depend on it)
 
     def __init__(
         self,
@@ -219,6 +397,9 @@ class PreparedDataModule(LightningDataModule, ABC):
         pad_to_multiple_of: int = 1,
         pack_pairs: bool = False,
         on_bad_row: Literal["error", "skip"] = "error",
+        prepare_workers: int | None = None,
+        prepare_nodes: int = 1,
+        prepare_node_rank: int = 0,
         prepared_dir: str | None = None,
         predict_file: str | None = None,
         seed: int = 42,
@@ -235,9 +416,14 @@ class PreparedDataModule(LightningDataModule, ABC):
             raise ValueError(f"max_length must be at least 2, got {max_length}")
         for name, value, least in (("batch_size", batch_size, 1), ("eval_batch_size", eval_batch_size, 1),
                                    ("num_workers", num_workers, 0), ("group_size", group_size, 1),
-                                   ("pad_to_multiple_of", pad_to_multiple_of, 1)):
+                                   ("pad_to_multiple_of", pad_to_multiple_of, 1),
+                                   ("prepare_workers", prepare_workers, 0), ("prepare_nodes", prepare_nodes, 1),
+                                   ("prepare_node_rank", prepare_node_rank, 0)):
             if value is not None and (isinstance(value, bool) or not isinstance(value, Integral) or value < least):
                 raise ValueError(f"{name} must be an integer >= {least}, got {value!r}")
+        if prepare_node_rank >= prepare_nodes:
+            raise ValueError(f"prepare_node_rank {prepare_node_rank} is not one of the {prepare_nodes} nodes (0 to "
+                             f"{prepare_nodes - 1})")
         resolve_template(prompt_template)  # fails early on a template without {prompt}
         if storage_options is not None and not isinstance(storage_options, dict):
             raise ValueError(f"storage_options must be a mapping of boto3 client arguments, got {storage_options!r}")
@@ -290,8 +476,9 @@ class PreparedDataModule(LightningDataModule, ABC):
         the prepared ``meta.json``; by default nothing."""
         return {}
 
-    def synthetic(self, split: str, num_rows: int, seed: int) -> list[dict[str, Any]]:
-        """Generated rows of the ``synthetic`` source (datasets with ``has_synthetic``)."""
+    def synthetic(self, split: str, num_rows: int, seed: int) -> Iterable[dict[str, Any]]:
+        """Generated rows of the ``synthetic`` source (datasets with ``has_synthetic``), best generated one at a time
+        (preparation reads them as they come)."""
         raise ValueError(f"{type(self).__name__} has no synthetic source; give a file, a directory or a hub id")
 
     # --------------------------------------------------------------------------------------------- where data is
@@ -333,6 +520,18 @@ class PreparedDataModule(LightningDataModule, ABC):
             return ["train", "test"]
         hp = self.hparams
         return sources.hub_split_names(hp.source, hp.subset, hp.revision)
+
+    def _split_of(self, rule: tuple, row: Any) -> str:
+        """The output split of a row read under a :class:`SourcePass` rule: a given split's name, or, carving the
+        training split, by the seeded hash of the row's :attr:`prompt_field` (a row without one stays in training)."""
+        if rule[0] == "split":
+            return rule[1]
+        _, val_cut, test_cut = rule
+        prompt = row.get(self.prompt_field) if isinstance(row, dict) else None
+        if not isinstance(prompt, str):
+            return "train"
+        bucket = prompt_bucket(prompt, self.hparams.seed)
+        return "val" if bucket < val_cut else "test" if bucket < test_cut else "train"
 
     def _read(self, split: str) -> Iterator[Row]:
         files, hp = self.split_files(), self.hparams
@@ -422,12 +621,7 @@ class PreparedDataModule(LightningDataModule, ABC):
                 report.notes[note] += 1
             out[split].append((where, row) if with_location else (position, row))
         if problems and self.hparams.on_bad_row == "error":
-            more = f"\n  ... and {n_problems - len(problems)} more" if n_problems > len(problems) else ""
-            source = source or self.hparams.source
-            raise DataValidationError(
-                f"{n_problems} invalid row(s) in {source}:\n  " + "\n  ".join(problems) + more
-                + "\n(set on_bad_row: skip to drop and count them instead)"
-            )
+            raise _invalid_rows(problems, n_problems, source or self.hparams.source)
         return out
 
     def prepare(self, force: bool = False) -> PrepareReport:
@@ -457,6 +651,8 @@ class PreparedDataModule(LightningDataModule, ABC):
                 print(f"Preparing again: the earlier preparation is damaged: {damage}")
         staged = self.prepared_root / url.rsplit("/", 1)[1]
         report = self._prepare_local(staged, force, output_dir=url)
+        if report.pending:  # one node's shard: the node that merges the shards uploads the dataset
+            return report
         print(f"Uploading {staged} to {url}")
         upload_prepared(staged, url, self.storage_options)
         self._verified.discard(url)
@@ -476,7 +672,8 @@ class PreparedDataModule(LightningDataModule, ABC):
 
     def _prepare_local(self, final: Path, force: bool, output_dir: str | None = None) -> PrepareReport:
         """Prepare into the local directory ``final`` (reused when sound, unless ``force``); the report names
-        ``output_dir`` (default ``final``)."""
+        ``output_dir`` (default ``final``). With ``prepare_nodes`` > 1, this node prepares its shard, and the node that
+        finds every shard finished merges them into ``final`` (:meth:`_prepare_shard`)."""
         location = str(final)
         for stale in clean_stale_staging(final):
             print(f"Removed {stale}: the staging directory of an interrupted preparation")
@@ -496,59 +693,224 @@ class PreparedDataModule(LightningDataModule, ABC):
         carve_test = hp.test_split is not None and hp.test_split not in available
         val_cut = hp.val_fraction if hp.val_split is None else 0.0
         test_cut = val_cut + (hp.test_fraction if carve_test else 0.0)
-
-        def assign_train(row: Any) -> str:
-            prompt = row.get(self.prompt_field) if isinstance(row, dict) else None
-            if not isinstance(prompt, str):
-                return "train"
-            bucket = prompt_bucket(prompt, hp.seed)
-            return "val" if bucket < val_cut else "test" if bucket < test_cut else "train"
-
-        reports = {name: SplitReport() for name in SPLITS}
-        rows = self._validated(self._read(hp.train_split), reports, assign_train)
+        passes = [SourcePass(hp.train_split, ("carve", val_cut, test_cut))]
         if hp.val_split is not None:
-            rows["val"] = self._validated(self._read(hp.val_split), {"val": reports["val"]}, lambda _: "val")["val"]
+            passes.append(SourcePass(hp.val_split, ("split", "val")))
         if hp.test_split is not None and not carve_test:
-            rows["test"] = self._validated(self._read(hp.test_split), {"test": reports["test"]}, lambda _: "test")[
-                "test"
-            ]
-        # Given (not carved) held-out splits may share prompts with training: count them, since they inflate scores.
-        field = self.prompt_field
-        train_prompts = {row[field] for _, row in rows["train"] if field in row}
-        for split in ("val", "test"):
-            shared = {row[field] for _, row in rows.get(split, []) if field in row} & train_prompts
-            if shared:
-                reports[split].notes["prompts_shared_with_train"] += len(shared)
-        tmp = staging_dir(final)
+            passes.append(SourcePass(hp.test_split, ("split", "test")))
         report = PrepareReport(source=str(hp.source), view=hp.view, output_dir=output_dir or str(final),
                                row_format=facts.get("row_format"),
                                origins=split_origins(hp, carve_test, val_cut, test_cut))
-        labels: dict[str, Any] = {}
-        try:
-            for split in SPLITS:
-                if not rows.get(split) and reports[split].rows_read == 0:
-                    continue
-                items = self.view.encode(rows[split], self.tokenizer, self.template, hp.max_length, reports[split])
+        meta = {"settings": self._settings(), "hparams": self._meta_hparams(), **facts}
+        with Workers(self.prepare_workers, self) as workers:
+            scans = self._scan(passes, workers)  # raises naming the invalid rows under on_bad_row: error
+            if hp.prepare_nodes > 1:
+                shards = self._prepare_shard(final, force, passes, scans, workers, report, meta)
+                if shards is None:  # other nodes' shards are not finished: this node's part is done
+                    self.report = report
+                    print(report.format())
+                    return report
+            else:
+                tmp = staging_dir(final)
                 try:
-                    write_split(items, tmp / split)
-                except EmptySplitError:
-                    if split == "train":
-                        raise
-                    # a held-out split whose every row was dropped: reported (kept 0), not written
-                    shutil.rmtree(tmp / split, ignore_errors=True)
-                report.splits[split] = reports[split]
-                summary = self.view.label_summary()
-                if summary is not None:
-                    labels[split] = summary
-            meta = {"settings": self._settings(), "hparams": dict(hp), "labels": labels, **facts}
-            publish(tmp, final, report, meta, replace=force)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
+                    shard = self._encode(passes, scans, workers, tmp, rank=0, nodes=1)
+                    self._finish(report, meta, scans, [shard], shard["items"])
+                    publish(tmp, final, report, meta, replace=force)
+                except BaseException:
+                    shutil.rmtree(tmp, ignore_errors=True)
+                    raise
+        if hp.prepare_nodes > 1:
+            tmp = staging_dir(final)
+            try:
+                self._finish(report, meta, scans, shards[1], merge_shards(shards[0], tmp))
+                publish(tmp, final, report, meta, replace=force)
+            except BaseException:
+                shutil.rmtree(tmp, ignore_errors=True)
+                if final.exists() and self._damage(final) is None:  # another node merged them first
+                    return self._reuse(location)
+                raise
+            shutil.rmtree(shards[0][0].parent, ignore_errors=True)
         self._verified.add(str(final))  # its manifest was just written from these very files
         self.report = report
         print(report.format())
         return report
+
+    def _prepare_shard(self, final: Path, force: bool, passes: list[SourcePass], scans: dict[str, SplitScan],
+                       workers: Workers, report: PrepareReport,
+                       meta: dict[str, Any]) -> tuple[list[Path], list[dict[str, Any]]] | None:
+        """Node ``prepare_node_rank``'s part of a preparation across ``prepare_nodes`` nodes: its share of the blocks
+        encoded into ``<final>.shards/node-<rank>-of-<nodes>/`` (renamed there when finished, with a ``shard.json``
+        of its counts; a finished shard of the same fingerprint is kept, so a node that was killed prepares only its
+        own share again). Returns every shard's directory and record once all are finished (the caller merges
+        them), else ``None`` with ``report`` saying what is missing."""
+        hp = self.hparams
+        nodes, rank, settings = hp.prepare_nodes, hp.prepare_node_rank, fingerprint(meta["settings"])
+        shards = final.parent / f"{final.name}.shards"
+        mine = shards / shard_name(rank, nodes)
+        if force or read_shard(mine, settings, nodes) is None:
+            shutil.rmtree(mine, ignore_errors=True)
+            tmp = staging_dir(final)
+            try:
+                shard = self._encode(passes, scans, workers, tmp, rank=rank, nodes=nodes)
+                (tmp / SHARD_FILE).write_text(json.dumps({"fingerprint": settings, "nodes": nodes, "rank": rank,
+                                                          **shard}, sort_keys=True) + "\n")
+                shards.mkdir(parents=True, exist_ok=True)
+                unclaim_staging(tmp)
+                os.replace(tmp, mine)
+            except BaseException:
+                shutil.rmtree(tmp, ignore_errors=True)
+                raise
+        directories = [shards / shard_name(k, nodes) for k in range(nodes)]
+        records = [read_shard(directory, settings, nodes) for directory in directories]
+        missing = [k for k, record in enumerate(records) if record is None]
+        if not missing:
+            return directories, records
+        own = records[rank] or {}
+        self._finish(report, meta, scans, [own], own.get("items", {}), partial=True)
+        report.output_dir = str(mine)
+        report.pending = (f"node {rank} of {nodes}: shard written; waiting for node(s) {missing} (the node that "
+                          f"finishes last merges the shards into {final})")
+        return None
+
+    @property
+    def prepare_workers(self) -> int:
+        """Preparation processes: ``prepare_workers``, or the cores this process may use when it is ``None``."""
+        workers = self.hparams.prepare_workers
+        return available_cores() if workers is None else workers
+
+    def _meta_hparams(self) -> dict[str, Any]:
+        """The hyperparameters saved in ``meta.json``: all but how the preparation was spread over processes and
+        nodes, which changes nothing in it (the same bytes, whatever the workers)."""
+        return {k: v for k, v in self.hparams.items() if k not in PREPARE_SPREAD}
+
+    def _blocks(self, split: str) -> Iterator[Block]:
+        """The rows of a source split cut into blocks of :attr:`prepare_block_rows` (JSONL lines undecoded: the
+        workers decode them)."""
+        files = self.split_files()
+        if files is not None and sources.is_jsonl(files[split]):
+            return cut_blocks(sources.read_lines(files[split]), self.prepare_block_rows, lines=True)
+        return cut_blocks(self._read(split), self.prepare_block_rows)
+
+    def _scan(self, passes: list[SourcePass], workers: Workers) -> dict[str, SplitScan]:
+        """The first pass: every row read, checked and counted, keeping of each only 16-byte digests (of the row, of
+        its units, of its prompt where a given held-out split must be compared with training); then, per output
+        split, repeated rows noted, repeated units found (the first of each digest is kept) and prompts shared with
+        training counted. Returns each output split's :class:`SplitScan`.
+
+        Raises:
+            DataValidationError: invalid rows under ``on_bad_row: error``, up to ten named (file, row, field), after
+                the whole source split was read.
+        """
+        hp = self.hparams
+        scans: dict[str, SplitScan] = {}
+        given = [p.rule[1] for p in passes if p.rule[0] == "split"]
+        for source_pass in passes:
+            prompts = ({"train"} if given else set()) if source_pass.rule[0] == "carve" else {source_pass.rule[1]}
+            problems: list[str] = []
+            n_problems = 0
+            tasks = ((block, source_pass.rule, prompts) for block in self._blocks(source_pass.split))
+            for block_scan in workers.map(_scan_block, tasks):
+                n_problems += block_scan.n_problems
+                problems += block_scan.problems[: MAX_LISTED_PROBLEMS - len(problems)]
+                units = {}
+                for split, part in block_scan.splits.items():
+                    scan = scans.setdefault(split, SplitScan())
+                    units[split] = (scan.units, part.units)
+                    scan.add(part)
+                source_pass.units.append(units)
+            if problems and hp.on_bad_row == "error":
+                raise _invalid_rows(problems, n_problems, hp.source)
+            for scan in scans.values():
+                if not scan.done:
+                    scan.finish(self.view.repeat_reason)
+        if given and "train" in scans:
+            train = digest_array(scans["train"].prompts)
+            for split in given:
+                if split in scans:
+                    prompts = digest_array(scans[split].prompts)
+                    shared = int(np.isin(prompts[first_occurrences(prompts)], train).sum())
+                    if shared:  # given held-out splits may share prompts with training: counted, they inflate scores
+                        scans[split].report.notes["prompts_shared_with_train"] += shared
+        for scan in scans.values():
+            scan.prompts = []
+        return scans
+
+    def _encode(self, passes: list[SourcePass], scans: dict[str, SplitScan], workers: Workers, out: Path, rank: int,
+                nodes: int) -> dict[str, Any]:
+        """The second pass: each block's valid rows encoded by the workers, less the units the first pass found
+        repeated, and the items written in row order as the split directories of ``out`` (node ``rank`` of
+        ``nodes`` encodes its share of each source split's blocks, a contiguous range). Returns what the pass adds
+        to each split (``{"encoded": {split: report dict}, "labels": {split: summary}, "items": {split: count},
+        "called": [splits the view encoded units of]}``)."""
+        writers: dict[str, SplitWriter] = {}
+        encoded: dict[str, SplitReport] = {}
+        labels: dict[str, Any] = {}
+        rows = sum(scan.report.rows_read for scan in scans.values())
+        print(f"Encoding {rows} rows ({self._spread(workers, nodes)})", flush=True)
+        for source_pass in passes:
+            blocks = len(source_pass.units)
+            low, high = blocks * rank // nodes, blocks * (rank + 1) // nodes
+            tasks = ((block, source_pass.rule, self._repeats_of(source_pass.units[block.number], scans))
+                     for block in itertools.takewhile(lambda b, end=high: b.number < end,
+                                                      self._blocks(source_pass.split))
+                     if block.number >= low)
+            for answer in workers.map(_encode_block, tasks):
+                for split, (items, part, summary) in answer.items():
+                    writer = writers.get(split)
+                    if writer is None:
+                        writer = writers[split] = SplitWriter(out / split, rank=rank)
+                    for item in items:
+                        writer.add(item)
+                    add_report(encoded.setdefault(split, SplitReport()), part)
+                    labels[split] = add_counts(labels.get(split), summary, self.view.label_settings)
+        return {"encoded": {split: part.to_dict() for split, part in encoded.items()},
+                "labels": {split: summary for split, summary in labels.items() if summary is not None},
+                "items": {split: writers[split].finish() for split in SPLITS if split in writers},
+                "called": sorted(encoded)}
+
+    def _spread(self, workers: Workers, nodes: int) -> str:
+        spread = f"{workers.processes} worker processes" if workers.processes > 1 else "in this process"
+        return spread + (f", node {self.hparams.prepare_node_rank} of {nodes}" if nodes > 1 else "")
+
+    @staticmethod
+    def _repeats_of(units: dict[str, tuple[int, int]], scans: dict[str, SplitScan]) -> dict[str, np.ndarray]:
+        """Per output split, which of a block's units (``units``: per split, those before the block and in it;
+        numbered from 0 within the block) the first pass found repeated."""
+        out = {}
+        for split, (start, count) in units.items():
+            repeats = scans[split].repeats
+            inside = repeats[np.searchsorted(repeats, start) : np.searchsorted(repeats, start + count)]
+            if len(inside):
+                out[split] = inside - start
+        return out
+
+    def _finish(self, report: PrepareReport, meta: dict[str, Any], scans: dict[str, SplitScan],
+                shards: list[dict[str, Any]], items: dict[str, int], partial: bool = False) -> None:
+        """Fill ``report`` and ``meta`` from the first pass and the encoded ``shards``: counts added, label summaries
+        summed (a split whose units were never encoded gets the view's summary of none), an empty training split
+        refused unless ``partial`` (one node's shard; an emptied held-out split is reported, not written)."""
+        hp, labels = self.hparams, {}
+        for split in SPLITS:
+            if split not in scans:
+                continue
+            split_report = scans[split].report
+            summary = None
+            for shard in shards:
+                if split in shard["encoded"]:
+                    add_report(split_report, report_from_dict(shard["encoded"][split]))
+                summary = add_counts(summary, shard["labels"].get(split), self.view.label_settings)
+            if not any(split in shard["called"] for shard in shards):
+                nothing = SplitReport()  # what the view notes when it encodes nothing (e.g. truncated 0)
+                list(self.view.encode_units([], self.tokenizer, self.template, hp.max_length, nothing))
+                add_report(split_report, nothing)
+                summary = self.view.label_summary()
+            if not items.get(split) and split == "train" and not partial:
+                raise EmptySplitError(f"{report.output_dir}: no rows left to write to the train split: every row was "
+                                      f"dropped (read {split_report.rows_read}, dropped {dict(split_report.dropped)})")
+            report.splits[split] = split_report
+            if summary is not None:
+                labels[split] = summary
+        meta["labels"] = labels
 
     def _read_text(self, location: str, name: str) -> str | None:
         """A small file of a prepared dataset (local or ``s3://``), or ``None`` when absent."""
@@ -604,6 +966,9 @@ class PreparedDataModule(LightningDataModule, ABC):
                 self.prepare()  # prepares (again) and uploads, saying why
         elif not is_prepared(location) or self._damage(Path(location)) is not None:
             self.prepare()  # prepares (again), saying why
+        if self.report is not None and self.report.pending:
+            raise PreparedDatasetError(f"{location}: not prepared yet: {self.report.pending}; run lit-safe prepare "
+                                       "on every node first")
 
     def label_summary(self, split: str = "train") -> dict[str, Any]:
         """Label counts of a prepared split, as the view recorded them (e.g. per-category positives), from

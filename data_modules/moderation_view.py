@@ -29,7 +29,7 @@ import torch
 
 from lit_safe.data_modules.preparation import SplitReport
 from lit_safe.data_modules.schemas import text_digest
-from lit_safe.data_modules.views import Valid, View, blank_text, count_duplicate_rows, int_fields, row_text, text_batch
+from lit_safe.data_modules.views import Unit, Units, View, blank_text, int_fields, row_text, text_batch
 from lit_safe.models.text import encode_conversations
 
 ENCODE_CHUNK = 8192  # responses tokenised per call
@@ -92,6 +92,8 @@ class ModerationView(View):
     """
 
     name = "moderation"
+    repeat_reason = "duplicate_response"
+    label_settings = ("categories", "severity_levels")
 
     def __init__(
         self,
@@ -114,38 +116,38 @@ class ModerationView(View):
             return encode_sentence_pairs(tokenizer, prompts, responses, max_length)
         return encode_conversations(tokenizer, prompts, responses, template, max_length)
 
-    def encode(self, rows: list[Valid], tokenizer: Any, template: str, max_length: int,
-               report: SplitReport) -> Iterator[dict[str, Any]]:
-        seen: set[bytes | str] = set()  # the sha256 (or a 16-byte digest) of each response kept so far
-        kept: list[tuple[int, int, Response]] = []
-        for index, row in count_duplicate_rows(rows, report):
-            listed = self.responses(row)
-            if listed is None:
-                report.dropped["no_moderation_labels"] += 1
+    def units(self, row: dict[str, Any], report: SplitReport) -> list[Unit]:
+        """The row's labelled responses with text, each found again (``dedup``) by its ``response_k_sha256`` when the
+        row gives one, else by the digest of its texts."""
+        listed = self.responses(row)
+        if listed is None:
+            report.dropped["no_moderation_labels"] += 1
+            return []
+        units: list[Unit] = []
+        for k, response in enumerate(listed):
+            prompt, text, _, _, _, sha256 = response
+            blank = blank_text(prompt, text)
+            if blank:
+                report.dropped[blank] += 1
                 continue
-            for k, response in enumerate(listed):
-                prompt, text, _, _, _, digest = response
-                blank = blank_text(prompt, text)
-                if blank:
-                    report.dropped[blank] += 1
-                    continue
-                if self.dedup:
-                    key = digest or text_digest(prompt, text)
-                    if key in seen:
-                        report.dropped["duplicate_response"] += 1
-                        continue
-                    seen.add(key)
-                kept.append((index, k, response))
+            key = None
+            if self.dedup:  # a given sha256 and a digest of texts never match each other (three texts vs two)
+                key = text_digest("sha256", "", sha256) if sha256 else text_digest(prompt, text)
+            units.append((key, (k, response)))
+        return units
+
+    def encode_units(self, units: Units, tokenizer: Any, template: str, max_length: int,
+                     report: SplitReport) -> Iterator[dict[str, Any]]:
         positives, severities = Counter(), Counter()
         unsafe_count = 0
-        # Tokenised in chunks, so that a 330k-row split never holds every encoding at once. Nothing kept (e.g. only
+        # Tokenised in chunks, so that a split held in memory never holds every encoding at once. No units (e.g. only
         # 2023 rows) means no tokenizer call (it fails on an empty batch); the writer then reports the empty split.
-        for start in range(0, len(kept), ENCODE_CHUNK):
-            chunk = kept[start : start + ENCODE_CHUNK]
-            ids, truncated = self.encode_inputs(tokenizer, [r[2][0] for r in chunk], [r[2][1] for r in chunk],
-                                                template, max_length)
+        for start in range(0, len(units), ENCODE_CHUNK):
+            chunk = units[start : start + ENCODE_CHUNK]
+            ids, truncated = self.encode_inputs(tokenizer, [v[1][0] for _, _, v in chunk],
+                                                [v[1][1] for _, _, v in chunk], template, max_length)
             report.notes["truncated_sequences"] += truncated
-            for (index, k, (_, _, categories, is_safe, severity, _)), seq in zip(chunk, ids):
+            for (position, _, (k, (_, _, categories, is_safe, severity, _))), seq in zip(chunk, ids):
                 labels = np.asarray([bool(categories[c]) for c in self.categories], dtype=np.uint8)
                 positives.update(c for c, v in zip(self.categories, labels) if v)
                 unsafe_count += not is_safe
@@ -157,11 +159,11 @@ class ModerationView(View):
                     "categories": labels,
                     "unsafe": int(not is_safe),
                     "severity": -1 if severity is None or not self.severity_levels else int(severity),
-                    "row": index,
+                    "row": position,
                     "response": k,
                 }
         self._counts = {
-            "items": len(kept),
+            "items": len(units),
             "unsafe": unsafe_count,
             "categories": list(self.categories),
             "category_positives": [positives[c] for c in self.categories],

@@ -42,6 +42,7 @@ held-out pairs never share a prompt with training pairs.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any, Literal
 
 import numpy as np
@@ -69,7 +70,7 @@ from lit_safe.data_modules.schemas import (
     text_digest,
 )
 from lit_safe.data_modules.sources import DataValidationError
-from lit_safe.data_modules.views import Valid, View, blank_text, count_duplicate_rows, int_fields, row_text, text_batch
+from lit_safe.data_modules.views import Unit, Units, View, blank_text, int_fields, row_text, text_batch
 from lit_safe.models.text import (
     encode_conversations,
     pack_pair,
@@ -106,6 +107,7 @@ class PairView(View):
 
     name = "pair"
     first, second = "first", "second"
+    repeat_reason = "duplicate_pair"
 
     def __init__(self, pack_pairs: bool = False) -> None:
         self.pack_pairs = pack_pairs
@@ -114,40 +116,37 @@ class PairView(View):
         """``(id of the first response, extra item fields)``, or ``None`` for a row this view drops (counted)."""
         raise TypeError(f"{type(self).__name__} must say which response comes first")
 
-    def encode(self, rows: list[Valid], tokenizer: Any, template: str, max_length: int, report: SplitReport):
-        kept: list[tuple[int, str, str, str, dict[str, int]]] = []
-        pairs: set[bytes] = set()  # digests of the (prompt, first, second, extras) kept so far in this split
-        for index, row in count_duplicate_rows(rows, report):
-            blank = blank_text(row["prompt"], row["response_0"], row["response_1"])
-            if blank:
-                report.dropped[blank] += 1
-                continue
-            if row["response_0"] == row["response_1"]:
-                report.dropped["identical_responses"] += 1
-                continue
-            ranked = self.rank(row, report)
-            if ranked is None:
-                continue
-            first, extras = ranked
-            # The same ordered pair with the same labels again would count twice in the loss: keep it once.
-            key = text_digest(row["prompt"], row[f"response_{first}"], row[f"response_{1 - first}"],
-                              *(f"{name}={value}" for name, value in sorted(extras.items())))
-            if key in pairs:
-                report.dropped["duplicate_pair"] += 1
-                continue
-            pairs.add(key)
-            kept.append((index, row_text(row, "prompt"), row_text(row, f"response_{first}"),
-                         row_text(row, f"response_{1 - first}"), extras))
-        prompts = [k[1] for k in kept]
-        firsts, cut_a = encode_conversations(tokenizer, prompts, [k[2] for k in kept], template, max_length)
-        seconds, cut_b = encode_conversations(tokenizer, prompts, [k[3] for k in kept], template, max_length)
+    def units(self, row: dict[str, Any], report: SplitReport) -> list[Unit]:
+        """The row's one pair ``(prompt, first, second, extras)``, found again by the digest of the ordered pair and
+        its extras; none for a row this view drops (counted)."""
+        blank = blank_text(row["prompt"], row["response_0"], row["response_1"])
+        if blank:
+            report.dropped[blank] += 1
+            return []
+        if row["response_0"] == row["response_1"]:
+            report.dropped["identical_responses"] += 1
+            return []
+        ranked = self.rank(row, report)
+        if ranked is None:
+            return []
+        first, extras = ranked
+        # The same ordered pair with the same labels again would count twice in the loss: kept once.
+        key = text_digest(row["prompt"], row[f"response_{first}"], row[f"response_{1 - first}"],
+                          *(f"{name}={value}" for name, value in sorted(extras.items())))
+        return [(key, (row_text(row, "prompt"), row_text(row, f"response_{first}"),
+                       row_text(row, f"response_{1 - first}"), extras))]
+
+    def encode_units(self, units: Units, tokenizer: Any, template: str, max_length: int, report: SplitReport):
+        prompts = [value[0] for _, _, value in units]
+        firsts, cut_a = encode_conversations(tokenizer, prompts, [v[1] for _, _, v in units], template, max_length)
+        seconds, cut_b = encode_conversations(tokenizer, prompts, [v[2] for _, _, v in units], template, max_length)
         report.notes["truncated_sequences"] += cut_a + cut_b
-        for (index, _, _, _, extras), a, b in zip(kept, firsts, seconds):
+        for (position, _, (_, _, _, extras)), a, b in zip(units, firsts, seconds):
             if np.array_equal(a, b):
                 report.dropped["identical_after_truncation"] += 1
                 continue
             report.kept += 1
-            yield {self.first: a, self.second: b, "row": index, **extras}
+            yield {self.first: a, self.second: b, "row": position, **extras}
 
     @staticmethod
     def encode_inputs(tokenizer: Any, prompts: list[str], responses: list[str], template: str, max_length: int):
@@ -431,10 +430,10 @@ class PKUSafeRLHFDataModule(PreparedDataModule):
     def row_notes(self, row: dict[str, Any]) -> list[str]:
         return pku_label_notes(row)
 
-    def synthetic(self, split: str, num_rows: int, seed: int) -> list[dict[str, Any]]:
-        from lit_safe.data_modules.synthetic import generate_pku_saferlhf_rows
+    def synthetic(self, split: str, num_rows: int, seed: int) -> Iterator[dict[str, Any]]:
+        from lit_safe.data_modules.synthetic import iter_pku_saferlhf_rows
 
-        return generate_pku_saferlhf_rows(num_rows, seed=seed)
+        return iter_pku_saferlhf_rows(num_rows, seed=seed)
 
 
 __all__ = ["PKUSafeRLHFDataModule", "PairView", "PreferenceView", "SafetyView", "VIEWS", "pku_preference_pairs",

@@ -42,7 +42,7 @@ import torch
 
 from lit_safe.data_modules.preparation import SplitReport
 from lit_safe.data_modules.schemas import is_blank, text_digest
-from lit_safe.data_modules.views import Valid, View, blank_text, count_duplicate_rows, int_fields, row_text, text_batch
+from lit_safe.data_modules.views import Unit, Units, View, blank_text, int_fields, row_text, text_batch
 from lit_safe.models.text import Text, chat_turns, encode_prompt_response, encode_prompts, is_chat, pad_left
 
 IGNORE_INDEX = -100
@@ -104,36 +104,35 @@ class SFTView(PolicyView):
     """
 
     name = "sft"
+    repeat_reason = "duplicate_response"
 
     def __init__(self, responses: Callable[[dict[str, Any]], list[tuple[str, str]]]) -> None:
         self.responses = responses
 
-    def encode(self, rows: list[Valid], tokenizer: Any, template: str, max_length: int,
-               report: SplitReport) -> Iterator[dict[str, Any]]:
-        seen: set[bytes] = set()  # digests of the (prompt, response) pairs kept so far
-        kept: list[tuple[int, str, str]] = []
-        for index, row in count_duplicate_rows(rows, report):
-            for prompt, response in self.responses(row):
-                blank = blank_text(prompt, response)
-                if blank:
-                    report.dropped[blank] += 1
-                    continue
-                key = text_digest(prompt, response)
-                if key in seen:
-                    report.dropped["duplicate_response"] += 1
-                    continue
-                seen.add(key)
-                kept.append((index, prompt, response))
-        for start in range(0, len(kept), ENCODE_CHUNK):
-            chunk = kept[start : start + ENCODE_CHUNK]
-            encoded, cut = encode_sft(tokenizer, [c[1] for c in chunk], [c[2] for c in chunk], template, max_length)
+    def units(self, row: dict[str, Any], report: SplitReport) -> list[Unit]:
+        """The row's (prompt, response) pairs with text, each found again by the digest of the pair."""
+        units: list[Unit] = []
+        for prompt, response in self.responses(row):
+            blank = blank_text(prompt, response)
+            if blank:
+                report.dropped[blank] += 1
+                continue
+            units.append((text_digest(prompt, response), (prompt, response)))
+        return units
+
+    def encode_units(self, units: Units, tokenizer: Any, template: str, max_length: int,
+                     report: SplitReport) -> Iterator[dict[str, Any]]:
+        for start in range(0, len(units), ENCODE_CHUNK):
+            chunk = units[start : start + ENCODE_CHUNK]
+            encoded, cut = encode_sft(tokenizer, [v[0] for _, _, v in chunk], [v[1] for _, _, v in chunk], template,
+                                      max_length)
             report.notes["truncated_sequences"] += cut
-            for (index, _, _), item in zip(chunk, encoded):
+            for (position, _, _), item in zip(chunk, encoded):
                 if item is None:
                     report.dropped["prompt_too_long"] += 1
                     continue
                 report.kept += 1
-                yield {"input_ids": item[0], "prompt_length": item[1], "row": index}
+                yield {"input_ids": item[0], "prompt_length": item[1], "row": position}
 
     @staticmethod
     def collate(items: list[dict[str, Any]], pad_id: int, multiple_of: int = 1) -> dict[str, Any]:
@@ -152,38 +151,35 @@ class PromptView(PolicyView):
     """
 
     name = "prompts"
+    repeat_reason = "duplicate_prompt"
 
     def __init__(self, field: str = "prompt", prompt: Callable[[dict[str, Any]], Text] | None = None) -> None:
         self.field = field
         self.prompt = prompt
 
-    def encode(self, rows: list[Valid], tokenizer: Any, template: str, max_length: int,
-               report: SplitReport) -> Iterator[dict[str, Any]]:
-        seen: set[bytes] = set()  # digests of the prompts kept so far
-        kept: list[tuple[int, Text]] = []
-        for index, row in count_duplicate_rows(rows, report):
-            text = row[self.field]
-            if is_blank(text):
-                report.dropped["empty_prompt"] += 1
-                continue
-            key = text_digest(text)
-            if key in seen:
-                report.dropped["duplicate_prompt"] += 1
-                continue
-            seen.add(key)
-            kept.append((index, self.prompt(row) if self.prompt is not None else row_text(row, self.field)))
+    def units(self, row: dict[str, Any], report: SplitReport) -> list[Unit]:
+        """The row's prompt, found again by the digest of its text; none when blank (counted)."""
+        text = row[self.field]
+        if is_blank(text):
+            report.dropped["empty_prompt"] += 1
+            return []
+        return [(text_digest(text), self.prompt(row) if self.prompt is not None else row_text(row, self.field))]
+
+    def encode_units(self, units: Units, tokenizer: Any, template: str, max_length: int,
+                     report: SplitReport) -> Iterator[dict[str, Any]]:
         chat = is_chat(template)
-        for start in range(0, len(kept), ENCODE_CHUNK):
-            chunk = kept[start : start + ENCODE_CHUNK]
-            for (index, prompt), ids in zip(chunk, encode_prompts(tokenizer, [c[1] for c in chunk], template)):
+        for start in range(0, len(units), ENCODE_CHUNK):
+            chunk = units[start : start + ENCODE_CHUNK]
+            for (position, _, prompt), ids in zip(chunk, encode_prompts(tokenizer, [v for _, _, v in chunk],
+                                                                        template)):
                 if len(ids) >= max_length:  # no room left to generate
                     report.dropped["prompt_too_long"] += 1
                     continue
                 report.kept += 1
                 if chat:  # the turns, for a scorer that renders them with its own chat template
-                    yield {"input_ids": ids, "row": index, "turns": json.dumps(chat_turns(prompt, "user"))}
+                    yield {"input_ids": ids, "row": position, "turns": json.dumps(chat_turns(prompt, "user"))}
                 else:
-                    yield {"input_ids": ids, "row": index}
+                    yield {"input_ids": ids, "row": position}
 
     @staticmethod
     def collate(items: list[dict[str, Any]], pad_id: int, multiple_of: int = 1) -> dict[str, Any]:
@@ -203,36 +199,35 @@ class PreferencePairView(PolicyView):
     """
 
     name = "preference_pairs"
+    repeat_reason = "duplicate_pair"
 
     def __init__(self, pairs: Callable[[dict[str, Any]], list[tuple[str, str, str]]]) -> None:
         self.pairs = pairs
 
-    def encode(self, rows: list[Valid], tokenizer: Any, template: str, max_length: int,
-               report: SplitReport) -> Iterator[dict[str, Any]]:
-        kept: list[tuple[int, str, str, str]] = []
-        seen: set[bytes] = set()  # digests of the (prompt, chosen, rejected) triples kept so far
-        for index, row in count_duplicate_rows(rows, report):
-            for prompt, chosen, rejected in self.pairs(row):
-                blank = blank_text(prompt, chosen, rejected)
-                if blank:
-                    report.dropped[blank] += 1
-                    continue
-                if chosen == rejected:
-                    report.dropped["identical_responses"] += 1
-                    continue
-                key = text_digest(prompt, chosen, rejected)
-                if key in seen:
-                    report.dropped["duplicate_pair"] += 1
-                    continue
-                seen.add(key)
-                kept.append((index, prompt, chosen, rejected))
-        for start in range(0, len(kept), ENCODE_CHUNK):
-            chunk = kept[start : start + ENCODE_CHUNK]
-            prompts = [c[1] for c in chunk]
-            encoded, cut = encode_sft(tokenizer, prompts + prompts, [c[2] for c in chunk] + [c[3] for c in chunk],
-                                      template, max_length)
+    def units(self, row: dict[str, Any], report: SplitReport) -> list[Unit]:
+        """The row's (prompt, chosen, rejected) triples with text and two different responses, each found again by
+        the digest of the triple."""
+        units: list[Unit] = []
+        for prompt, chosen, rejected in self.pairs(row):
+            blank = blank_text(prompt, chosen, rejected)
+            if blank:
+                report.dropped[blank] += 1
+                continue
+            if chosen == rejected:
+                report.dropped["identical_responses"] += 1
+                continue
+            units.append((text_digest(prompt, chosen, rejected), (prompt, chosen, rejected)))
+        return units
+
+    def encode_units(self, units: Units, tokenizer: Any, template: str, max_length: int,
+                     report: SplitReport) -> Iterator[dict[str, Any]]:
+        for start in range(0, len(units), ENCODE_CHUNK):
+            chunk = units[start : start + ENCODE_CHUNK]
+            prompts = [v[0] for _, _, v in chunk]
+            encoded, cut = encode_sft(tokenizer, prompts + prompts, [v[1] for _, _, v in chunk]
+                                      + [v[2] for _, _, v in chunk], template, max_length)
             report.notes["truncated_sequences"] += cut
-            for (index, _, _, _), chosen, rejected in zip(chunk, encoded[: len(chunk)], encoded[len(chunk) :]):
+            for (position, _, _), chosen, rejected in zip(chunk, encoded[: len(chunk)], encoded[len(chunk) :]):
                 if chosen is None or rejected is None:  # the same prompt: both or neither
                     report.dropped["prompt_too_long"] += 1
                     continue
@@ -240,7 +235,7 @@ class PreferencePairView(PolicyView):
                     report.dropped["identical_after_truncation"] += 1
                     continue
                 report.kept += 1
-                yield {"chosen": chosen[0], "rejected": rejected[0], "prompt_length": chosen[1], "row": index}
+                yield {"chosen": chosen[0], "rejected": rejected[0], "prompt_length": chosen[1], "row": position}
 
     @staticmethod
     def length(item: dict[str, Any]) -> int:

@@ -6,7 +6,17 @@ per split (``train/``, ``val/``, ``test/``, each with ``index.json`` and ``chunk
 config, view, tokenizer, template, max length, split rule, seed), so a changed setting prepares anew and an unchanged
 one is reused. Writing goes to a hidden staging directory (``.<name>-*``, with a record of its owner process) that is
 renamed at the end, so an interrupted preparation never leaves a half-written dataset behind; the staging directory
-of a preparation that was killed is removed by the next preparation (see :func:`clean_stale_staging`).
+of a preparation that was killed is removed by the next preparation (see :func:`clean_stale_staging`), which then
+gives the same result.
+
+Streaming and parallel preparation (driven by :class:`~lit_safe.data_modules.base.PreparedDataModule`): a source split
+is cut into :class:`Block` s of rows (:func:`cut_blocks`; JSONL lines travel undecoded), which :class:`Workers` hands
+to forked worker processes, answers coming back in block order with a bounded number in flight; digests of rows and
+units are kept as 16-byte arrays (:func:`digest_array`, :func:`first_occurrences`), label summaries and report counts
+of blocks are summed (:func:`add_counts`, :func:`add_report`), and items are written in order by one
+:class:`SplitWriter` per split, so that the chunk files are the same bytes for any number of workers. A preparation
+across nodes writes one shard per node (``<name>.shards/node-<rank>-of-<nodes>/``, with its :data:`SHARD_FILE`),
+which :func:`merge_shards` links into one dataset.
 
 Loading a prepared dataset never runs code from it. lit_safe stores items only with litdata's plain-data serializers
 (integers, floats, booleans, strings, bytes, numpy arrays; never ``pickle``) and checks that before writing
@@ -14,8 +24,9 @@ Loading a prepared dataset never runs code from it. lit_safe stores items only w
 its size and sha256, plus the fingerprint. :func:`verify_prepared` refuses a directory without it ("not written by
 lit_safe"), an ``index.json`` that asks for any other deserializer (:func:`check_index`: a crafted ``pickle`` item
 would run code when read), and a missing, truncated or altered file, naming it. Sizes and the small JSON files are
-always checked; chunk checksums when the chunks total at most :data:`CHECKSUM_MAX_BYTES` (reading a large video
-dataset in full at every start would cost minutes; pass ``checksums=True`` to force it). The allowlist, not the
+always checked; chunk checksums when the chunks total at most :data:`CHECKSUM_MAX_BYTES`, 64 MiB (reading a large
+dataset in full at every start would make the start grow with the data: a million preference pairs are about 1 GB,
+1.5 s of hashing; pass ``checksums=True`` to force it). The allowlist, not the
 manifest, is what keeps code out: a crafted directory can carry a matching manifest, but not a ``pickle`` item.
 Object storage (``s3://bucket/prefix``, any S3-compatible server): a preparation is written locally (the same code
 path, in a staging directory under ``$LIT_SAFE_CACHE/uploads/``) and uploaded by :func:`upload_prepared`, the
@@ -31,21 +42,27 @@ standard ``AWS_*`` environment variables, or ``storage_options`` (boto3 client a
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
+import multiprocessing
 import os
 import re
 import shutil
 import socket
 import tempfile
 import time
-from collections import Counter
-from collections.abc import Iterable
+from collections import Counter, deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
+from numbers import Integral
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-from litdata.streaming.writer import BinaryWriter
+import numpy as np
+from litdata.streaming.writer import BinaryWriter, _config_body
 from litdata.utilities.env import _DistributedEnv
 
 from lit_safe.data_modules.sources import DataValidationError
@@ -55,7 +72,10 @@ META_FILE = "meta.json"
 MANIFEST_FILE = "manifest.json"
 MANIFEST_VERSION = 1
 OWNER_FILE = ".lit_safe_staging.json"  # inside a staging directory: which process writes it
-CHECKSUM_MAX_BYTES = 1 << 30  # chunk sha256 is verified at load time up to this many chunk bytes (about 1 s here)
+# litdata's target size of a prepared chunk file. The writer holds up to three times this at once (the items, then
+# the chunk assembled from them, twice), which sets the memory a preparation needs beyond its workers' blocks.
+CHUNK_BYTES = "16MB"
+CHECKSUM_MAX_BYTES = 64 << 20  # chunk sha256 is verified at load time up to this many chunk bytes (about 60 ms here)
 LEGACY_STALE_AFTER_S = 3600.0  # a staging dir without an owner record, untouched this long, was abandoned
 FOREIGN_STALE_AFTER_S = 24 * 3600.0  # the same for one owned by a process on another host (its pid can't be checked)
 
@@ -92,6 +112,7 @@ class PrepareReport:
     output_dir: str
     splits: dict[str, SplitReport] = field(default_factory=dict)
     reused: bool = False  # an identical earlier preparation was found (not saved in report.json)
+    pending: str | None = None  # one node's shard of a preparation across nodes, still waiting for the others
     row_format: str | None = None  # the preference format the rows were read in (see data_modules/formats.py)
     origins: dict[str, str] = field(default_factory=dict)  # per split: where its rows came from, and why
 
@@ -109,6 +130,8 @@ class PrepareReport:
         """A human-readable table of the report: per split the counts, then where its rows came from."""
         row_format = f", format: {self.row_format}" if self.row_format else ""
         lines = [f"Prepared {self.source} (view: {self.view}{row_format}) -> {self.output_dir}"]
+        if self.pending:
+            lines.append(f"  {self.pending}; the counts below are this node's share of what is kept")
         for name, split in self.splits.items():
             dropped = sum(split.dropped.values())
             lines.append(f"  {name:<5} read {split.rows_read:>7}  kept {split.kept:>7}  dropped {dropped:>6}")
@@ -339,24 +362,56 @@ def _check_file(path: Path, record: Any, manifest_path: Path, digest: bool) -> N
         raise PreparedDatasetError(f"{path}: its sha256 differs from {manifest_path.name} (damaged)")
 
 
-def write_split(items: Iterable[dict[str, Any]], directory: str | Path, chunk_bytes: str = "64MB") -> int:
-    """Write items as a litdata dataset in ``directory``; returns how many were written."""
-    writer = BinaryWriter(str(directory), chunk_bytes=chunk_bytes)
-    # This writer is the only one, even inside a distributed job (Lightning runs prepare_data on rank 0 alone):
-    # without this, litdata reads the world size from the environment and rank 0 waits forever in merge() for
-    # index files of writers that do not exist.
-    writer._distributed_env = _DistributedEnv(world_size=1, global_rank=0, num_nodes=1)
-    writer._rank = 0
-    count = 0
-    for count, item in enumerate(items, start=1):
-        writer[count - 1] = item
-        if count == 1:
-            _check_item_formats(writer._data_format, item, directory)
-    if count == 0:
+class SplitWriter:
+    """Items written in order as one litdata split directory (``chunk-<rank>-<n>.bin`` files as they fill, then
+    ``index.json``), refusing any item litdata would pickle. Memory holds at most one chunk of serialised items.
+
+    Args:
+        directory: the split directory (created with the first item: a split without items leaves none).
+        rank: names the chunk files (``chunk-<rank>-<n>.bin``): the node that wrote them, so that the shards of a
+            preparation across nodes merge without renaming (:func:`merge_shards`).
+        chunk_bytes: litdata's target size of a chunk file (default :data:`CHUNK_BYTES`).
+    """
+
+    def __init__(self, directory: str | Path, rank: int = 0, chunk_bytes: str | int | None = None) -> None:
+        self.directory, self.rank, self.chunk_bytes = Path(directory), rank, chunk_bytes or CHUNK_BYTES
+        self.count = 0
+        self._writer: BinaryWriter | None = None
+
+    def add(self, item: dict[str, Any]) -> None:
+        if self._writer is None:
+            self._writer = BinaryWriter(str(self.directory), chunk_bytes=self.chunk_bytes)
+            # This writer is the only one, even inside a distributed job (Lightning runs prepare_data on rank 0
+            # alone): without this, litdata reads the world size from the environment and waits forever for the
+            # index files of writers that do not exist.
+            self._writer._distributed_env = _DistributedEnv(world_size=1, global_rank=0, num_nodes=1)
+            self._writer._rank = self.rank
+        self._writer[self.count] = item
+        if self.count == 0:
+            _check_item_formats(self._writer._data_format, item, self.directory)
+        self.count += 1
+
+    def finish(self) -> int:
+        """Write the last chunk and ``index.json``; returns how many items were written (0: nothing written)."""
+        if self._writer is not None:
+            self._writer.done()
+            self._writer._merge_no_wait()  # its own index -> index.json (merge() would wait for rank 0's)
+            self._writer = None
+        return self.count
+
+
+def write_split(items: Iterable[dict[str, Any]], directory: str | Path, chunk_bytes: str | int | None = None) -> int:
+    """Write items as a litdata dataset in ``directory``; returns how many were written.
+
+    Raises:
+        EmptySplitError: there were no items.
+    """
+    writer = SplitWriter(directory, chunk_bytes=chunk_bytes)
+    for item in items:
+        writer.add(item)
+    if writer.finish() == 0:
         raise EmptySplitError(f"no rows left to write to {directory}: every row was dropped (see the report)")
-    writer.done()
-    writer.merge()
-    return count
+    return writer.count
 
 
 def _check_item_formats(data_format: list[str] | None, item: Any, directory: str | Path) -> None:
@@ -390,7 +445,7 @@ def publish(
         _write_owner(old)
         os.replace(final_dir, old / final_dir.name)
         shutil.rmtree(old, ignore_errors=True)
-    (tmp_dir / OWNER_FILE).unlink(missing_ok=True)
+    unclaim_staging(tmp_dir)
     try:
         os.replace(tmp_dir, final_dir)
     except OSError:
@@ -602,6 +657,11 @@ def staging_dir(final_dir: Path) -> Path:
     return tmp
 
 
+def unclaim_staging(directory: Path) -> None:
+    """Remove the owner record of a finished staging directory, before it is renamed to its final name."""
+    (directory / OWNER_FILE).unlink(missing_ok=True)
+
+
 def _process_start(pid: int) -> str | None:
     """The start time of a process in clock ticks since boot (Linux), to tell a reused pid apart; else ``None``."""
     try:
@@ -690,3 +750,269 @@ def clean_stale_staging(final_dir: Path) -> list[Path]:
             shutil.rmtree(entry, ignore_errors=True)
             removed.append(entry)
     return removed
+
+
+# ------------------------------------------------------------------------------------------- streaming, workers
+@dataclass
+class Block:
+    """An ordered piece of one source split: what one preparation worker reads, checks and encodes at a time.
+
+    Attributes:
+        number: its place among the blocks of its source split, from 0.
+        position: the position in the source split of its first row (rows are numbered from 0, blank lines not
+            counted), so that items keep their row's position whatever the cut.
+        rows: ``(location, row)``; with ``lines``, ``(location, raw JSONL line)``, decoded by the worker
+            (:func:`~lit_safe.data_modules.sources.parse_line`).
+        lines: whether ``rows`` holds undecoded JSONL lines.
+    """
+
+    number: int
+    position: int
+    rows: list[tuple[str, Any]]
+    lines: bool = False
+
+
+def cut_blocks(rows: Iterable[tuple[str, Any]], size: int, lines: bool = False) -> Iterator[Block]:
+    """``rows`` (``(location, row or raw line)``, in source order) cut into :class:`Block` s of ``size`` rows, read
+    as they are needed."""
+    if size < 1:
+        raise ValueError(f"block size must be at least 1, got {size}")
+    it = iter(rows)
+    number = position = 0
+    while chunk := list(itertools.islice(it, size)):
+        yield Block(number, position, chunk, lines)
+        number, position = number + 1, position + len(chunk)
+
+
+def available_cores() -> int:
+    """The CPU cores this process may run on (its affinity, which schedulers and containers set)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+_WORKER_STATE: Any = None  # in a worker process: the state Workers was given (inherited through fork)
+
+
+def _adopt_state(state: Any) -> None:
+    global _WORKER_STATE
+    _WORKER_STATE = state
+
+
+def _call_with_state(function: Callable[[Any, Any], Any], task: Any) -> Any:
+    return function(_WORKER_STATE, task)
+
+
+class WorkerDied(RuntimeError):
+    """A preparation worker process ended without an answer (killed, e.g. by the out-of-memory killer)."""
+
+
+class Workers:
+    """``function(state, task)`` over an ordered stream of tasks, answers in task order, in ``processes`` forked
+    worker processes (``processes`` <= 1: in this process).
+
+    Workers are forked, so they start from this process's memory as it is when the first task is submitted: ``state``
+    (a data module, its tokenizer and view) is neither pickled nor rebuilt, and may hold closures; only tasks and
+    answers travel, pickled. At most ``2 * processes`` tasks are in flight, so that memory holds a bounded number of
+    blocks whatever the size of the input, and the pool is started only when a second task is waiting (a single
+    block is done here). Tokenizers' own thread pool is turned off in the workers (``TOKENIZERS_PARALLELISM=false``,
+    set before they fork): each worker is one core. Where ``fork`` does not exist (Windows), tasks run here.
+
+    Args:
+        processes: worker processes; 0 or 1 runs every task in this process.
+        state: what every task function receives first.
+    """
+
+    def __init__(self, processes: int, state: Any) -> None:
+        self.processes = processes if processes > 1 and "fork" in multiprocessing.get_all_start_methods() else 1
+        self.state = state
+        self._pool: ProcessPoolExecutor | None = None
+        self._environment: str | None = None
+
+    def map(self, function: Callable[[Any, Any], Any], tasks: Iterable[Any]) -> Iterator[Any]:
+        """``function(state, task)`` for every task, in order. ``function`` must be a module-level function (it is
+        sent to the workers by name)."""
+        tasks = iter(tasks)
+        if self.processes == 1:
+            for task in tasks:
+                yield function(self.state, task)
+            return
+        window: deque[Future] = deque()
+        first = next(tasks, None)
+        if first is None:
+            return
+        second = next(tasks, None)
+        if second is None and self._pool is None:  # one task: not worth starting processes
+            yield function(self.state, first)
+            return
+        pending = itertools.chain([first], [] if second is None else [second], tasks)
+        pool = self._start()
+        for task in pending:
+            window.append(pool.submit(_call_with_state, function, task))
+            if len(window) >= 2 * self.processes:
+                yield self._answer(window.popleft())
+        while window:
+            yield self._answer(window.popleft())
+
+    def _start(self) -> ProcessPoolExecutor:
+        if self._pool is None:
+            self._environment = os.environ.get("TOKENIZERS_PARALLELISM")
+            os.environ["TOKENIZERS_PARALLELISM"] = "false"
+            self._pool = ProcessPoolExecutor(self.processes, mp_context=multiprocessing.get_context("fork"),
+                                             initializer=_adopt_state, initargs=(self.state,))
+        return self._pool
+
+    @staticmethod
+    def _answer(future: Future) -> Any:
+        try:
+            return future.result()
+        except BrokenProcessPool:
+            raise WorkerDied("a preparation worker process died (killed, or out of memory?); fewer prepare_workers "
+                             "need less memory") from None
+
+    def close(self, abandon: bool = False) -> None:
+        """Stop the worker processes and restore the environment; ``abandon``: kill them at once (after an error or
+        an interrupt, a task still running must not go on)."""
+        if self._pool is not None:
+            if abandon:
+                for process in list((self._pool._processes or {}).values()):
+                    process.kill()
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
+            if self._environment is None:
+                os.environ.pop("TOKENIZERS_PARALLELISM", None)
+            else:
+                os.environ["TOKENIZERS_PARALLELISM"] = self._environment
+
+    def __enter__(self) -> Workers:
+        return self
+
+    def __exit__(self, kind: Any, *exc: Any) -> None:
+        self.close(abandon=kind is not None)
+
+
+# ---------------------------------------------------------------------------------------- digests, counts, merging
+DIGEST_BYTES = 16
+
+
+def digest_array(parts: Iterable[bytes]) -> np.ndarray:
+    """Concatenated 16-byte digests as a ``(n,)`` array of ``V16`` (sortable, compared as bytes)."""
+    blob = b"".join(parts)
+    return np.frombuffer(blob, dtype=f"V{DIGEST_BYTES}") if blob else np.empty(0, dtype=f"V{DIGEST_BYTES}")
+
+
+def first_occurrences(digests: np.ndarray) -> np.ndarray:
+    """``bool (n,)``: True where a digest appears for the first time in ``digests`` (``V16``, in order).
+
+    A stable sort of the digests (as two 64-bit words) puts equal ones next to each other in their original order; the
+    first of each run is the first occurrence. About a second per million digests."""
+    first = np.zeros(len(digests), dtype=bool)
+    if len(digests):
+        words = np.ascontiguousarray(digests).view(np.uint64).reshape(-1, 2)
+        order = np.lexsort((words[:, 1], words[:, 0]))  # stable: equal digests keep their order
+        ranked = words[order]
+        starts = np.ones(len(order), dtype=bool)
+        starts[1:] = (ranked[1:] != ranked[:-1]).any(axis=1)
+        first[order[starts]] = True
+    return first
+
+
+def add_counts(total: dict[str, Any] | None, part: dict[str, Any] | None,
+               fixed: tuple[str, ...] = ()) -> dict[str, Any] | None:
+    """The sum of two label summaries (:meth:`~lit_safe.data_modules.views.View.label_summary`): integers add, lists
+    of integers add element by element; the keys in ``fixed`` (what describes the labels, e.g. how many severity
+    levels there are) and anything else (category names) must be equal."""
+    if total is None or part is None:
+        return part if total is None else total
+    out = dict(total)
+    for key, value in part.items():
+        mine = out.get(key)
+        if key not in out:
+            out[key] = value
+        elif key not in fixed and _is_count(value) and _is_count(mine):
+            out[key] = int(mine) + int(value)
+        elif (key not in fixed and isinstance(value, list) and isinstance(mine, list) and len(value) == len(mine)
+              and all(map(_is_count, (*value, *mine)))):
+            out[key] = [int(a) + int(b) for a, b in zip(mine, value)]
+        elif mine != value:
+            raise ValueError(f"label summaries disagree on {key!r}: {mine!r} and {value!r}")
+    return out
+
+
+def _is_count(value: Any) -> bool:
+    return isinstance(value, Integral) and not isinstance(value, bool | np.bool_)
+
+
+def add_report(total: SplitReport, part: SplitReport) -> None:
+    """Add ``part``'s counts to ``total`` (notes counted as 0 stay listed, as a view reports them)."""
+    total.rows_read += part.rows_read
+    total.kept += part.kept
+    for mine, theirs in ((total.dropped, part.dropped), (total.notes, part.notes)):
+        for key, value in theirs.items():
+            mine[key] += value
+
+
+def report_from_dict(data: dict[str, Any]) -> SplitReport:
+    """A :class:`SplitReport` from :meth:`SplitReport.to_dict`."""
+    split = SplitReport(int(data["rows_read"]), int(data["kept"]))
+    split.dropped.update(data["dropped"])
+    split.notes.update(data["notes"])
+    return split
+
+
+SHARD_FILE = "shard.json"  # in a finished shard of a preparation across nodes: what it holds
+
+
+def shard_name(rank: int, nodes: int) -> str:
+    """The directory name of node ``rank``'s shard among ``nodes``."""
+    return f"node-{rank}-of-{nodes}"
+
+
+def read_shard(directory: Path, fingerprint: str, nodes: int) -> dict[str, Any] | None:
+    """The record of a finished shard of this preparation (its ``shard.json``), or ``None`` when there is none or it is
+    another preparation's."""
+    try:
+        record = json.loads((directory / SHARD_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(record, dict) or record.get("fingerprint") != fingerprint or record.get("nodes") != nodes:
+        return None
+    return record
+
+
+def merge_shards(shards: list[Path], out: Path) -> dict[str, int]:
+    """Merge the split directories of finished shards (in node order) into ``out``: every chunk file is hard-linked
+    (copied where links are not possible), and each split's ``index.json`` lists the shards' chunks in node order, so
+    that items stream in the order one node would have written them. Returns the items per split.
+
+    Raises:
+        PreparedDatasetError: two shards that stored items differently (their litdata configs differ).
+    """
+    counts: dict[str, int] = {}
+    for split in SPLITS:
+        chunks: list[dict[str, Any]] = []
+        config: dict[str, Any] | None = None
+        for shard in shards:
+            index_path = shard / split / "index.json"
+            if not index_path.is_file():
+                continue  # no item of this split in this shard
+            index = json.loads(index_path.read_text())
+            check_index(index, str(index_path))
+            if config is None:
+                config = index["config"]
+            elif _config_body(config) != _config_body(index["config"]):
+                raise PreparedDatasetError(f"{index_path}: its items are stored unlike those of the shard before it")
+            (out / split).mkdir(parents=True, exist_ok=True)
+            for chunk in index["chunks"]:
+                source, target = shard / split / chunk["filename"], out / split / chunk["filename"]
+                try:
+                    os.link(source, target)
+                except OSError:
+                    shutil.copyfile(source, target)
+            chunks += index["chunks"]
+        if config is not None:
+            merged = {"chunks": chunks, "config": config, "updated_at": str(time.time())}
+            (out / split / "index.json").write_text(json.dumps(merged, sort_keys=True))
+            counts[split] = sum(int(chunk["chunk_size"]) for chunk in chunks)
+    return counts

@@ -5,6 +5,11 @@ validation error can name the file and the row. A file without rows is an error 
 is yielded as an :class:`UndecodableRow`, which every row check reports, so that ``on_bad_row`` applies to it.
 Hub datasets are loaded with a pinned ``revision`` and config name (``subset``), as reproducibility requires;
 machines without network fail with the hub's own clear error.
+
+Rows are read one at a time, so that memory does not grow with the file: JSONL line by line (:func:`read_lines`
+yields the undecoded lines that preparation's workers decode with :func:`parse_line`), parquet one record batch at a
+time, hub datasets row by row from their memory-mapped cache. A JSON array (``.json``, ``.json.gz``) is the exception:
+it is parsed whole, so large data belongs in JSONL or parquet.
 """
 
 from __future__ import annotations
@@ -26,6 +31,11 @@ class DataValidationError(ValueError):
 def _suffix(path: Path) -> str | None:
     name = path.name.lower()
     return next((s for s in SUFFIXES if name.endswith(s)), None)
+
+
+def is_jsonl(path: Path) -> bool:
+    """Whether ``path`` names a JSONL (or gzip'd JSONL) file, whose lines :func:`read_lines` reads undecoded."""
+    return _suffix(path) in (".jsonl", ".jsonl.gz")
 
 
 def is_data_file(path: Path) -> bool:
@@ -83,36 +93,51 @@ def _no_rows(path: Path, what: str) -> DataValidationError:
     return DataValidationError(f"{path}: no rows ({what})")
 
 
-def _read_jsonl(path: Path, opener) -> Iterator[tuple[str, Any]]:
-    # Bytes per line, decoded here: a line that is not UTF-8 becomes an UndecodableRow (a per-row problem naming the
-    # line) instead of a UnicodeDecodeError from the file object that names neither the file nor the line.
+def read_lines(path: str | Path) -> Iterator[tuple[str, bytes]]:
+    """Yield ``(location, raw line)`` for every non-blank line of a JSONL (or gzip'd JSONL) file, undecoded: what
+    preparation sends to its workers, which decode each line with :func:`parse_line` (the reading process only splits
+    lines, the costly decoding runs on every core). ``location`` is ``"<file>: line N"``.
+
+    Raises:
+        FileNotFoundError: the file does not exist.
+        DataValidationError: not a JSONL file, or no rows (empty or blank lines only).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"data file not found: {path}")
+    suffix = _suffix(path)
+    if suffix not in (".jsonl", ".jsonl.gz"):
+        raise DataValidationError(f"{path}: not a JSONL file")
     found = False
-    with opener(path, "rb") as f:
+    with (gzip.open if suffix.endswith(".gz") else open)(path, "rb") as f:
         for number, raw in enumerate(f, start=1):
             if number == 1 and raw.startswith(b"\xef\xbb\xbf"):  # a UTF-8 byte order mark
                 raw = raw[3:]
             if not raw.strip():
                 continue
             found = True
-            where = f"{path}: line {number}"
-            try:
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError as err:
-                yield where, UndecodableRow(
-                    f"not valid UTF-8: byte 0x{raw[err.start]:02x} at offset {err.start} of the line")
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as err:  # a cut or garbled line: a bad row like any other (named or skipped)
-                yield where, UndecodableRow(f"invalid JSON ({err.msg} at column {err.colno})")
-                continue
-            if b"\\ud" in raw or b"\\uD" in raw:  # a surrogate escape: valid only as half of a pair
-                bad = _lone_surrogate(row)
-                if bad is not None:
-                    row = UndecodableRow(_surrogate_problem(bad))
-            yield where, row
+            yield f"{path}: line {number}", raw
     if not found:
         raise _no_rows(path, "empty or blank-only file")
+
+
+def parse_line(raw: bytes) -> Any:
+    """The row of one JSONL line, or an :class:`UndecodableRow` saying why it is none: bytes that are not UTF-8 (decoded
+    here, so that the problem names the line instead of a ``UnicodeDecodeError`` that names neither file nor line), a
+    line that is not JSON, or a lone surrogate escape."""
+    try:
+        line = raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        return UndecodableRow(f"not valid UTF-8: byte 0x{raw[err.start]:02x} at offset {err.start} of the line")
+    try:
+        row = json.loads(line)
+    except json.JSONDecodeError as err:  # a cut or garbled line: a bad row like any other (named or skipped)
+        return UndecodableRow(f"invalid JSON ({err.msg} at column {err.colno})")
+    if b"\\ud" in raw or b"\\uD" in raw:  # a surrogate escape: valid only as half of a pair
+        bad = _lone_surrogate(row)
+        if bad is not None:
+            return UndecodableRow(_surrogate_problem(bad))
+    return row
 
 
 def _read_json(path: Path, opener) -> Iterator[tuple[str, Any]]:
@@ -157,19 +182,30 @@ def read_file(path: str | Path) -> Iterator[tuple[str, Any]]:
     suffix = _suffix(path)
     if suffix is None:
         raise DataValidationError(f"{path}: unsupported file type; expected one of {', '.join(SUFFIXES)}")
-    opener = gzip.open if suffix.endswith(".gz") else open
     if suffix.startswith(".jsonl"):
-        yield from _read_jsonl(path, opener)
+        for where, raw in read_lines(path):
+            yield where, parse_line(raw)
     elif suffix.startswith(".json"):
-        yield from _read_json(path, opener)
+        yield from _read_json(path, gzip.open if suffix.endswith(".gz") else open)
     else:
-        import pyarrow.parquet as pq
+        yield from _read_parquet(path)
 
-        table = pq.read_table(path)
-        if table.num_rows == 0:
-            raise _no_rows(path, "a parquet file with 0 rows")
-        for index, row in enumerate(table.to_pylist()):
+
+PARQUET_BATCH_ROWS = 1024  # rows converted to Python objects at a time
+
+
+def _read_parquet(path: Path) -> Iterator[tuple[str, Any]]:
+    # Batch by batch, so that memory holds one record batch (and its row group) rather than the whole table.
+    import pyarrow.parquet as pq
+
+    parquet = pq.ParquetFile(path)
+    if parquet.metadata.num_rows == 0:
+        raise _no_rows(path, "a parquet file with 0 rows")
+    index = 0
+    for batch in parquet.iter_batches(batch_size=PARQUET_BATCH_ROWS):
+        for row in batch.to_pylist():
             yield f"{path}: row {index}", row
+            index += 1
 
 
 def local_splits(directory: str | Path) -> dict[str, Path]:

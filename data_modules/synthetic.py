@@ -71,13 +71,15 @@ from __future__ import annotations
 import json
 import random
 import re
+from collections.abc import Iterable, Iterator
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
 from .schemas import PKU_HARM_CATEGORIES, response_sha256
 
-__all__ = ["generate_pku_saferlhf_rows", "synthetic_gold_scorer", "synthetic_gold_scores", "write_jsonl"]
+__all__ = ["generate_pku_saferlhf_rows", "iter_pku_saferlhf_rows", "synthetic_gold_scorer", "synthetic_gold_scores",
+           "write_jsonl"]
 
 PROMPT_SOURCES: tuple[str, ...] = ("Alpaca3-70B", "Beavertails", "WizardLM-30B-Uncensored")
 RESPONSE_SOURCES: tuple[str, ...] = ("Alpaca-7B", "Alpaca2-7B", "Alpaca3-8B")
@@ -393,26 +395,38 @@ def generate_pku_saferlhf_rows(num_rows: int, seed: int = 0) -> list[dict]:
     Raises:
         ValueError: if ``num_rows`` is negative.
     """
+    return list(iter_pku_saferlhf_rows(num_rows, seed))
+
+
+def iter_pku_saferlhf_rows(num_rows: int, seed: int = 0) -> Iterator[dict]:
+    """The rows of :func:`generate_pku_saferlhf_rows`, one at a time (what preparation reads: memory holds the
+    distinct prompts drawn so far, not the rows).
+
+    Raises:
+        ValueError: if ``num_rows`` is negative.
+    """
     if num_rows < 0:
         raise ValueError(f"num_rows must be >= 0, got {num_rows}")
-    rng = random.Random(seed)
+    return _rows(num_rows, random.Random(seed))
+
+
+def _rows(num_rows: int, rng: random.Random) -> Iterator[dict]:
     prompts: list[dict[str, str]] = []
-    rows: list[dict] = []
     for _ in range(num_rows):
         if prompts and rng.random() < _PROMPT_REUSE_SHARE:
             prompt = rng.choice(prompts)
         else:
             prompt = _make_prompt(rng)
             prompts.append(prompt)
-        rows.append(_make_row(rng, prompt))
-    return rows
+        yield _make_row(rng, prompt)
 
 
-def write_jsonl(rows: list[dict], path: str | Path) -> Path:
+def write_jsonl(rows: Iterable[dict], path: str | Path) -> Path:
     """Write rows as JSON Lines (one object per line, keys in row order), creating parent folders.
 
     Args:
-        rows: the rows to write, e.g. from :func:`generate_pku_saferlhf_rows`.
+        rows: the rows to write, e.g. from :func:`generate_pku_saferlhf_rows` or, for more rows than memory holds,
+            :func:`iter_pku_saferlhf_rows`.
         path: the output file.
 
     Returns:

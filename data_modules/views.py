@@ -5,15 +5,31 @@ A dataset offers one or more views of its rows (PKU-SafeRLHF: ``preference``, ``
 batches (:class:`~lit_safe.data_modules.base.PreparedDataModule`). Every view is a :class:`View`:
 
 - ``name``;
-- ``encode(rows, tokenizer, template, max_length, report)``: the items of one split's valid rows, counting in
-  ``report`` what it keeps, drops (by reason) and notes; ``template`` is a ``{prompt}`` template or ``chat`` (the
-  tokenizer's chat template), applied by the functions of :mod:`lit_safe.models.text`;
+- ``units(row, report)``: the units one valid row contributes (a pair, each labelled response, a prompt), each with
+  the 16-byte digest by which a repeat is found (``None``: never a repeat), counting in ``report`` what the row's own
+  checks drop (a blank text, identical responses...); ``repeat_reason`` is the drop reason of a unit whose digest an
+  earlier unit of the split had (``duplicate_pair``...);
+- ``encode_units(units, tokenizer, template, max_length, report)``: the items of the units that are no repeats,
+  counting what is kept, dropped after tokenising (``prompt_too_long``...) and noted (``truncated_sequences``);
+  ``template`` is a ``{prompt}`` template or ``chat`` (the tokenizer's chat template), applied by the functions of
+  :mod:`lit_safe.models.text`;
+- ``encode(rows, tokenizer, template, max_length, report)``: all of one split's valid rows at once (rows repeated
+  whole noted, units, repeats dropped, :meth:`~View.encode_units`), for a split held in memory;
 - ``length(item)``: the tokens an item costs in a batch (what length grouping sorts by);
 - ``collate(items, pad_id, multiple_of)``: a batch of tensors;
 - ``encode_inputs(tokenizer, prompts, responses, template, max_length)``: how one (prompt, response) is tokenised,
   for ``predict_file``;
-- ``label_summary()``: label counts of the split encoded last, saved in ``meta.json`` (``None`` for views that
-  record none).
+- ``label_summary()``: label counts of the units encoded last (``None`` for views that record none), integers and
+  lists of integers, so that preparation sums those of its blocks into the split's summary saved in ``meta.json``
+  (except the keys in ``label_settings``, which describe the labels: equal in every block).
+
+Why units and not a whole split: preparation streams (:mod:`~lit_safe.data_modules.preparation`). A first pass
+reads every row, checks it and keeps only digests; the split's repeats are then known (the first unit of each digest
+is kept); a second pass encodes blocks of rows in worker processes, each block's units less its repeats, and writes
+the items in row order. Everything a view decides per unit is local to its row, so the items and the report do not
+depend on how the rows were cut into blocks nor on how many workers encoded them. A view whose unit is its row
+(one item per row, no repeats dropped) may define ``encode`` instead of ``units`` and
+``encode_units``.
 
 The helpers below are what views share: :func:`count_duplicate_rows` (the ``duplicate_rows`` note every view
 keeps), :func:`blank_text` (the drop reason of an empty text), :func:`row_text` (a text field with the turns a chat
@@ -34,17 +50,47 @@ from lit_safe.data_modules.schemas import is_blank, row_digest
 from lit_safe.models.text import Turns, pad_right
 
 Valid = tuple[int, dict[str, Any]]  # (position of the row in its source split, counted from 0; the row)
+Unit = tuple[bytes | None, Any]  # (digest that finds a repeat, or None; what encode_units reads)
+Units = list[tuple[int, int, Any]]  # (position of the row, number of the unit in its row, the unit's value)
 
 
 class View(ABC):
-    """Rows -> items -> batches, for one kind of training example (see the module docstring)."""
+    """Rows -> units -> items -> batches, for one kind of training example (see the module docstring)."""
 
     name = "view"
+    repeat_reason = "duplicate"  # the drop reason of a unit whose digest an earlier unit of the split had
+    label_settings: tuple[str, ...] = ()  # label_summary keys that describe the labels (not counts: never summed)
 
-    @abstractmethod
+    def units(self, row: dict[str, Any], report: SplitReport) -> list[Unit]:
+        """The units one valid row contributes, in order, each ``(digest, value)``: ``digest`` (16 bytes) finds a
+        repeat of an earlier unit of the split (``None``: never a repeat); ``value`` is what :meth:`encode_units`
+        reads. What the row's own checks drop is counted in ``report``. Default: the row itself, never a repeat."""
+        return [(None, row)]
+
+    def encode_units(self, units: Units, tokenizer: Any, template: str, max_length: int,
+                     report: SplitReport) -> Iterator[dict[str, Any]]:
+        """The items of ``units`` (no repeats among them), in order; what is kept, dropped and noted is counted in
+        ``report``.
+
+        Args:
+            units: ``(position of the row in its source split, number of the unit in its row, value)``.
+            tokenizer: the model's tokenizer.
+            template: the prompt template (contains ``{prompt}``), or ``chat`` (the tokenizer's chat template).
+            max_length: longest token sequence.
+            report: the split's counts.
+
+        By default (a view whose unit is its row and that defines :meth:`encode`): ``encode`` of those rows.
+        """
+        if type(self).encode is View.encode:
+            raise TypeError(f"{type(self).__name__} must define encode_units (or, if its unit is the row, encode)")
+        return self.encode([(position, value) for position, _, value in units], tokenizer, template, max_length,
+                           report)
+
     def encode(self, rows: list[Valid], tokenizer: Any, template: str, max_length: int,
                report: SplitReport) -> Iterator[dict[str, Any]]:
-        """The items of one split's valid rows; what is kept, dropped (by reason) and noted is counted in ``report``.
+        """The items of one split's valid rows, all at once (a split held in memory; preparation streams blocks
+        instead, with the same result): rows repeated whole are noted, each row's :meth:`units` taken, repeats
+        dropped (counted as :attr:`repeat_reason`), the rest encoded by :meth:`encode_units`.
 
         Args:
             rows: ``(position in the source split, row)`` of the split's valid rows.
@@ -53,6 +99,17 @@ class View(ABC):
             max_length: longest token sequence.
             report: the split's counts.
         """
+        seen: set[bytes] = set()
+        kept: Units = []
+        for position, row in count_duplicate_rows(rows, report):
+            for number, (digest, value) in enumerate(self.units(row, report)):
+                if digest is not None:
+                    if digest in seen:
+                        report.dropped[self.repeat_reason] += 1
+                        continue
+                    seen.add(digest)
+                kept.append((position, number, value))
+        yield from self.encode_units(kept, tokenizer, template, max_length, report)
 
     @abstractmethod
     def collate(self, items: list[dict[str, Any]], pad_id: int, multiple_of: int = 1) -> dict[str, Any]:
@@ -69,7 +126,9 @@ class View(ABC):
         return len(item["input_ids"])
 
     def label_summary(self) -> dict[str, Any] | None:
-        """Label counts of the split encoded last (saved in ``meta.json``), or ``None`` when the view records none."""
+        """Label counts of the units encoded last (integers, and lists of integers counted element by element;
+        preparation sums them over blocks into the split's summary in ``meta.json``), or ``None`` when the view
+        records none."""
         return None
 
 
@@ -118,4 +177,5 @@ def int_fields(items: list[dict[str, Any]], keys: Iterable[str]) -> dict[str, to
     return {key: torch.as_tensor([int(i[key]) for i in items]) for key in keys}
 
 
-__all__ = ["Valid", "View", "blank_text", "count_duplicate_rows", "int_fields", "row_text", "text_batch"]
+__all__ = ["Unit", "Units", "Valid", "View", "blank_text", "count_duplicate_rows", "int_fields", "row_text",
+           "text_batch"]

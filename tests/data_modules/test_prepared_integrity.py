@@ -233,13 +233,13 @@ def test_the_staging_dir_of_a_killed_preparation_is_removed_by_the_next_one(tmp_
     cache = tmp_path / "cache"
     script = textwrap.dedent(f"""
         import os, signal
-        import lit_safe.data_modules.base as base
+        from lit_safe.data_modules import preparation
         from lit_safe.data_modules.pku_saferlhf import PKUSafeRLHFDataModule
-        real = base.write_split
-        def write_then_die(items, directory, *args, **kwargs):
-            real(items, directory, *args, **kwargs)
+        real = preparation.SplitWriter.finish
+        def write_then_die(self):
+            real(self)
             os.kill(os.getpid(), signal.SIGKILL)  # as the OOM killer or a cluster's preemption would
-        base.write_split = write_then_die
+        preparation.SplitWriter.finish = write_then_die
         PKUSafeRLHFDataModule(tokenizer="tiny", source="synthetic", prepared_dir={str(cache)!r},
                               synthetic_rows={ROWS}, num_workers=0).prepare()
     """)

@@ -249,6 +249,32 @@ def test_read_parquet(tmp_path, real_rows):
     assert all(check_pku_saferlhf_row(row) == [] for _, row in read)
 
 
+def test_parquet_is_read_batch_by_batch_across_row_groups(tmp_path, real_rows, monkeypatch):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path = tmp_path / "rows.parquet"
+    pq.write_table(pa.Table.from_pylist(real_rows[:11]), path, row_group_size=4)
+    monkeypatch.setattr(sources, "PARQUET_BATCH_ROWS", 3)
+    read = list(sources.read_file(path))
+    assert [row for _, row in read] == real_rows[:11]
+    assert [where for where, _ in read] == [f"{path}: row {n}" for n in range(11)]
+
+
+def test_jsonl_lines_travel_undecoded_and_decode_as_read_file_does(tmp_path, real_rows):
+    path = tmp_path / "rows.jsonl"
+    path.write_bytes(b"\xef\xbb\xbf" + json.dumps(real_rows[0]).encode() + b"\n\n  \n" + b'{"prompt": "\xff"}\n'
+                     + json.dumps(real_rows[1]).encode() + b"\n" + b'{"prompt": "\\udc80"}\n')
+    lines = list(sources.read_lines(path))
+    assert [where for where, _ in lines] == [f"{path}: line {n}" for n in (1, 4, 5, 6)]
+    assert all(isinstance(raw, bytes) for _, raw in lines)
+    parsed = [(where, sources.parse_line(raw)) for where, raw in lines]
+    assert parsed == list(sources.read_file(path))
+    assert parsed[0][1] == real_rows[0] and parsed[2][1] == real_rows[1]
+    assert "not valid UTF-8: byte 0xff" in parsed[1][1].problem
+    assert "lone UTF-16 surrogate" in parsed[3][1].problem
+
+
 def test_invalid_json_line_names_file_and_line(tmp_path, real_rows):
     path = tmp_path / "bad.jsonl"
     path.write_text(json.dumps(real_rows[0]) + "\n" + json.dumps(real_rows[1]) + "\n{not json\n")
