@@ -64,6 +64,8 @@ def _prefetched(source: Iterator, depth: int) -> Iterator:
         except BaseException as error:  # handed to the consumer, raised there
             items.put(("error", error))
 
+    clock, empty = time.monotonic, queue.Empty  # bound here: a consumer dropped at interpreter exit is finalized
+    # after the module's globals are gone
     thread = threading.Thread(target=work, name="lit_safe-prefetch", daemon=True)
     thread.start()
     try:
@@ -76,11 +78,11 @@ def _prefetched(source: Iterator, depth: int) -> Iterator:
             yield value
     finally:
         stop.set()
-        deadline = time.monotonic() + 10.0
-        while thread.is_alive() and time.monotonic() < deadline:  # unblock a producer waiting on a full queue
+        deadline = clock() + 10.0
+        while thread.is_alive() and clock() < deadline:  # unblock a producer waiting on a full queue
             try:
                 items.get_nowait()
-            except queue.Empty:
+            except empty:
                 thread.join(timeout=0.1)
 
 

@@ -158,6 +158,8 @@ def test_epochs_differ_and_are_seeded(dataset_dir):
         (1, 2, 7),
         (4, 2, 6),
         (4, 2, 23),
+        (3, 2, 13),  # two workers, pools of 3: inside the fifth pool
+        (3, 2, 40),  # two workers: inside the last pool, after the worker with fewer batches ran out
     ],
 )
 def test_resume_mid_epoch(dataset_dir, group_size, num_workers, k):
