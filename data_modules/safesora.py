@@ -22,6 +22,18 @@ the loader workers). ``benchmarks/video_loading.py`` measures both: decoded fram
 (no decoding in the loop) at about 10-20x the disk of the clips; ``mp4`` is for datasets too large for the disk or
 read from object storage.
 
+Preparation streams as for every dataset (:mod:`~lit_safe.data_modules.base`): the first pass checks every row (and
+that its video files exist) and counts what the views drop before decoding (``empty_prompt``, ``identical_videos``,
+``safer_labelled_unsafe``); the second decodes and resizes the videos of each block of rows in the preparation
+worker processes (``prepare_workers``, one per core by default), each decoding in one thread: the cores are used by
+processes, not threads (decoding threads in one process made its memory grow with the number of videos, 663 -> 980
+MiB from 64 to 2048 pairs, as the allocator's per-thread arenas fragment; one thread per process stays flat). A
+block holds at most :data:`VIDEO_BLOCK_ROWS` rows and, as decoded frames, at most about :data:`VIDEO_BLOCK_BYTES`
+(:func:`video_block_rows`), and a video is decoded keeping only its sampled frames
+(:func:`~lit_safe.models.frames.read_video`), so memory holds a few blocks of frames per worker whatever the number
+and length of the videos; the items, their order and the report (``unreadable_video`` counted exactly) are the same
+for any number of workers and any block size.
+
 Views (``view``):
 
 - ``preference``: video pairs, the first preferred by ``dimension``: ``helpfulness``, ``harmlessness``,
@@ -73,14 +85,16 @@ from lit_safe.data_modules.schemas import (
     safesora_sub_preferences,
 )
 from lit_safe.data_modules.sources import DataValidationError
-from lit_safe.data_modules.views import Valid, View, int_fields, text_batch
+from lit_safe.data_modules.views import Unit, Units, View, int_fields, text_batch
 from lit_safe.models.frames import VideoDecodeError, encode_mp4, read_video, to_batch_layout
 from lit_safe.models.text import REWRITE_TEMPLATE, VIDEO_TEMPLATE, encode_prompt_texts, is_chat, rewrite_request
 
 DIMENSIONS = ("helpfulness", "harmlessness", "safety_first", *SAFESORA_SUB_PREFERENCES)
 VIDEO_VIEWS = ("preference", "safety", "moderation")
 STORAGES = ("frames", "mp4")
-DECODE_CHUNK = 64  # rows whose videos are decoded together (in threads) during preparation
+DECODE_ROWS_PER_THREAD = 4  # rows whose videos a decoding thread is given at a time (a chunk: threads x this)
+VIDEO_BLOCK_ROWS = 64  # most rows of a video view in one preparation block
+VIDEO_BLOCK_BYTES = 64 << 20  # decoded frames one block's items may hold (video_storage: frames)
 
 
 # ------------------------------------------------------------------------------------------------ pair labels
@@ -109,10 +123,24 @@ def cost_sign(video: dict[str, Any]) -> int:
     return 0 if is_safe is None else (-1 if is_safe else 1)
 
 
+def video_block_rows(videos_per_row: int, num_frames: int, frame_size: int, storage: str) -> int:
+    """Rows of a video view per preparation block: :data:`VIDEO_BLOCK_ROWS`, fewer when the decoded frames a block's
+    items keep (``storage: frames``, ``videos_per_row x num_frames x frame_size^2 x 3`` bytes a row) would exceed
+    :data:`VIDEO_BLOCK_BYTES`; at least 1. ``mp4`` items keep small clips: the decoded frames of one decoding chunk
+    are held only while it is encoded.
+
+    ``video_block_rows(2, 8, 224, "frames") -> 27`` (2.4 MB a pair); ``video_block_rows(2, 4, 32, "frames") -> 64``.
+    """
+    if storage != "frames":
+        return VIDEO_BLOCK_ROWS
+    row_bytes = videos_per_row * num_frames * frame_size * frame_size * 3
+    return max(1, min(VIDEO_BLOCK_ROWS, VIDEO_BLOCK_BYTES // row_bytes))
+
+
 # ----------------------------------------------------------------------------------------------- video reading
 class VideoReader:
-    """Resolves ``video_path`` values and decodes them (``num_frames`` x ``frame_size``), in threads, for a chunk of
-    rows; stores what a view keeps (frames or an mp4 clip of them)."""
+    """Resolves ``video_path`` values and decodes them (``num_frames`` x ``frame_size``), in ``threads`` threads, for
+    a chunk of rows; stores what a view keeps (frames or an mp4 clip of them)."""
 
     def __init__(self, roots: list[Path] | Callable[[], list[Path]], num_frames: int, frame_size: int, storage: str,
                  threads: int) -> None:
@@ -159,23 +187,29 @@ class VideoReader:
         return frames if self.storage == "frames" else encode_mp4(frames, fps=max(1, self.num_frames // 2))
 
 
-def _decoded_chunks(rows: list[Valid], paths_of: Callable[[dict], list[str]], reader: VideoReader,
-                    report: SplitReport, on_bad_row: str) -> Iterator[tuple[int, dict, list[np.ndarray]]]:
-    """``(index, row, frames per path)`` for rows whose videos all decode; a bad video raises naming the row and the
-    file, or (``on_bad_row: skip``) drops the row as ``unreadable_video``."""
-    for start in range(0, len(rows), DECODE_CHUNK):
-        chunk = rows[start : start + DECODE_CHUNK]
-        decoded = reader.read([p for _, row in chunk for p in paths_of(row)])
-        for index, row in chunk:
+def _decoded_chunks(units: Units, row_of: Callable[[Any], dict], paths_of: Callable[[dict], list[str]],
+                    reader: VideoReader, report: SplitReport,
+                    on_bad_row: str) -> Iterator[tuple[int, Any, list[np.ndarray]]]:
+    """``(position, unit value, frames per path)`` for the units whose videos all decode, in order, decoded a chunk of
+    ``DECODE_ROWS_PER_THREAD x threads`` rows at a time (only that chunk's frames are held beyond what the caller
+    keeps); a bad video raises naming the row and the file, or (``on_bad_row: skip``) drops the row as
+    ``unreadable_video``."""
+    step = DECODE_ROWS_PER_THREAD * reader.threads
+    for start in range(0, len(units), step):
+        chunk = units[start : start + step]
+        decoded = reader.read([p for _, _, value in chunk for p in paths_of(row_of(value))])
+        for position, _, value in chunk:
+            row = row_of(value)
             videos = [decoded[p] for p in paths_of(row)]
             bad = next((v for v in videos if isinstance(v, str)), None)
             if bad is not None:
                 if on_bad_row == "error":
-                    raise DataValidationError(f"row {index} (pair_id/video_id {row.get('pair_id', row.get('video_id'))}"
-                                              f"): {bad}\n(set on_bad_row: skip to drop and count such rows instead)")
+                    key = "pair_id" if "pair_id" in row else "video_id"
+                    raise DataValidationError(f"row {position} ({key} {row.get(key)}): {bad}\n(set on_bad_row: skip "
+                                              "to drop and count such rows instead)")
                 report.dropped["unreadable_video"] += 1
                 continue
-            yield index, row, videos
+            yield position, value, videos
 
 
 def stacked_frames(items: list[dict[str, Any]], keys: tuple[str, ...]) -> torch.Tensor:
@@ -184,8 +218,10 @@ def stacked_frames(items: list[dict[str, Any]], keys: tuple[str, ...]) -> torch.
 
 
 class VideoView(View):
-    """What the video views share: videos decoded by ``reader`` (a bad one stops preparation, or with
-    ``on_bad_row: skip`` drops its row), and the user prompt as the only text a video model reads."""
+    """What the video views share: videos decoded by ``reader`` in :meth:`encode_units` (in the preparation workers;
+    a bad one stops preparation, or with ``on_bad_row: skip`` drops its row), and the user prompt as the only text a
+    video model reads. A row is one unit, never a repeat; what is dropped before decoding is decided in
+    :meth:`units` (the first pass counts it)."""
 
     def __init__(self, reader: VideoReader, on_bad_row: str) -> None:
         self.reader, self.on_bad_row = reader, on_bad_row
@@ -211,29 +247,29 @@ class VideoPairView(VideoView):
     def _paths(row: dict[str, Any]) -> list[str]:
         return [row["video_0"]["video_path"], row["video_1"]["video_path"]]
 
-    def encode(self, rows: list[Valid], tokenizer: Any, template: str, max_length: int, report: SplitReport):
-        ordered: list[tuple[int, dict, int]] = []
-        for index, row in rows:
-            if is_blank(row["prompt_text"]):  # nothing to condition the videos on
-                report.dropped["empty_prompt"] += 1
-                continue
-            if row["video_0"]["video_path"] == row["video_1"]["video_path"]:
-                report.dropped["identical_videos"] += 1
-                continue
-            first = self.rank(row, report)
-            if first is not None:
-                ordered.append((index, row, first))
-        firsts = {index: first for index, _, first in ordered}
-        for index, row, (video_0, video_1) in _decoded_chunks([(i, r) for i, r, _ in ordered], self._paths,
-                                                               self.reader, report, self.on_bad_row):
-            first = firsts[index]
+    def units(self, row: dict[str, Any], report: SplitReport) -> list[Unit]:
+        """The pair with the index of its first video (``(row, first)``), unless it has no prompt (``empty_prompt``),
+        one video twice (``identical_videos``) or ``rank`` drops it (the safety view: ``safer_labelled_unsafe``)."""
+        if is_blank(row["prompt_text"]):  # nothing to condition the videos on
+            report.dropped["empty_prompt"] += 1
+            return []
+        if row["video_0"]["video_path"] == row["video_1"]["video_path"]:
+            report.dropped["identical_videos"] += 1
+            return []
+        first = self.rank(row, report)
+        return [] if first is None else [(None, (row, first))]
+
+    def encode_units(self, units: Units, tokenizer: Any, template: str, max_length: int,
+                     report: SplitReport) -> Iterator[dict[str, Any]]:
+        for position, (row, first), (video_0, video_1) in _decoded_chunks(units, lambda value: value[0], self._paths,
+                                                                           self.reader, report, self.on_bad_row):
             ids, cut = encode_prompt_texts(tokenizer, [row["prompt_text"]], template, max_length)
             report.notes["truncated_prompts"] += cut
             videos = (video_0, video_1) if first == 0 else (video_1, video_0)
             records = (row["video_0"], row["video_1"]) if first == 0 else (row["video_1"], row["video_0"])
             report.kept += 1
             yield {"input_ids": ids[0], "first": self.reader.stored(videos[0]), "second": self.reader.stored(videos[1]),
-                   "row": index, "first_sign": cost_sign(records[0]), "second_sign": cost_sign(records[1])}
+                   "row": position, "first_sign": cost_sign(records[0]), "second_sign": cost_sign(records[1])}
 
     @staticmethod
     def collate(items: list[dict[str, Any]], pad_id: int, multiple_of: int = 1) -> dict[str, Any]:
@@ -244,23 +280,31 @@ class VideoPairView(VideoView):
 
 class VideoModerationView(VideoView):
     """One item per SafeSora-Label video: ``{"input_ids", "frames", "categories": uint8 (12,), "unsafe", "severity":
-    -1, "row", "response": 0}``; batches as the text moderation view's plus ``frames uint8 (B, F, 3, S, S)``."""
+    -1, "row", "response": 0}``; batches as the text moderation view's plus ``frames uint8 (B, F, 3, S, S)``. Its
+    label summary (:meth:`label_summary`) is counted per block and summed by preparation."""
 
     name = "moderation"
     categories = tuple(SAFESORA_CATEGORIES)
     severity_levels = 0  # SafeSora labels have no severity
+    label_settings = ("categories", "severity_levels")  # describe the labels: equal in every block, never summed
 
     def __init__(self, reader: VideoReader, on_bad_row: str) -> None:
         super().__init__(reader, on_bad_row)
         self._counts: dict[str, Any] = {}
 
-    def encode(self, rows: list[Valid], tokenizer: Any, template: str, max_length: int, report: SplitReport):
+    def units(self, row: dict[str, Any], report: SplitReport) -> list[Unit]:
+        """The video row, unless it has no prompt (``empty_prompt``)."""
+        if is_blank(row["prompt_text"]):
+            report.dropped["empty_prompt"] += 1
+            return []
+        return [(None, row)]
+
+    def encode_units(self, units: Units, tokenizer: Any, template: str, max_length: int,
+                     report: SplitReport) -> Iterator[dict[str, Any]]:
         positives = np.zeros(len(self.categories), dtype=np.int64)
         items = unsafe_count = 0
-        prompted = [(index, row) for index, row in rows if not is_blank(row["prompt_text"])]
-        report.dropped["empty_prompt"] += len(rows) - len(prompted)
-        for index, row, (frames,) in _decoded_chunks(prompted, lambda r: [r["video_path"]], self.reader, report,
-                                                     self.on_bad_row):
+        for index, row, (frames,) in _decoded_chunks(units, lambda value: value, lambda r: [r["video_path"]],
+                                                     self.reader, report, self.on_bad_row):
             labels = np.asarray([bool(row["video_labels"].get(c, False)) for c in self.categories], dtype=np.uint8)
             unsafe = (not row["is_safe"]) if row.get("is_safe") is not None else bool(labels.any())
             ids, cut = encode_prompt_texts(tokenizer, [row["prompt_text"]], template, max_length)
@@ -275,7 +319,8 @@ class VideoModerationView(VideoView):
                         "category_positives": positives.tolist(), "severity_levels": 0, "severity_counts": []}
 
     def label_summary(self) -> dict[str, Any]:
-        """Label counts of the split encoded last (the moderation module's per-class ``pos_weight``)."""
+        """Label counts of the units encoded last (preparation sums those of a split's blocks into the moderation
+        module's per-class ``pos_weight``)."""
         return dict(self._counts)
 
     @staticmethod
@@ -373,12 +418,16 @@ class SafeSoraDataModule(PreparedDataModule):
                          **kwargs)
         # the resolved defaults (save_hyperparameters may have recorded the None the caller passed)
         self.hparams.prompt_template, self.hparams.max_length = prompt_template, max_length
+        if view in VIDEO_VIEWS:  # a block of rows is held as decoded frames: fewer rows than a text block
+            self.prepare_block_rows = video_block_rows(1 if view == "moderation" else 2, num_frames, frame_size,
+                                                       video_storage)
 
     # --------------------------------------------------------------------------------------------- the views
     def _reader(self) -> VideoReader:
+        """The preparation's video reader: one decoding thread in each preparation process (the cores are used by
+        ``prepare_workers`` processes; see the module docstring for why not by threads)."""
         hp = self.hparams
-        return VideoReader(self._video_roots, hp.num_frames, hp.frame_size, hp.video_storage,
-                           threads=max(1, hp.num_workers))
+        return VideoReader(self._video_roots, hp.num_frames, hp.frame_size, hp.video_storage, threads=1)
 
     def make_view(self, name: str) -> View:
         hp = self.hparams

@@ -41,25 +41,61 @@ def sample_indices(total: int, num_frames: int) -> np.ndarray:
     return np.minimum(np.floor(centres).astype(np.int64), total - 1)
 
 
-def _decode_all(source: str | Path | io.BytesIO, name: str) -> list[np.ndarray]:
+def _open(source: str | Path | bytes):
+    import av
+
+    return av.open(io.BytesIO(source) if isinstance(source, bytes) else str(source))
+
+
+def _count_packets(source: str | Path | bytes, name: str) -> int:
+    """Frames the first video stream announces: its packets with data (demuxed only, nothing decoded)."""
+    with _open(source) as container:
+        if not container.streams.video:
+            raise VideoDecodeError(f"{name}: no video stream")
+        return sum(1 for packet in container.demux(container.streams.video[0]) if packet.size)
+
+
+def _decode_picked(source: str | Path | bytes, wanted: set[int]) -> tuple[dict[int, np.ndarray], int]:
+    """One decoding pass: ``({index: uint8 (H, W, 3)} of the decoded frames whose index is in wanted, how many frames
+    decoded)``. Only the wanted frames are converted to RGB and kept, so memory holds ``len(wanted)`` frames however
+    long the video."""
+    kept: dict[int, np.ndarray] = {}
+    total = 0
+    with _open(source) as container:
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"
+        for frame in container.decode(stream):
+            if total in wanted:
+                kept[total] = frame.to_ndarray(format="rgb24")
+            total += 1
+    return kept, total
+
+
+def _sampled_frames(source: str | Path | bytes, num_frames: int, name: str) -> np.ndarray:
+    """``uint8 (num_frames, H, W, 3)``: the frames :func:`sample_indices` picks among every decodable frame of the
+    first video stream, holding no more than those in memory.
+
+    The frame count is taken from the packets (demuxing, no decoding), the picked frames are kept during one decoding
+    pass, and if fewer or more frames decoded than there were packets (a damaged or unusual file), a second pass
+    picks by the count that decoded: the result is always the uniform sample of the frames that decode."""
     import av
 
     try:
-        with av.open(source if isinstance(source, io.BytesIO) else str(source)) as container:
-            if not container.streams.video:
-                raise VideoDecodeError(f"{name}: no video stream")
-            stream = container.streams.video[0]
-            stream.thread_type = "AUTO"
-            frames = [frame.to_ndarray(format="rgb24") for frame in container.decode(stream)]
+        announced = _count_packets(source, name)
+        wanted = sample_indices(announced, num_frames) if announced else np.empty(0, dtype=np.int64)
+        kept, total = _decode_picked(source, set(wanted.tolist()))
+        if total and total != announced:
+            wanted = sample_indices(total, num_frames)
+            kept, total = _decode_picked(source, set(wanted.tolist()))
     except VideoDecodeError:
         raise
     except FileNotFoundError as error:
         raise VideoDecodeError(f"{name}: video file not found") from error
     except (av.error.FFmpegError, OSError, ValueError) as error:
         raise VideoDecodeError(f"{name}: cannot decode the video ({type(error).__name__}: {error})") from error
-    if not frames:
+    if not total:
         raise VideoDecodeError(f"{name}: the video has no decodable frame")
-    return frames
+    return np.stack([kept[i] for i in wanted.tolist()])
 
 
 def resize_array(frames: np.ndarray, size: int) -> np.ndarray:
@@ -78,7 +114,8 @@ def resize_array(frames: np.ndarray, size: int) -> np.ndarray:
 
 
 def read_video(source: str | Path | bytes, num_frames: int, size: int, name: str | None = None) -> np.ndarray:
-    """Decode a video, sample ``num_frames`` frames uniformly, resize them to ``size x size``.
+    """Decode a video, sample ``num_frames`` frames uniformly, resize them to ``size x size``. Only the sampled frames
+    are kept while decoding (memory does not grow with the video's length).
 
     Args:
         source: a file path or the file's bytes (an encoded clip from a prepared dataset).
@@ -95,9 +132,7 @@ def read_video(source: str | Path | bytes, num_frames: int, size: int, name: str
     name = name or (str(source) if not isinstance(source, bytes) else "<video bytes>")
     if not isinstance(source, bytes) and not Path(source).is_file():
         raise VideoDecodeError(f"{name}: video file not found")
-    frames = _decode_all(io.BytesIO(source) if isinstance(source, bytes) else source, name)
-    picked = np.stack([frames[i] for i in sample_indices(len(frames), num_frames)])
-    return resize_array(picked, size)
+    return resize_array(_sampled_frames(source, num_frames, name), size)
 
 
 def encode_mp4(frames: np.ndarray, fps: int = 8, codec: str = "libx264", qp: int = 18) -> bytes:
