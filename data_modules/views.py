@@ -27,9 +27,7 @@ Why units and not a whole split: preparation streams (:mod:`~lit_safe.data_modul
 reads every row, checks it and keeps only digests; the split's repeats are then known (the first unit of each digest
 is kept); a second pass encodes blocks of rows in worker processes, each block's units less its repeats, and writes
 the items in row order. Everything a view decides per unit is local to its row, so the items and the report do not
-depend on how the rows were cut into blocks nor on how many workers encoded them. A view whose unit is its row
-(one item per row, no repeats dropped) may define ``encode`` instead of ``units`` and
-``encode_units``.
+depend on how the rows were cut into blocks nor on how many workers encoded them.
 
 The helpers below are what views share: :func:`count_duplicate_rows` (the ``duplicate_rows`` note every view
 keeps), :func:`blank_text` (the drop reason of an empty text), :func:`row_text` (a text field with the turns a chat
@@ -67,6 +65,7 @@ class View(ABC):
         reads. What the row's own checks drop is counted in ``report``. Default: the row itself, never a repeat."""
         return [(None, row)]
 
+    @abstractmethod
     def encode_units(self, units: Units, tokenizer: Any, template: str, max_length: int,
                      report: SplitReport) -> Iterator[dict[str, Any]]:
         """The items of ``units`` (no repeats among them), in order; what is kept, dropped and noted is counted in
@@ -78,13 +77,7 @@ class View(ABC):
             template: the prompt template (contains ``{prompt}``), or ``chat`` (the tokenizer's chat template).
             max_length: longest token sequence.
             report: the split's counts.
-
-        By default (a view whose unit is its row and that defines :meth:`encode`): ``encode`` of those rows.
         """
-        if type(self).encode is View.encode:
-            raise TypeError(f"{type(self).__name__} must define encode_units (or, if its unit is the row, encode)")
-        return self.encode([(position, value) for position, _, value in units], tokenizer, template, max_length,
-                           report)
 
     def encode(self, rows: list[Valid], tokenizer: Any, template: str, max_length: int,
                report: SplitReport) -> Iterator[dict[str, Any]]:
