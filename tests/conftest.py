@@ -151,3 +151,29 @@ def chat_tokenizer_dir(tmp_path_factory):
         return made[kind]
 
     return make
+
+
+def _prepared_files(location) -> dict[str, object]:
+    """Every file of a prepared dataset by relative path: its sha256; ``index.json`` parsed, less litdata's time stamp;
+    the manifest left out (it records that time stamp's file)."""
+    import hashlib
+    import json
+
+    out: dict[str, object] = {}
+    root = Path(location)
+    for path in sorted(root.rglob("*")):
+        name = str(path.relative_to(root))
+        if path.name == "index.json":
+            index = json.loads(path.read_text())
+            index.pop("updated_at")
+            out[name] = index
+        elif path.is_file() and path.name != "manifest.json":
+            out[name] = hashlib.sha256(path.read_bytes()).hexdigest()
+    return out
+
+
+@pytest.fixture(scope="session")
+def prepared_files():
+    """``prepared_files(location)``: a prepared dataset's files (sha256 each; ``index.json`` less its time stamp; no
+    manifest), for comparing preparations byte for byte."""
+    return _prepared_files

@@ -14,7 +14,6 @@
 """
 
 import copy
-import hashlib
 import json
 import os
 import signal
@@ -44,26 +43,6 @@ def _module(source, prepared_dir, workers=1, block_rows=None, **kwargs) -> PKUSa
     if block_rows is not None:
         dm.prepare_block_rows = block_rows
     return dm
-
-
-def _digest(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def _files(location: str | Path) -> dict[str, object]:
-    """Every file of a prepared dataset by relative path: its sha256; ``index.json`` parsed, less its time stamp; the
-    manifest left out (it records that time stamp's file)."""
-    out: dict[str, object] = {}
-    root = Path(location)
-    for path in sorted(root.rglob("*")):
-        name = str(path.relative_to(root))
-        if path.name == "index.json":
-            index = json.loads(path.read_text())
-            index.pop("updated_at")
-            out[name] = index
-        elif path.is_file() and path.name != "manifest.json":
-            out[name] = _digest(path)
-    return out
 
 
 def _items(location: str | Path, split: str) -> list[dict]:
@@ -129,31 +108,31 @@ def spread(tmp_path_factory) -> tuple[Path, dict]:
 
 
 # ------------------------------------------------------------------------------------------ the same result
-def test_one_and_two_workers_write_the_same_bytes(spread, tmp_path, capsys):
+def test_one_and_two_workers_write_the_same_bytes(prepared_files, spread, tmp_path, capsys):
     path, _ = spread
     one = _module(path, tmp_path, workers=1, block_rows=16, on_bad_row="skip")
     two = _module(path, tmp_path, workers=2, block_rows=16, on_bad_row="skip")
     assert one.prepared_location() == two.prepared_location()  # the workers are not in the fingerprint
     one.prepare()
     assert "(in this process)" in capsys.readouterr().out
-    files = _files(one.prepared_location())
+    files = prepared_files(one.prepared_location())
     assert {"train/chunk-0-0.bin", "val/chunk-0-0.bin", "test/chunk-0-0.bin", "report.json", "meta.json"} <= set(files)
     two.prepare()  # reused whatever the workers: one worker's preparation serves a module with two
     assert "Reusing an identical earlier preparation" in capsys.readouterr().out
     two.prepare(force=True)
     assert "(2 worker processes)" in capsys.readouterr().out
-    assert _files(two.prepared_location()) == files  # chunks, index, report and meta: the same bytes
+    assert prepared_files(two.prepared_location()) == files  # chunks, index, report and meta: the same bytes
 
 
 @pytest.mark.parametrize("view", VIEWS)
-def test_one_block_or_many_give_the_same_bytes(view, spread, tmp_path):
+def test_one_block_or_many_give_the_same_bytes(prepared_files, view, spread, tmp_path):
     path, _ = spread
     whole = _module(path, tmp_path, block_rows=10**6, view=view, on_bad_row="skip")
     whole.prepare()
-    files, summary = _files(whole.prepared_location()), whole.label_summary("train")
+    files, summary = prepared_files(whole.prepared_location()), whole.label_summary("train")
     blocks = _module(path, tmp_path, workers=2, block_rows=7, view=view, on_bad_row="skip")
     blocks.prepare(force=True)
-    assert _files(blocks.prepared_location()) == files
+    assert prepared_files(blocks.prepared_location()) == files
     assert blocks.report.to_dict()["splits"] == whole.report.to_dict()["splits"]
     if view == "moderation":  # the label summary of meta.json, summed over blocks
         assert blocks.label_summary("train") == summary
@@ -201,7 +180,7 @@ def test_on_bad_row_error_names_the_first_ten_bad_rows_and_writes_nothing(spread
 
 
 # --------------------------------------------------------------------------------------------- killed, rerun
-def test_a_preparation_killed_while_writing_reruns_to_the_same_items(tmp_path, capsys):
+def test_a_preparation_killed_while_writing_reruns_to_the_same_items(prepared_files, tmp_path, capsys):
     source = tmp_path / "rows.jsonl"
     _write_lines(source, generate_pku_saferlhf_rows(1500, seed=3))
     reference = _module(source, tmp_path / "reference", block_rows=64)
@@ -235,8 +214,8 @@ def test_a_preparation_killed_while_writing_reruns_to_the_same_items(tmp_path, c
     rerun.prepare()
     assert f"Removed {killed}: the staging directory of an interrupted preparation" in capsys.readouterr().out
     assert not killed.exists()
-    splits = {k: v for k, v in _files(reference.prepared_location()).items() if "/" in k}  # chunks and indexes
-    assert {k: v for k, v in _files(rerun.prepared_location()).items() if "/" in k} == splits
+    splits = {k: v for k, v in prepared_files(reference.prepared_location()).items() if "/" in k}  # chunks and indexes
+    assert {k: v for k, v in prepared_files(rerun.prepared_location()).items() if "/" in k} == splits
     assert rerun.report.to_dict()["splits"] == reference.report.to_dict()["splits"]
 
 

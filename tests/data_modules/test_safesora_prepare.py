@@ -6,7 +6,6 @@ moderation view's label summary is summed over blocks to the counts of the rows.
 checked by value."""
 
 import gzip
-import hashlib
 import json
 import os
 import shutil
@@ -53,34 +52,18 @@ def _write(path: Path, rows: list[dict]) -> Path:
     return path
 
 
-def _files(location: str) -> dict[str, object]:
-    """Every file of a prepared dataset: its sha256, ``index.json`` parsed less its time stamp (the manifest, which
-    records that stamp's file, left out)."""
-    out: dict[str, object] = {}
-    root = Path(location)
-    for path in sorted(root.rglob("*")):
-        name = str(path.relative_to(root))
-        if path.name == "index.json":
-            index = json.loads(path.read_text())
-            index.pop("updated_at")
-            out[name] = index
-        elif path.is_file() and path.name != "manifest.json":
-            out[name] = hashlib.sha256(path.read_bytes()).hexdigest()
-    return out
-
-
 def _items(location: str, split: str) -> list[dict]:
     return list(StreamingDataset(str(Path(location) / split), shuffle=False))
 
 
 # ------------------------------------------------------------------------------------------- the same bytes
 @pytest.mark.parametrize("view", ["preference", "moderation"])
-def test_one_or_two_workers_and_any_block_size_write_the_same_bytes(view, synthetic, tmp_path, capsys):
+def test_one_or_two_workers_and_any_block_size_write_the_same_bytes(prepared_files, view, synthetic, tmp_path, capsys):
     one = _module(synthetic, tmp_path, workers=1, view=view, val_fraction=0.25, dimension="safety_first")
     assert one.prepare_block_rows == 64  # 32 px frames: the most rows a block takes
     one.prepare()
     assert "(in this process)" in capsys.readouterr().out
-    files, summary, report = _files(one.prepared_location()), one.label_summary("train"), one.report.to_dict()
+    files, summary, report = prepared_files(one.prepared_location()), one.label_summary("train"), one.report.to_dict()
     assert {"train/chunk-0-0.bin", "val/chunk-0-0.bin", "test/chunk-0-0.bin", "report.json", "meta.json"} <= set(files)
     for workers, block_rows in ((2, 64), (2, 5), (1, 7)):
         other = _module(synthetic, tmp_path, workers=workers, block_rows=block_rows, view=view, val_fraction=0.25,
@@ -89,7 +72,7 @@ def test_one_or_two_workers_and_any_block_size_write_the_same_bytes(view, synthe
         other.prepare(force=True)
         out = capsys.readouterr().out
         assert ("(2 worker processes)" in out) == (workers == 2)
-        assert _files(other.prepared_location()) == files, (workers, block_rows)  # chunks, index, report, meta
+        assert prepared_files(other.prepared_location()) == files, (workers, block_rows)  # chunks, index, report, meta
         assert other.report.to_dict() == report
         assert other.label_summary("train") == summary
     kept = sum(split["kept"] for split in report["splits"].values())
