@@ -38,6 +38,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from child_process import run_sampled  # benchmarks/child_process.py: a script's own folder is on sys.path
+
 ROOT = Path(__file__).resolve().parents[1]
 QUICKSTART = ROOT / "configs" / "quickstart" / "reward.yaml"
 CHILD_FLAG = "--_child"
@@ -350,36 +352,11 @@ def machine() -> dict[str, Any]:
 def run_child(kind: str, cfg: dict[str, Any], threads: int, log: Path) -> tuple[dict[str, Any], dict[str, Any]]:
     """Run one child; returns its result and, from sampling its process tree every 0.1 s, the peak total RSS and
     PSS (the child and every process it started) and the wall time."""
-    import psutil
-
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
     command = [sys.executable, str(Path(__file__).resolve()), CHILD_FLAG, kind, json.dumps({**cfg, "threads": threads})]
-    began = time.perf_counter()
-    with log.open("a") as err:
-        process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=err, text=True, env=env, cwd=ROOT)
-        peak_rss = peak_pss = 0
-        root = psutil.Process(process.pid)
-        while process.poll() is None:
-            rss = pss = 0
-            try:
-                for proc in [root, *root.children(recursive=True)]:
-                    try:
-                        info = proc.memory_full_info()
-                        rss, pss = rss + info.rss, pss + info.pss
-                    except (psutil.NoSuchProcess, psutil.AccessDenied):
-                        pass
-            except psutil.NoSuchProcess:
-                pass
-            peak_rss, peak_pss = max(peak_rss, rss), max(peak_pss, pss)
-            time.sleep(0.1)
-        out = process.stdout.read()
-    wall = time.perf_counter() - began
-    result = None
-    for line in out.splitlines():
-        if line.startswith(RESULT_PREFIX):
-            result = json.loads(line[len(RESULT_PREFIX):])
-    if process.returncode != 0 or result is None:
-        raise RuntimeError(f"{kind} child failed (exit {process.returncode}); its stderr is in {log}")
+    result, returncode, wall, peak_rss, peak_pss = run_sampled(command, env, log, RESULT_PREFIX, ROOT)
+    if returncode != 0 or result is None:
+        raise RuntimeError(f"{kind} child failed (exit {returncode}); its stderr is in {log}")
     return result, {"wall_s": round(wall, 2), "peak_rss_mib": round(peak_rss / 2**20, 1),
                     "peak_pss_mib": round(peak_pss / 2**20, 1), "loadavg_1m": round(os.getloadavg()[0], 2)}
 

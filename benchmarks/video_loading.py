@@ -47,6 +47,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from child_process import run_sampled  # benchmarks/child_process.py: a script's own folder is on sys.path
+
 ROOT = Path(__file__).resolve().parents[1]
 CHILD_FLAG = "--_prepare-child"
 RESULT_PREFIX = "@@RESULT "
@@ -180,38 +182,15 @@ def machine() -> dict[str, Any]:
 
 def run_child(cfg: dict[str, Any], threads: int, log: Path) -> dict[str, Any]:
     """Run one preparation child (under GNU time when present); its result with the peaks of its process tree."""
-    import psutil
-
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads), TOKENIZERS_PARALLELISM="false",
                HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1")
     command = [sys.executable, str(Path(__file__).resolve()), CHILD_FLAG, json.dumps({**cfg, "threads": threads})]
     timing = log.with_suffix(".time")
     if TIME.is_file():
         command = [str(TIME), "-v", "-o", str(timing), *command]
-    began = time.perf_counter()
-    peak_rss = peak_pss = 0
-    with log.open("a") as err:
-        process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=err, text=True, env=env, cwd=ROOT)
-        root = psutil.Process(process.pid)
-        while process.poll() is None:
-            rss = pss = 0
-            try:
-                for proc in [root, *root.children(recursive=True)]:
-                    try:
-                        info = proc.memory_full_info()
-                        rss, pss = rss + info.rss, pss + info.pss
-                    except (psutil.NoSuchProcess, psutil.AccessDenied):
-                        pass
-            except psutil.NoSuchProcess:
-                pass
-            peak_rss, peak_pss = max(peak_rss, rss), max(peak_pss, pss)
-            time.sleep(0.1)
-        out = process.stdout.read()
-    wall = time.perf_counter() - began
-    result = next((json.loads(line[len(RESULT_PREFIX):]) for line in out.splitlines()
-                   if line.startswith(RESULT_PREFIX)), None)
-    if process.returncode != 0 or result is None:
-        raise RuntimeError(f"the preparation child failed (exit {process.returncode}); its stderr is in {log}")
+    result, returncode, wall, peak_rss, peak_pss = run_sampled(command, env, log, RESULT_PREFIX, ROOT)
+    if returncode != 0 or result is None:
+        raise RuntimeError(f"the preparation child failed (exit {returncode}); its stderr is in {log}")
     time_v = None
     if timing.is_file():
         found = re.search(r"Maximum resident set size \(kbytes\): (\d+)", timing.read_text())
