@@ -39,7 +39,6 @@ uninterrupted one draws.
 
 from __future__ import annotations
 
-import math
 from typing import Any, Literal
 
 import torch
@@ -199,10 +198,9 @@ class BackboneModule(LightningModule):
         """
         trainer = self.trainer
         datamodule = trainer.datamodule
-        if datamodule is None:  # Lightning's estimate counts batches, capped by max_steps (which counts steps)
-            estimate = int(trainer.estimated_stepping_batches) * steps_per_batch
-            limit = trainer.max_steps
-            return estimate if limit < 0 else min(estimate, math.ceil(limit / steps_per_batch) * steps_per_batch)
+        if datamodule is None:  # Lightning's estimate: the run's steps of one per batch, as one "epoch"
+            return total_optimizer_steps(trainer.max_steps, 1, int(trainer.estimated_stepping_batches),
+                                         steps_per_batch=steps_per_batch)
         count = getattr(datamodule, "train_batches", None)
         batches = count() if callable(count) else len(datamodule.train_dataloader())
         limit = trainer.limit_train_batches
