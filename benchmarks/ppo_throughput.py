@@ -40,6 +40,8 @@ import statistics
 import tempfile
 from pathlib import Path
 
+from ppo_settings import add_iteration_settings  # benchmarks/ppo_settings.py: a script's own folder is on sys.path
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -55,19 +57,12 @@ def main() -> None:
                         help="the cost model (default: a random --preset one for ppo_lagrangian, none for ppo)")
     parser.add_argument("--data", default="synthetic", help="the prompts' source (any PKU-SafeRLHF DataModule source)")
     parser.add_argument("--prompt-template", default=None, help="the data's template (e.g. chat; default: Safe RLHF)")
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--batch", type=int, default=16, help="prompts per iteration (rollout)")
-    parser.add_argument("--max-new-tokens", type=int, default=64)
-    parser.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (top_p 1)")
+    add_iteration_settings(parser, batch=16, max_new_tokens=64, ppo_epochs=2, num_minibatches=2, iterations=3)
     parser.add_argument("--reference", default="copy", choices=("copy", "lora"),
                         help="the module's reference option: a frozen copy, or LoRA adapters switched off")
     parser.add_argument("--lora-rank", type=int, default=8, help="LoRA rank with --reference lora")
     parser.add_argument("--shared-critic", action="store_true",
                         help="(ppo_lagrangian) the cost values as a second head on the reward critic")
-    parser.add_argument("--ppo-epochs", type=int, default=2)
-    parser.add_argument("--num-minibatches", type=int, default=2)
-    parser.add_argument("--warmup", type=int, default=1, help="untimed first iterations")
-    parser.add_argument("--iterations", type=int, default=3, help="timed iterations")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "ppo_throughput_cpu.jsonl"))
     args = parser.parse_args()
     if args.warmup < 0 or args.iterations < 1:

@@ -38,6 +38,7 @@ import time
 from pathlib import Path
 
 import yaml
+from ppo_settings import add_iteration_settings  # benchmarks/ppo_settings.py: a script's own folder is on sys.path
 
 ROOT = Path(__file__).resolve().parents[1]
 SIDES = ("trl", "ppo", "ppo_lagrangian")
@@ -153,14 +154,7 @@ def main() -> None:
     parser.add_argument("--sides", nargs="+", default=list(SIDES), choices=[*SIDES, *OPTION_SIDES],
                         help="which runs, in round order (the option sides run lit_safe with --reference lora and/or "
                              "--shared-critic)")
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--batch", type=int, default=8, help="prompts per iteration")
-    parser.add_argument("--max-new-tokens", type=int, default=32)
-    parser.add_argument("--temperature", type=float, default=1.0)
-    parser.add_argument("--ppo-epochs", type=int, default=4)
-    parser.add_argument("--num-minibatches", type=int, default=1)
-    parser.add_argument("--warmup", type=int, default=1, help="untimed first iterations (both sides)")
-    parser.add_argument("--iterations", type=int, default=10, help="timed iterations")
+    add_iteration_settings(parser)  # the same flags and defaults as both sides' scripts
     parser.add_argument("--kl-coeff", type=float, default=None,
                         help="TRL's kl_coef (default: lit_safe's, kl_coeff of configs/quickstart/ppo_lagrangian.yaml)")
     parser.add_argument("--learning-rate", type=float, default=None,

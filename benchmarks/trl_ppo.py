@@ -37,6 +37,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from ppo_settings import add_iteration_settings  # benchmarks/ppo_settings.py: a script's own folder is on sys.path
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -45,16 +47,9 @@ def main() -> None:
     parser.add_argument("--value-model", default=None, help="initialises the value model (default: the reward model)")
     parser.add_argument("--prompts", required=True,
                         help='JSON {"prompts": [rendered strings], "input_ids": [the ids lit_safe trains on]}')
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--batch", type=int, default=8, help="prompts per iteration")
-    parser.add_argument("--max-new-tokens", type=int, default=32)
-    parser.add_argument("--temperature", type=float, default=1.0)
-    parser.add_argument("--ppo-epochs", type=int, default=4)
-    parser.add_argument("--num-minibatches", type=int, default=1)
+    add_iteration_settings(parser)
     parser.add_argument("--kl-coef", type=float, default=0.05, help="TRL's kl_coef (its default 0.05)")
     parser.add_argument("--learning-rate", type=float, default=3e-6, help="TRL's learning_rate (its default 3e-6)")
-    parser.add_argument("--warmup", type=int, default=1, help="untimed iterations")
-    parser.add_argument("--iterations", type=int, default=10, help="timed iterations")
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--out", default=None, help="append the JSON line to this file too")
     args = parser.parse_args()
